@@ -1,0 +1,26 @@
+"""effnetv2: timm's EfficientNetV2-RW-M in plain PyTorch, with timm's numbers and API and no timm at run time."""
+
+from effnetv2 import data
+from effnetv2.errors import CheckpointError, UnknownModelError
+from effnetv2.model import EfficientNetV2, EfficientNetV2Features
+from effnetv2.registry import create_model, get_pretrained_cfg, list_models
+from effnetv2.spec import EFFICIENTNETV2_RW_M, ModelSpec, StageSpec
+from effnetv2.weights import KeyMap, load_checkpoint
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EFFICIENTNETV2_RW_M",
+    "CheckpointError",
+    "EfficientNetV2",
+    "EfficientNetV2Features",
+    "KeyMap",
+    "ModelSpec",
+    "StageSpec",
+    "UnknownModelError",
+    "create_model",
+    "data",
+    "get_pretrained_cfg",
+    "list_models",
+    "load_checkpoint",
+]

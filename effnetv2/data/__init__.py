@@ -1,0 +1,22 @@
+"""Input pipelines: the model's data config and torchvision transforms equal to timm's."""
+
+from effnetv2.data.config import (
+    DEFAULT_CROP_MODE,
+    DEFAULT_CROP_PCT,
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    resolve_data_config,
+    resolve_model_data_config,
+)
+from effnetv2.data.transforms import ResizeKeepRatio, create_transform
+
+__all__ = [
+    "DEFAULT_CROP_MODE",
+    "DEFAULT_CROP_PCT",
+    "IMAGENET_DEFAULT_MEAN",
+    "IMAGENET_DEFAULT_STD",
+    "ResizeKeepRatio",
+    "create_transform",
+    "resolve_data_config",
+    "resolve_model_data_config",
+]

@@ -1,0 +1,92 @@
+"""The two residual blocks of EfficientNetV2, assembled from torchvision.ops parts.
+
+Each block is ``[expand] -> [depthwise] -> [squeeze-excite] -> project`` with a residual add (through
+stochastic depth) when the block keeps its shape.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torchvision.ops import Conv2dNormActivation, SqueezeExcitation, StochasticDepth
+
+
+def conv_bn_act(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    stride: int = 1,
+    groups: int = 1,
+    act: bool = True,
+) -> Conv2dNormActivation:
+    """Bias-free conv with symmetric ``k // 2`` padding, BatchNorm (eps 1e-5, momentum 0.1), optional SiLU."""
+    return Conv2dNormActivation(
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=stride,
+        padding=kernel_size // 2,
+        groups=groups,
+        norm_layer=nn.BatchNorm2d,
+        activation_layer=nn.SiLU if act else None,
+        bias=False,
+    )
+
+
+class FusedMBConv(nn.Module):
+    """Fused inverted residual ("edge residual"): k×k conv + BN + SiLU, then 1×1 conv + BN.
+
+    Both convs are kept even at expansion 1, as timm's rw variant does.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        expansion: int,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        mid_channels = in_channels * expansion
+        self.use_residual = stride == 1 and in_channels == out_channels
+        self.expand = conv_bn_act(in_channels, mid_channels, kernel_size, stride)
+        self.project = conv_bn_act(mid_channels, out_channels, 1, act=False)
+        self.drop_path = StochasticDepth(drop_path, "row")
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.project(self.expand(x))
+        if self.use_residual:
+            out = self.drop_path(out) + x
+        return out
+
+
+class MBConv(nn.Module):
+    """Inverted residual: 1×1 expand, k×k depthwise, squeeze-excite, 1×1 project (no activation)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        expansion: int,
+        se_ratio: float,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        mid_channels = in_channels * expansion
+        self.use_residual = stride == 1 and in_channels == out_channels
+        self.expand = conv_bn_act(in_channels, mid_channels, 1)
+        self.depthwise = conv_bn_act(mid_channels, mid_channels, kernel_size, stride, groups=mid_channels)
+        # The squeeze width follows the block's input channels, not the expanded ones.
+        squeeze_channels = round(in_channels * se_ratio)
+        self.se = SqueezeExcitation(mid_channels, squeeze_channels, activation=nn.SiLU)
+        self.project = conv_bn_act(mid_channels, out_channels, 1, act=False)
+        self.drop_path = StochasticDepth(drop_path, "row")
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.project(self.se(self.depthwise(self.expand(x))))
+        if self.use_residual:
+            out = self.drop_path(out) + x
+        return out

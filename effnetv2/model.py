@@ -1,0 +1,234 @@
+"""EfficientNetV2 models: the classifier (stem → stages → head → pool → classifier) and the feature extractor."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from effnetv2.builder import build_stages
+from effnetv2.features import FeatureInfo, resolve_indices
+from effnetv2.layers import GlobalPool, conv_bn_act
+from effnetv2.layers.init import init_weights
+from effnetv2.spec import EFFICIENTNETV2_RW_M, ModelSpec
+
+
+def checkpoint_blocks(blocks: nn.Sequential, x: Tensor) -> Tensor:
+    """Run ``blocks`` one by one, keeping only each block's input for the backward pass."""
+    for block in blocks:
+        x = checkpoint(block, x, use_reentrant=False)
+    return x
+
+
+class _Trunk(nn.Module):
+    """Stem and stages, shared by the classifier and the feature extractor."""
+
+    __jit_unused_properties__ = ["default_cfg"]
+
+    def __init__(self, spec: ModelSpec, in_chans: int, drop_path_rate: float) -> None:
+        super().__init__()
+        if in_chans < 1:
+            raise ValueError(f"in_chans must be a positive integer, got {in_chans}")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+        self.spec = spec
+        self.in_chans = in_chans
+        self.grad_checkpointing = False
+        self.stem = conv_bn_act(in_chans, spec.stem_channels, 3, stride=2)
+        self.stages, self._levels = build_stages(spec, drop_path_rate)
+        self.pretrained_cfg: dict[str, Any] = {}
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """timm's older name for :attr:`pretrained_cfg`."""
+        return self.pretrained_cfg
+
+    def _check_input(self, x: Tensor) -> None:
+        # Shapes and dtypes are static under tracing and export, so these checks cost nothing there.
+        if x.dim() != 4:
+            raise ValueError(
+                f"expected a 4-D image batch (N, C, H, W), got a {x.dim()}-D tensor of shape {list(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"expected a floating-point image tensor, got dtype {x.dtype}; convert it with .float()")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"expected {self.in_chans} input channels, got {x.shape[1]} (input shape {list(x.shape)}); "
+                f"create the model with in_chans={x.shape[1]} or fix the input"
+            )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of storing them."""
+        self.grad_checkpointing = enable
+
+
+class EfficientNetV2(_Trunk):
+    """EfficientNetV2 image classifier with timm's model API.
+
+    Args:
+        spec: the architecture table (default: rw_m).
+        num_classes: classifier outputs; 0 removes the classifier (the model returns pooled embeddings).
+        in_chans: input channels.
+        drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic-depth rate of the last block; earlier blocks get a linear fraction of it.
+        global_pool: ``'avg'``, ``'max'``, ``'avgmax'``, ``'catavgmax'`` or ``''`` (no pooling; needs
+            ``num_classes=0``).
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec = EFFICIENTNETV2_RW_M,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
+    ) -> None:
+        super().__init__(spec, in_chans, drop_path_rate)
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
+        self.drop_rate = drop_rate
+        self.head = conv_bn_act(spec.stages[-1].out_channels, spec.head_channels, 1)
+        self.num_features = spec.head_channels
+        self.feature_info = [
+            dict(stage=lvl.stage, reduction=lvl.reduction, module=lvl.module, num_chs=lvl.num_chs)
+            for lvl in self._levels
+        ]
+        self.stage_ends = [lvl.stage for lvl in self._levels]
+        self.num_classes = num_classes
+        self.global_pool, self.classifier = self._make_classifier(num_classes, global_pool)
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        init_weights(self)
+
+    def _make_classifier(self, num_classes: int, global_pool: str) -> tuple[GlobalPool, nn.Module]:
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        pool = GlobalPool(global_pool)
+        if global_pool == "" and num_classes > 0:
+            raise ValueError("global_pool='' (no pooling) needs num_classes=0: a Linear classifier needs pooled input")
+        classifier = nn.Linear(self.num_features * pool.feat_mult(), num_classes) if num_classes > 0 else nn.Identity()
+        return pool, classifier
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Regexes grouping parameters stem → blocks → head (for layer-wise LR decay), as timm's."""
+        return dict(
+            stem=r"^stem",
+            blocks=[
+                (r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)", None),
+                (r"^head", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the classifier (PyTorch's default Linear init, as timm); ``global_pool=None`` keeps pooling."""
+        if global_pool is None:
+            global_pool = self.global_pool.pool_type
+        pool, classifier = self._make_classifier(num_classes, global_pool)
+        param = self.head[0].weight
+        self.global_pool = pool.train(self.training)
+        self.classifier = classifier.to(device=param.device, dtype=param.dtype).train(self.training)
+        self.num_classes = num_classes
+        self.head_hidden_size = self.num_features * pool.feat_mult()
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Unpooled final features, (B, num_features, H/32, W/32)."""
+        self._check_input(x)
+        x = self.stem(x)
+        for stage in self.stages:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint_blocks(stage, x)
+            else:
+                x = stage(x)
+        return self.head(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Pool (and classify unless ``pre_logits``) the output of :meth:`forward_features`."""
+        x = self.global_pool(x)
+        if self.drop_rate > 0.0:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    @torch.jit.ignore
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: Optional[Union[int, list[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[list[Tensor], tuple[Tensor, list[Tensor]]]:
+        """The feature levels' outputs (timm's semantics) and, unless ``intermediates_only``, the final features.
+
+        Args:
+            indices: None → all levels, int n → the last n, list → those levels (negative from the end).
+            norm: accepted for timm compatibility; this network has no norm to apply to intermediates.
+            stop_early: stop after the last requested level (needs ``intermediates_only=True``).
+            output_fmt: only ``'NCHW'``.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        if stop_early and not intermediates_only:
+            raise ValueError("stop_early=True needs intermediates_only=True")
+        self._check_input(x)
+        take, max_index = resolve_indices(len(self.stage_ends), indices)
+        take_positions = {self.stage_ends[i] for i in take}
+        last_position = self.stage_ends[max_index] if stop_early else len(self.stages)
+
+        intermediates = []
+        x = self.stem(x)
+        if 0 in take_positions:
+            intermediates.append(x)
+        for position, stage in enumerate(self.stages[:last_position], start=1):
+            x = checkpoint_blocks(stage, x) if self.grad_checkpointing else stage(x)
+            if position in take_positions:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return self.head(x), intermediates
+
+
+class EfficientNetV2Features(_Trunk):
+    """The stem and stages only, returning the selected feature maps (timm's ``features_only=True``).
+
+    ``feature_info`` describes the outputs: ``channels()``, ``reduction()``, ``module_name()``.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec = EFFICIENTNETV2_RW_M,
+        out_indices: Union[int, tuple[int, ...]] = (0, 1, 2, 3, 4),
+        in_chans: int = 3,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__(spec, in_chans, drop_path_rate)
+        self.feature_info = FeatureInfo(self._levels, out_indices)
+        self._out_positions: list[int] = [self._levels[i].stage for i in self.feature_info.out_indices]
+        init_weights(self)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        self._check_input(x)
+        features: list[Tensor] = []
+        x = self.stem(x)
+        position = 1
+        for stage in self.stages:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint_blocks(stage, x)
+            else:
+                x = stage(x)
+            if position in self._out_positions:
+                features.append(x)
+            position += 1
+        return features

@@ -1,0 +1,143 @@
+"""Model names, pretrained configs and ``create_model`` / ``list_models`` with timm's signatures."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import fnmatch
+from collections.abc import Mapping
+from typing import Any, Optional, Union
+
+from torch import nn
+
+from effnetv2.data.config import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from effnetv2.errors import UnknownModelError
+from effnetv2.model import EfficientNetV2, EfficientNetV2Features
+from effnetv2.spec import EFFICIENTNETV2_RW_M, ModelSpec
+from effnetv2.weights.loading import load_checkpoint
+
+ARCHITECTURES: dict[str, ModelSpec] = {"efficientnetv2_rw_m": EFFICIENTNETV2_RW_M}
+
+# Pretrained configs, keyed 'architecture.tag'; the first tag of an architecture is its default.
+PRETRAINED_CFGS: dict[str, dict[str, Any]] = {
+    "efficientnetv2_rw_m.agc_in1k": dict(
+        url="https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
+        "efficientnetv2_rw_m_agc-3d90cb1e.pth",
+        hf_hub_id="timm/efficientnetv2_rw_m.agc_in1k",
+        architecture="efficientnetv2_rw_m",
+        tag="agc_in1k",
+        custom_load=False,
+        input_size=(3, 320, 320),
+        test_input_size=(3, 416, 416),
+        fixed_input_size=False,
+        interpolation="bicubic",
+        crop_pct=1.0,
+        crop_mode="center",
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+        num_classes=1000,
+        pool_size=(10, 10),
+        first_conv="stem.0",
+        classifier="classifier",
+        license="apache-2.0",
+    ),
+}
+
+_MODEL_KWARGS = ("num_classes", "in_chans", "drop_rate", "drop_path_rate", "global_pool")
+_FEATURES_IGNORED_KWARGS = ("num_classes", "global_pool", "drop_rate")  # a features model has no head
+
+
+def _all_names() -> list[str]:
+    return sorted(set(ARCHITECTURES) | set(PRETRAINED_CFGS))
+
+
+def list_models(
+    filter: Union[str, list[str]] = "",
+    pretrained: bool = False,
+    exclude_filters: Union[str, list[str]] = "",
+    include_tags: Optional[bool] = None,
+) -> list[str]:
+    """Model names matching the wildcard ``filter``, as timm's ``list_models``.
+
+    ``pretrained=True`` lists only names with weights; ``include_tags`` (default: ``pretrained``) lists
+    ``architecture.tag`` names rather than bare architectures.
+    """
+    include_tags = pretrained if include_tags is None else include_tags
+    names = sorted(PRETRAINED_CFGS) if include_tags else sorted(ARCHITECTURES)
+    if pretrained and not include_tags:
+        names = sorted({PRETRAINED_CFGS[n]["architecture"] for n in PRETRAINED_CFGS})
+    filters = [filter] if isinstance(filter, str) else list(filter)
+    if any(filters):
+        names = [n for n in names if any(fnmatch.fnmatch(n, f) for f in filters if f)]
+    excludes = [exclude_filters] if isinstance(exclude_filters, str) else list(exclude_filters)
+    return [n for n in names if not any(fnmatch.fnmatch(n, f) for f in excludes if f)]
+
+
+def _unknown(kind: str, name: str) -> UnknownModelError:
+    close = difflib.get_close_matches(name, _all_names(), n=3, cutoff=0.5)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return UnknownModelError(f"unknown {kind} {name!r}.{hint} effnetv2.list_models() lists them all.")
+
+
+def get_pretrained_cfg(model_name: str) -> tuple[str, dict[str, Any]]:
+    """Split ``architecture[.tag]`` and return the architecture and its (default-tag) pretrained config."""
+    architecture, _, tag = model_name.partition(".")
+    if architecture not in ARCHITECTURES:
+        raise _unknown("model", model_name)
+    if tag:
+        key = f"{architecture}.{tag}"
+        if key not in PRETRAINED_CFGS:
+            raise _unknown("pretrained tag", key)
+    else:
+        key = next((k for k in PRETRAINED_CFGS if k.partition(".")[0] == architecture), "")
+    cfg = copy.deepcopy(PRETRAINED_CFGS.get(key, {"architecture": architecture}))
+    return architecture, cfg
+
+
+def create_model(
+    model_name: str,
+    pretrained: bool = False,
+    pretrained_cfg: Optional[Mapping[str, Any]] = None,
+    pretrained_cfg_overlay: Optional[Mapping[str, Any]] = None,
+    checkpoint_path: Optional[str] = None,
+    features_only: bool = False,
+    out_indices: Union[int, tuple[int, ...]] = (0, 1, 2, 3, 4),
+    **kwargs: Any,
+) -> nn.Module:
+    """Create an EfficientNetV2 by name, as ``timm.create_model`` does.
+
+    Args:
+        model_name: ``'efficientnetv2_rw_m'`` or ``'efficientnetv2_rw_m.agc_in1k'``.
+        pretrained: load the published weights (Hugging Face Hub, or ``pretrained_cfg_overlay['file']``).
+        pretrained_cfg: replaces the pretrained config; ``pretrained_cfg_overlay`` updates it.
+        checkpoint_path: a local timm- or effnetv2-format file, loaded after any pretrained weights, with the
+            same adaptation (classifier skipped when ``num_classes`` differs, stem adapted to ``in_chans``).
+        features_only: return an :class:`EfficientNetV2Features` producing the ``out_indices`` levels.
+        **kwargs: ``num_classes``, ``in_chans``, ``drop_rate``, ``drop_path_rate``, ``global_pool``.
+    """
+    unexpected = sorted(set(kwargs) - set(_MODEL_KWARGS))
+    if unexpected:
+        raise TypeError(f"create_model() got unexpected keyword argument(s) {unexpected}; accepted: {_MODEL_KWARGS}")
+    architecture, cfg = get_pretrained_cfg(model_name)
+    if pretrained_cfg is not None:
+        cfg = copy.deepcopy(dict(pretrained_cfg))
+    if pretrained_cfg_overlay:
+        cfg.update(pretrained_cfg_overlay)
+    spec = ARCHITECTURES[architecture]
+
+    if features_only:
+        model_kwargs = {k: v for k, v in kwargs.items() if k not in _FEATURES_IGNORED_KWARGS}
+        model: nn.Module = EfficientNetV2Features(spec, out_indices=out_indices, **model_kwargs)
+        cfg = {k: v for k, v in cfg.items() if k not in ("num_classes", "classifier", "global_pool")}
+    else:
+        kwargs.setdefault("num_classes", cfg.get("num_classes", 1000))
+        model = EfficientNetV2(spec, **kwargs)
+    model.pretrained_cfg = cfg
+
+    if pretrained:
+        from effnetv2.weights.hub import pretrained_file  # imports huggingface_hub only when needed
+
+        load_checkpoint(model, pretrained_file(cfg))
+    if checkpoint_path is not None:
+        load_checkpoint(model, checkpoint_path)
+    return model
