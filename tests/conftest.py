@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
-import pytest
-import timm
-import torch
-from timm.models import save_for_hf
+# Tests never touch the network: huggingface_hub reads these when first imported (timm imports it below),
+# so the whole session resolves hub files from a cache the `hf_cache` fixture builds.
+HF_CACHE_DIR = Path(tempfile.mkdtemp(prefix="effnetv2-hf-cache-"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_CACHE"] = str(HF_CACHE_DIR)
+os.environ.pop("HF_HOME", None)
 
-import effnetv2
+import pytest  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+from timm.models import save_for_hf  # noqa: E402
+
+import effnetv2  # noqa: E402
 
 ARCH = "efficientnetv2_rw_m"
 
@@ -62,6 +74,35 @@ def hub_folder(tmp_path_factory, timm_model):
     folder = tmp_path_factory.mktemp("hub_repo")
     save_for_hf(timm_model, folder, safe_serialization="both")
     return folder
+
+
+HUB_REPO = "timm/efficientnetv2_rw_m.agc_in1k"
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def populate_hf_cache(cache: Path, repo_id: str, folder: Path, commit: str = HUB_COMMIT) -> Path:
+    """Lay ``folder``'s files into ``cache`` in the hub's own layout (blobs, snapshots, refs/main)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    for file in sorted(folder.iterdir()):
+        blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copyfile(file, blob)
+        link = snapshot / file.name
+        if link.exists() or link.is_symlink():
+            link.unlink()
+        link.symlink_to(os.path.relpath(blob, snapshot))
+    return snapshot
+
+
+@pytest.fixture(scope="session")
+def hf_cache(hub_folder) -> Path:
+    """HF_HUB_CACHE holding timm/efficientnetv2_rw_m.agc_in1k (the timm-made test weights), offline mode on."""
+    populate_hf_cache(HF_CACHE_DIR, HUB_REPO, hub_folder)
+    return HF_CACHE_DIR
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,5 @@
+import sys
+
+from effnetv2.cli import main
+
+sys.exit(main())
