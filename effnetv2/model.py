@@ -39,7 +39,7 @@ class _Trunk(nn.Module):
         self.grad_checkpointing = False
         self.stem = conv_bn_act(in_chans, spec.stem_channels, 3, stride=2)
         self.stages, self._levels = build_stages(spec, drop_path_rate)
-        self.pretrained_cfg: dict[str, Any] = {}
+        self.pretrained_cfg = {}  # set by create_model; left unannotated for TorchScript
 
     @property
     def default_cfg(self) -> dict[str, Any]:
@@ -215,7 +215,7 @@ class EfficientNetV2Features(_Trunk):
     ) -> None:
         super().__init__(spec, in_chans, drop_path_rate)
         self.feature_info = FeatureInfo(self._levels, out_indices)
-        self._out_positions: list[int] = [self._levels[i].stage for i in self.feature_info.out_indices]
+        self._out_positions = [self._levels[i].stage for i in self.feature_info.out_indices]
         init_weights(self)
 
     def forward(self, x: Tensor) -> list[Tensor]:

@@ -1,0 +1,73 @@
+"""create_model / list_models: names, tags, configs, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+
+import effnetv2
+
+
+def test_list_models():
+    assert effnetv2.list_models() == ["efficientnetv2_rw_m"]
+    assert effnetv2.list_models(pretrained=True) == ["efficientnetv2_rw_m.agc_in1k"]
+    assert effnetv2.list_models("*rw_m*") == ["efficientnetv2_rw_m"]
+    assert effnetv2.list_models("resnet*") == []
+    assert effnetv2.list_models(include_tags=True) == ["efficientnetv2_rw_m.agc_in1k"]
+    assert effnetv2.list_models(pretrained=True, include_tags=False) == ["efficientnetv2_rw_m"]
+
+
+def test_pretrained_cfg_matches_timm():
+    ours = effnetv2.create_model("efficientnetv2_rw_m.agc_in1k").pretrained_cfg
+    theirs = timm.create_model("efficientnetv2_rw_m.agc_in1k").pretrained_cfg
+    for key in (
+        "hf_hub_id",
+        "architecture",
+        "tag",
+        "input_size",
+        "test_input_size",
+        "interpolation",
+        "crop_pct",
+        "crop_mode",
+        "mean",
+        "std",
+        "num_classes",
+        "pool_size",
+        "url",
+        "license",
+    ):
+        assert tuple(ours[key]) == tuple(theirs[key]) if isinstance(ours[key], tuple) else ours[key] == theirs[key]
+    # The bare architecture name gets its default tag's config, as in timm.
+    assert effnetv2.create_model("efficientnetv2_rw_m").pretrained_cfg["tag"] == "agc_in1k"
+    features = effnetv2.create_model("efficientnetv2_rw_m", features_only=True)
+    assert "num_classes" not in features.pretrained_cfg and features.default_cfg is features.pretrained_cfg
+
+
+@pytest.mark.parametrize(
+    ("name", "suggestion"),
+    [("efficientnetv2_rw_s", "efficientnetv2_rw_m"), ("efficientnetv2_rw_m.in1k", "efficientnetv2_rw_m.agc_in1k")],
+)
+def test_unknown_name_suggests_close_match(name, suggestion):
+    with pytest.raises(effnetv2.UnknownModelError, match=f"{name!r}.*Did you mean.*{suggestion}") as info:
+        effnetv2.create_model(name)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, RuntimeError)
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="num_clases"):
+        effnetv2.create_model("efficientnetv2_rw_m", num_clases=10)
+    with pytest.raises(ValueError, match="global_pool='' .* needs num_classes=0"):
+        effnetv2.create_model("efficientnetv2_rw_m", global_pool="")
+    with pytest.raises(ValueError, match="unknown global_pool 'mean'"):
+        effnetv2.create_model("efficientnetv2_rw_m", global_pool="mean")
+    with pytest.raises(ValueError, match="feature index 5 is out of range"):
+        effnetv2.create_model("efficientnetv2_rw_m", features_only=True, out_indices=(0, 5))
+    with pytest.raises(ValueError, match="drop_path_rate"):
+        effnetv2.create_model("efficientnetv2_rw_m", drop_path_rate=1.5)
+
+
+def test_features_only_ignores_head_arguments_and_accepts_last_n():
+    f = effnetv2.create_model(
+        "efficientnetv2_rw_m", features_only=True, num_classes=10, global_pool="max", out_indices=2
+    )
+    assert f.feature_info.channels() == [192, 328]
