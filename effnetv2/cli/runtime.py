@@ -71,7 +71,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="image-decoding worker processes (default: %(default)s)",
     )
     parser.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda, else mps, else cpu")
-    parser.add_argument("--amp", choices=sorted(AMP_DTYPES), help="run under autocast in this dtype (default: off)")
+    parser.add_argument(
+        "--amp", choices=sorted(AMP_DTYPES), help="autocast dtype (default: off; fp16 is for GPUs, slow on CPUs)"
+    )
 
 
 def resolve_device(name: str) -> torch.device:
