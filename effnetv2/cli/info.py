@@ -82,7 +82,7 @@ def describe(model_name: str, img_size: int | None) -> dict[str, Any]:
     try:
         with torch.device("meta"):  # shapes only: no memory for weights, nothing downloaded
             model = create_model(model_name).eval()
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # an unknown name; an hf-hub: name whose config cannot be fetched
         raise CLIError(str(e)) from e
     cfg = model.pretrained_cfg
     input_size = tuple(cfg.get("input_size", (3, 224, 224)))
