@@ -284,11 +284,13 @@ def test_user_errors_are_one_line_without_traceback(args, message, images, tmp_p
 
 
 def test_features_out_of_range_index_and_topk_beyond_classes(checkpoint, images, tmp_path, capsys):
-    rc, _, err = cli(capsys, "features", images / "a.png", "-o", tmp_path / "f.safetensors", "--out-indices", "2,5")
+    out_file = tmp_path / "f.safetensors"
+    args = ["features", images / "a.png", "-o", out_file, "--checkpoint", checkpoint]
+    rc, _, err = cli(capsys, *args, "--out-indices", "2,5")
     assert rc == 2 and "feature index 5 is out of range (0 to 4)" in err and len(err.splitlines()) == 1
     rc, _, err = cli(capsys, "predict", images / "a.png", "--checkpoint", checkpoint, "--topk", 1001)
     assert rc == 2 and "--topk 1001 is more than the model's 1000 classes" in err
-    assert not (tmp_path / "f.safetensors").exists()
+    assert not out_file.exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
