@@ -1,7 +1,8 @@
 """effnetv2: timm's EfficientNetV2-RW-M in plain PyTorch, with timm's numbers and API and no timm at run time."""
 
 from effnetv2 import data
-from effnetv2.errors import CheckpointError, UnknownModelError
+from effnetv2.errors import CheckpointError, ExportError, UnknownModelError
+from effnetv2.export import export_model
 from effnetv2.model import EfficientNetV2, EfficientNetV2Features
 from effnetv2.registry import create_model, get_pretrained_cfg, list_models
 from effnetv2.spec import EFFICIENTNETV2_RW_M, ModelSpec, StageSpec
@@ -14,6 +15,7 @@ __all__ = [
     "CheckpointError",
     "EfficientNetV2",
     "EfficientNetV2Features",
+    "ExportError",
     "KeyMap",
     "ModelSpec",
     "StageSpec",
@@ -21,6 +23,7 @@ __all__ = [
     "convert_checkpoint",
     "create_model",
     "data",
+    "export_model",
     "get_pretrained_cfg",
     "list_models",
     "load_checkpoint",

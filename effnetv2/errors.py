@@ -7,3 +7,7 @@ class UnknownModelError(ValueError, RuntimeError):
 
 class CheckpointError(ValueError, RuntimeError):
     """A checkpoint that cannot be read, or does not fit the model (torch's load_state_dict raises RuntimeError)."""
+
+
+class ExportError(RuntimeError):
+    """An export that failed, or whose outputs differ from the eager model's beyond the tolerance."""

@@ -1,0 +1,120 @@
+"""``effnetv2 export``: ONNX, TorchScript or torch.export file, verified against the eager model before it is kept."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from effnetv2.cli import CLIError
+from effnetv2.errors import CheckpointError, ExportError
+from effnetv2.export import DEFAULT_ONNX_OPSET, FORMATS, check_export_options, export_model, load_optimizer
+from effnetv2.registry import create_model
+
+DEFAULT_MODEL = "efficientnetv2_rw_m.agc_in1k"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export the model to ONNX, TorchScript or torch.export, verified against PyTorch",
+        description="Export the model and verify the written file: it is loaded back (onnxruntime, torch.jit.load, "
+        "torch.export.load), run on random inputs at batch 1 and 3 (and a second image size with --dynamic-size) "
+        "and compared with the eager model. The max relative difference is printed; above the tolerance the "
+        "command fails and writes nothing.",
+    )
+    parser.add_argument(
+        "--format", required=True, choices=FORMATS, help="onnx (.onnx), torchscript (.pt), exported-program (.pt2)"
+    )
+    parser.add_argument("--output", required=True, metavar="FILE", help="the file to write (atomically)")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        metavar="NAME",
+        help="model name; its weights come from the Hugging Face Hub unless --checkpoint is given "
+        "(default: %(default)s)",
+    )
+    parser.add_argument("--checkpoint", metavar="PATH", help="a local timm- or effnetv2-format weights file")
+    parser.add_argument("--num-classes", type=int, metavar="N", help="classifier size (default: the model's)")
+    parser.add_argument(
+        "--features-only",
+        action="store_true",
+        help="export the feature pyramid (one output per level: features.0, features.1, ...)",
+    )
+    parser.add_argument(
+        "--img-size", type=_positive_int, metavar="N", help="example input size (default: the model's input size, 320)"
+    )
+    shape = parser.add_mutually_exclusive_group()
+    shape.add_argument(
+        "--dynamic-batch",
+        dest="dynamic_batch",
+        action="store_true",
+        default=True,
+        help="dynamic batch axis (the default)",
+    )
+    shape.add_argument("--static", dest="dynamic_batch", action="store_false", help="fixed batch axis (--batch-size)")
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="the batch size of a --static export (default: %(default)s)",
+    )
+    parser.add_argument("--dynamic-size", action="store_true", help="dynamic height and width too")
+    parser.add_argument("--opset", type=int, metavar="N", help=f"ONNX opset, 7-20 (default: {DEFAULT_ONNX_OPSET})")
+    parser.add_argument(
+        "--optimize",
+        action="store_true",
+        help="export the BatchNorm-folded inference model (effnetv2.optimize_for_inference)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        metavar="T",
+        help="largest accepted max relative difference (default: 1e-4 in float32)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Cheap checks first: a bad path or opset should not cost a hub download and a 53M-parameter model.
+    try:
+        output = check_export_options(args.output, args.format, args.opset)
+        if args.optimize:
+            load_optimizer()
+    except (ValueError, OSError, ImportError) as e:
+        raise CLIError(str(e)) from e
+
+    kwargs: dict[str, Any] = {"features_only": args.features_only}
+    if args.num_classes is not None:
+        kwargs["num_classes"] = args.num_classes
+    try:
+        model = create_model(args.model, pretrained=args.checkpoint is None, checkpoint_path=args.checkpoint, **kwargs)
+    except (CheckpointError, ValueError, OSError) as e:  # unknown name, unreadable or mismatched weights, no hub
+        raise CLIError(str(e)) from e
+
+    print(f"effnetv2: exporting {args.model} to {args.format}, then verifying it ...", file=sys.stderr)
+    try:
+        report = export_model(
+            model.eval(),
+            output,
+            args.format,
+            img_size=args.img_size,
+            batch_size=args.batch_size,
+            dynamic_batch=args.dynamic_batch,
+            dynamic_size=args.dynamic_size,
+            opset=args.opset,
+            optimize=args.optimize,
+            tolerance=args.tolerance,
+        )
+    except (ExportError, ValueError, OSError, ImportError) as e:
+        raise CLIError(str(e)) from e
+    print(report.summary())
+    return 0
