@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 # Subcommand modules, in the order ``effnetv2 --help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("train",)
 
 
 class CLIError(Exception):
