@@ -5,7 +5,7 @@ from effnetv2.errors import CheckpointError, UnknownModelError
 from effnetv2.model import EfficientNetV2, EfficientNetV2Features
 from effnetv2.registry import create_model, get_pretrained_cfg, list_models
 from effnetv2.spec import EFFICIENTNETV2_RW_M, ModelSpec, StageSpec
-from effnetv2.weights import KeyMap, load_checkpoint
+from effnetv2.weights import KeyMap, convert_checkpoint, load_checkpoint, push_to_hub, save_pretrained
 
 __version__ = "0.1.0"
 
@@ -18,9 +18,12 @@ __all__ = [
     "ModelSpec",
     "StageSpec",
     "UnknownModelError",
+    "convert_checkpoint",
     "create_model",
     "data",
     "get_pretrained_cfg",
     "list_models",
     "load_checkpoint",
+    "push_to_hub",
+    "save_pretrained",
 ]

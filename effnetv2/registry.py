@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import difflib
 import fnmatch
+import os
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
@@ -14,6 +15,7 @@ from effnetv2.data.config import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from effnetv2.errors import UnknownModelError
 from effnetv2.model import EfficientNetV2, EfficientNetV2Features
 from effnetv2.spec import EFFICIENTNETV2_RW_M, ModelSpec
+from effnetv2.weights.hub_config import load_model_config, parse_model_name
 from effnetv2.weights.loading import load_checkpoint
 
 ARCHITECTURES: dict[str, ModelSpec] = {"efficientnetv2_rw_m": EFFICIENTNETV2_RW_M}
@@ -100,6 +102,7 @@ def create_model(
     pretrained_cfg: Optional[Mapping[str, Any]] = None,
     pretrained_cfg_overlay: Optional[Mapping[str, Any]] = None,
     checkpoint_path: Optional[str] = None,
+    cache_dir: Optional[Union[str, os.PathLike]] = None,
     features_only: bool = False,
     out_indices: Union[int, tuple[int, ...]] = (0, 1, 2, 3, 4),
     **kwargs: Any,
@@ -107,17 +110,34 @@ def create_model(
     """Create an EfficientNetV2 by name, as ``timm.create_model`` does.
 
     Args:
-        model_name: ``'efficientnetv2_rw_m'`` or ``'efficientnetv2_rw_m.agc_in1k'``.
-        pretrained: load the published weights (Hugging Face Hub, or ``pretrained_cfg_overlay['file']``).
-        pretrained_cfg: replaces the pretrained config; ``pretrained_cfg_overlay`` updates it.
+        model_name: ``'efficientnetv2_rw_m'`` or ``'efficientnetv2_rw_m.agc_in1k'``; or ``'hf-hub:ORG/REPO[@REV]'``
+            / ``'local-dir:PATH'`` for a model saved in timm's format (architecture, ``num_classes``,
+            ``global_pool``, ``in_chans`` and the pretrained config come from its ``config.json``).
+        pretrained: load the published weights (Hugging Face Hub, else the original release file; see
+            :mod:`effnetv2.weights.hub`), or ``pretrained_cfg_overlay['file']``.
+        pretrained_cfg: replaces the pretrained config; ``pretrained_cfg_overlay`` updates it, e.g.
+            ``dict(file=PATH)``, ``dict(hf_hub_revision=REV)`` or ``dict(source='url')`` (release file only).
         checkpoint_path: a local timm- or effnetv2-format file, loaded after any pretrained weights, with the
             same adaptation (classifier skipped when ``num_classes`` differs, stem adapted to ``in_chans``).
+        cache_dir: overrides the Hugging Face cache and torch.hub's checkpoint folder (as timm's).
         features_only: return an :class:`EfficientNetV2Features` producing the ``out_indices`` levels.
         **kwargs: ``num_classes``, ``in_chans``, ``drop_rate``, ``drop_path_rate``, ``global_pool``.
     """
     unexpected = sorted(set(kwargs) - set(_MODEL_KWARGS))
     if unexpected:
         raise TypeError(f"create_model() got unexpected keyword argument(s) {unexpected}; accepted: {_MODEL_KWARGS}")
+    source, model_id = parse_model_name(model_name)
+    if source:
+        if pretrained_cfg is not None:
+            raise ValueError(f"pretrained_cfg cannot be combined with {source}: names (their config.json is used)")
+        model_name, pretrained_cfg, model_args = load_model_config(source, model_id, cache_dir)
+        if model_name not in ARCHITECTURES:
+            raise _unknown(f"architecture (named by {model_id}'s config.json)", model_name)
+        unsupported = sorted(set(model_args) - set(_MODEL_KWARGS))
+        if unsupported:
+            raise ValueError(f"{model_id}'s config.json has model_args effnetv2 does not support: {unsupported}")
+        for key, value in model_args.items():
+            kwargs.setdefault(key, value)
     architecture, cfg = get_pretrained_cfg(model_name)
     if pretrained_cfg is not None:
         cfg = copy.deepcopy(dict(pretrained_cfg))
@@ -125,6 +145,11 @@ def create_model(
         cfg.update(pretrained_cfg_overlay)
     spec = ARCHITECTURES[architecture]
 
+    weights = None
+    if pretrained:
+        from effnetv2.weights.hub import pretrained_file  # imports huggingface_hub only when needed
+
+        weights = pretrained_file(cfg, cache_dir=cache_dir)  # before building: fail fast when it is unavailable
     if features_only:
         model_kwargs = {k: v for k, v in kwargs.items() if k not in _FEATURES_IGNORED_KWARGS}
         model: nn.Module = EfficientNetV2Features(spec, out_indices=out_indices, **model_kwargs)
@@ -134,10 +159,8 @@ def create_model(
         model = EfficientNetV2(spec, **kwargs)
     model.pretrained_cfg = cfg
 
-    if pretrained:
-        from effnetv2.weights.hub import pretrained_file  # imports huggingface_hub only when needed
-
-        load_checkpoint(model, pretrained_file(cfg))
+    if weights is not None:
+        load_checkpoint(model, weights)
     if checkpoint_path is not None:
         load_checkpoint(model, checkpoint_path)
     return model

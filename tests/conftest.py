@@ -77,6 +77,7 @@ def hub_folder(tmp_path_factory, timm_model):
 
 
 HUB_REPO = "timm/efficientnetv2_rw_m.agc_in1k"
+PRETRAINED = "efficientnetv2_rw_m.agc_in1k"  # the registered name whose weights live in HUB_REPO
 HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -103,6 +104,24 @@ def hf_cache(hub_folder) -> Path:
     """HF_HUB_CACHE holding timm/efficientnetv2_rw_m.agc_in1k (the timm-made test weights), offline mode on."""
     populate_hf_cache(HF_CACHE_DIR, HUB_REPO, hub_folder)
     return HF_CACHE_DIR
+
+
+@pytest.fixture(scope="session")
+def ten_class_pair(hf_cache):
+    """``pretrained=True, num_classes=10`` from the hub cache, ours and timm's; timm's fresh classifier copied in."""
+    with pytest.warns(UserWarning, match="classifier not loaded"):
+        ours = effnetv2.create_model(PRETRAINED, pretrained=True, num_classes=10).eval()
+    theirs = timm.create_model(PRETRAINED, pretrained=True, num_classes=10).eval()
+    ours.classifier.load_state_dict(theirs.classifier.state_dict())
+    return ours, theirs
+
+
+@pytest.fixture(scope="session")
+def one_channel_pair(hf_cache):
+    """``pretrained=True, in_chans=1, global_pool='max'`` from the hub cache (stem summed over RGB), ours and timm's."""
+    kwargs = dict(pretrained=True, in_chans=1, global_pool="max")
+    ours = effnetv2.create_model(PRETRAINED, **kwargs).eval()
+    return ours, timm.create_model(PRETRAINED, **kwargs).eval()
 
 
 @pytest.fixture(scope="session")

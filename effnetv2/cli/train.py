@@ -15,11 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from effnetv2.cli import CLIError
-
-try:
-    from effnetv2.weights.saving import atomic_path, save_pretrained
-except ImportError:  # TODO: replace with effnetv2.weights.saving once the hub branch is merged
-    from effnetv2.train._saving import atomic_path, save_pretrained
+from effnetv2.weights.saving import atomic_path, save_pretrained
 
 STATE_FILE = "last_state.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -277,7 +273,7 @@ def _train(args: argparse.Namespace) -> int:
         if env.is_main:
             if stats["val_top1"] > best_top1:
                 best_top1 = stats["val_top1"]
-                save_pretrained(eval_model, out)
+                save_pretrained(eval_model, out, model_config=dict(label_names=list(train_set.classes)))
             state = dict(
                 epoch=epoch + 1,
                 best_top1=best_top1,

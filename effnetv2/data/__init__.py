@@ -1,5 +1,6 @@
 """Input pipelines: the model's data config and torchvision transforms equal to timm's."""
 
+from effnetv2.data.assets import imagenet_class_names, sample_image_path
 from effnetv2.data.config import (
     DEFAULT_CROP_MODE,
     DEFAULT_CROP_PCT,
@@ -17,6 +18,8 @@ __all__ = [
     "IMAGENET_DEFAULT_STD",
     "ResizeKeepRatio",
     "create_transform",
+    "imagenet_class_names",
     "resolve_data_config",
     "resolve_model_data_config",
+    "sample_image_path",
 ]

@@ -1,40 +1,138 @@
-"""Finding pretrained weight files: a local override, or the Hugging Face Hub (its cache and offline mode)."""
+"""Finding pretrained weight files: a local file or folder, the Hugging Face Hub (its cache and offline mode), or
+the original release file as a second source.
+
+Where the weights come from, for a pretrained config ``cfg`` (timm's keys, plus ``hf_hub_revision``):
+
+1. ``cfg['file']``: a local weights file, or a folder holding one (``local-dir:`` names set this).
+2. ``cfg['source'] == 'url'``: only the original release file ``cfg['url']`` (torch.hub's cache, SHA-256 checked).
+3. ``cfg['hf_hub_id']``: ``model.safetensors``, else ``pytorch_model.bin``, from the Hub or its cache. If that
+   fails (no network and no cached copy, repo gone) the release file is tried next, unless the config asked for
+   a particular Hub repo or revision (``hf-hub:`` names, ``hf_hub_revision``): those never fall back silently.
+"""
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Union
 
 from effnetv2.errors import CheckpointError
+from effnetv2.weights.release import release_file
 
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")
+# What a local folder may hold, in order of preference (timm's order for its local-dir: names).
+FOLDER_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
+
+CachePath = Optional[Union[str, os.PathLike]]
 
 
-def pretrained_file(cfg: Mapping[str, Any]) -> Path:
-    """The weights file for a pretrained config: ``cfg['file']`` if set, else downloaded from ``cfg['hf_hub_id']``.
+def split_revision(hub_id: str) -> tuple[str, Optional[str]]:
+    """``'org/repo@rev'`` → ``('org/repo', 'rev')``, as timm's ``hf_split``."""
+    repo_id, sep, revision = hub_id.partition("@")
+    if "@" in revision:
+        raise ValueError(f"a Hub id holds at most one '@' (before the revision), got {hub_id!r}")
+    return repo_id, (revision if sep else None)
 
-    ``model.safetensors`` is preferred, ``pytorch_model.bin`` (read with ``weights_only=True``) the fallback.
+
+def hub_offline() -> bool:
+    """True when huggingface_hub is in offline mode (``HF_HUB_OFFLINE=1``); release downloads obey it too."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def file_in_folder(folder: Path) -> Path:
+    """The weights file a model folder holds (``model.safetensors`` first), or FileNotFoundError."""
+    for name in FOLDER_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"no weights file in {folder}: expected one of {', '.join(FOLDER_FILES)}")
+
+
+def hub_file(repo_id: str, revision: Optional[str] = None, cache_dir: CachePath = None) -> Path:
+    """Download (or find in the cache) the repo's ``model.safetensors``, else its ``pytorch_model.bin``.
+
+    Raises huggingface_hub's errors: ``LocalEntryNotFoundError`` when neither is reachable or cached.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
+
+    local_only = False
+
+    def download(filename: str) -> Path:
+        return Path(
+            hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, local_files_only=local_only)
+        )
+
+    for filename in HUB_FILES[:-1]:
+        try:
+            return download(filename)
+        except LocalEntryNotFoundError:
+            # The Hub is unreachable (or offline mode is on): look for the next file in the cache only, rather
+            # than wait through huggingface_hub's network retries a second time.
+            local_only = True
+        except EntryNotFoundError:  # the repo has no such file
+            pass
+    return download(HUB_FILES[-1])
+
+
+def _how_to_proceed(repo_id: str) -> str:
+    return (
+        "To proceed without a network: pass checkpoint_path=<local weights file> or "
+        "pretrained_cfg_overlay=dict(file=<local file>), or pre-populate the Hugging Face cache on a machine with "
+        f"a network (`hf download {repo_id}`, then copy HF_HUB_CACHE), or put the original release file in "
+        "torch.hub's cache (<torch.hub.get_dir()>/checkpoints)."
+    )
+
+
+def pretrained_file(cfg: Mapping[str, Any], cache_dir: CachePath = None) -> Path:
+    """The weights file for a pretrained config (see the module docstring for the order of sources).
+
+    ``cache_dir`` overrides the Hugging Face cache and torch.hub's checkpoint folder, as timm's ``cache_dir``.
+    Raises :class:`CheckpointError` saying what was tried and how to proceed when no source works.
     """
     if cfg.get("file"):
-        return Path(cfg["file"])
-    repo_id = cfg.get("hf_hub_id")
-    if not repo_id:
-        raise CheckpointError(f"no pretrained weights are published for {cfg.get('architecture', 'this model')}")
+        path = Path(cfg["file"])
+        return file_in_folder(path) if path.is_dir() else path
+    url, source = cfg.get("url"), cfg.get("source")
+    if source == "url":
+        if not url:
+            raise CheckpointError(f"source='url' was asked for, but {cfg.get('architecture')} has no release url")
+        return release_file(url, cache_dir, offline=hub_offline())
 
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    hub_id = cfg.get("hf_hub_id")
+    if not hub_id and url:
+        return release_file(url, cache_dir, offline=hub_offline())
+    if not hub_id:
+        raise CheckpointError(
+            f"no pretrained weights are published for {cfg.get('architecture', 'this model')}; "
+            "use pretrained=False, or pass checkpoint_path=<local file>"
+        )
 
-    last_error: Exception | None = None
-    for filename in HUB_FILES:
-        try:
-            return Path(hf_hub_download(repo_id, filename, revision=cfg.get("hf_hub_revision")))
-        except EntryNotFoundError as e:
-            last_error = e
-        except LocalEntryNotFoundError as e:
-            last_error = e
-    raise CheckpointError(
-        f"could not get pretrained weights for {repo_id} from the Hugging Face Hub or its local cache "
-        f"({last_error}). Without a network, pass checkpoint_path=<local file> or "
-        "pretrained_cfg_overlay=dict(file=<local file>), or pre-populate the cache (HF_HUB_CACHE)."
-    ) from last_error
+    from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError
+
+    repo_id, revision = split_revision(hub_id)
+    revision = revision or cfg.get("hf_hub_revision")
+    try:
+        return hub_file(repo_id, revision, cache_dir)
+    except (OSError, HfHubHTTPError) as e:  # LocalEntryNotFoundError and the HTTP errors are OSErrors
+        hub_error = e
+    if isinstance(hub_error, LocalEntryNotFoundError):
+        why = "HF_HUB_OFFLINE is set" if hub_offline() else "the Hub could not be reached"
+        reason = f"no network access ({why}) and no cached copy in the Hugging Face cache"
+    else:
+        reason = f"{type(hub_error).__name__}: {str(hub_error).splitlines()[0]}"
+    hub_failure = f"could not get pretrained weights for {repo_id} from the Hugging Face Hub: {reason}"
+
+    if not url or source == "hf-hub" or revision:
+        raise CheckpointError(f"{hub_failure}. {_how_to_proceed(repo_id)}") from hub_error
+    try:
+        path = release_file(url, cache_dir, offline=hub_offline())
+    except CheckpointError as release_error:
+        raise CheckpointError(
+            f"{hub_failure}; nor from the original release file ({release_error}). {_how_to_proceed(repo_id)}"
+        ) from hub_error
+    warnings.warn(f"{hub_failure}; using the original release file {path} instead", stacklevel=3)
+    return path

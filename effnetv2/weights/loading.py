@@ -46,8 +46,14 @@ def _to_our_keys(state_dict: Mapping[str, Tensor], key_map: KeyMap) -> tuple[dic
     return ours, unknown
 
 
-def _adapt(state_dict: dict[str, Tensor], expected: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:
-    """Pretrained-style adaptation: drop head parts the model lacks or resized, adapt the stem, fill counters."""
+def _adapt(
+    state_dict: dict[str, Tensor], expected: Mapping[str, Tensor], source: str
+) -> tuple[dict[str, Tensor], list[str]]:
+    """Pretrained-style adaptation: drop head parts the model lacks or resized, adapt the stem, fill counters.
+
+    Returns the adapted state dict and the warnings to give if it then loads.
+    """
+    notes = []
     has_head = "head.0.weight" in expected
     has_classifier = "classifier.weight" in expected
     for key in list(state_dict):
@@ -61,10 +67,9 @@ def _adapt(state_dict: dict[str, Tensor], expected: Mapping[str, Tensor], source
         # Keep the model's own (freshly initialised) classifier.
         state_dict["classifier.weight"] = expected["classifier.weight"]
         state_dict["classifier.bias"] = expected["classifier.bias"]
-        warnings.warn(
+        notes.append(
             f"{source}: classifier not loaded: the checkpoint's is {tuple(ckpt_fc.shape)} (classes, features), "
-            f"the model's {tuple(model_fc.shape)}; it keeps its fresh initialisation",
-            stacklevel=3,
+            f"the model's {tuple(model_fc.shape)}; it keeps its fresh initialisation"
         )
 
     stem, model_stem = state_dict.get("stem.0.weight"), expected["stem.0.weight"]
@@ -74,7 +79,7 @@ def _adapt(state_dict: dict[str, Tensor], expected: Mapping[str, Tensor], source
     for key, value in expected.items():
         if key.endswith("num_batches_tracked") and key not in state_dict:
             state_dict[key] = value.clone()  # optional in timm checkpoints
-    return state_dict
+    return state_dict, notes
 
 
 def _problems(state_dict: Mapping[str, Tensor], expected: Mapping[str, Tensor], unknown: list[str], strict: bool):
@@ -105,7 +110,7 @@ def load_state_dict_into(
     """
     expected = model.state_dict()
     ours, unknown = _to_our_keys(state_dict, KeyMap(model.spec))
-    ours = _adapt(ours, expected, source)
+    ours, notes = _adapt(ours, expected, source)
     problems = _problems(ours, expected, unknown, strict)
     if problems:
         raise CheckpointError(
@@ -116,6 +121,8 @@ def load_state_dict_into(
         ours = {k: v for k, v in ours.items() if k in expected}
     with torch.no_grad():
         model.load_state_dict(ours, strict=strict)
+    for note in notes:  # only for a checkpoint that loaded: a refused one must not look half-loaded
+        warnings.warn(note, stacklevel=2)
 
 
 def load_checkpoint(model: nn.Module, checkpoint_path: PathLike, use_ema: bool = True, strict: bool = True) -> None:

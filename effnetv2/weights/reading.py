@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any, Union
 
@@ -15,6 +16,9 @@ from torch import Tensor
 from effnetv2.errors import CheckpointError
 
 PathLike = Union[str, os.PathLike]
+
+# torch's weights-only unpickler names the global a malicious or foreign pickle asks for.
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 
 
 def _looks_like_safetensors(path: Path) -> bool:
@@ -56,10 +60,16 @@ def read_state_dict(path: PathLike, use_ema: bool = True) -> dict[str, Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        unsafe = _UNSAFE_GLOBAL.search(str(e))
+        if unsafe:
+            raise CheckpointError(
+                f"{path}: refused to unpickle: it would import {unsafe.group(1)!r}, which could run code "
+                "(torch.load weights_only=True allows only tensors and plain containers). Nothing from it was "
+                "executed. If you trust the file, convert it to .safetensors in a sandbox and load that"
+            ) from e
         raise CheckpointError(
-            f"{path}: refused to unpickle: it is not a plain weights file (torch.load weights_only=True "
-            f"rejected it: {str(e).splitlines()[0]}). Only load checkpoints you trust; convert them to "
-            ".safetensors"
+            f"{path}: cannot read checkpoint (corrupt, truncated or not a checkpoint file): the weights-only "
+            "unpickler rejected it"
         ) from e
     except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot read checkpoint (truncated or not a checkpoint file): {e}") from e

@@ -1,0 +1,115 @@
+"""Image inputs of the command line: find the files, decode and batch them, skip (and report) the ones that fail."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, TextIO, Union
+
+import torch
+from PIL import UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
+from tqdm import tqdm
+
+from effnetv2.cli import CLIError
+
+
+def find_images(paths: Sequence[Union[str, Path]]) -> list[Path]:
+    """The image files named by ``paths``, in order; folders are searched recursively and sorted.
+
+    A file named explicitly is taken whatever its extension (a bad one is reported when decoded); inside a
+    folder only torchvision's ``IMG_EXTENSIONS`` count. A missing path or a folder without images is a
+    :class:`CLIError`.
+    """
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
+            if not images:
+                raise CLIError(f"{path}: no images in this folder (looked for {', '.join(IMG_EXTENSIONS)})")
+            found.extend(images)
+        elif path.exists():
+            found.append(path)
+        else:
+            raise CLIError(f"{path}: no such file or folder")
+    return found
+
+
+class ImageFiles(Dataset):
+    """``(index, image tensor or None, error message)`` per file, so one bad file does not stop a run."""
+
+    def __init__(self, files: Sequence[Path], transform: Callable[..., Tensor]) -> None:
+        self.files = list(files)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[int, Optional[Tensor], str]:
+        try:
+            return index, self.transform(pil_loader(self.files[index])), ""
+        except UnidentifiedImageError:
+            return index, None, "not an image, or in a format Pillow cannot read"
+        # Decoders raise many types (OSError, SyntaxError, ValueError, DecompressionBombError...): any is a bad file.
+        except Exception as e:
+            return index, None, f"{type(e).__name__}: {e}"
+
+
+@dataclass
+class Batch:
+    indices: list[int]  # positions in the file list of the images that decoded
+    images: Optional[Tensor]  # (len(indices), C, H, W), None when no image of the batch decoded
+    failures: list[tuple[int, str]]  # (position, reason) of those that did not
+
+
+def collate(samples: list[tuple[int, Optional[Tensor], str]]) -> Batch:
+    good = [(i, x) for i, x, _ in samples if x is not None]
+    failures = [(i, error) for i, x, error in samples if x is None]
+    images = torch.stack([x for _, x in good]) if good else None
+    return Batch([i for i, _ in good], images, failures)
+
+
+def progress_enabled(stream: TextIO) -> bool:
+    """A progress bar only on a terminal: piped or redirected output stays clean."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+class ImageRun:
+    """Decode, transform and batch ``files`` with a DataLoader, showing a tqdm bar on a terminal.
+
+    Iterating yields ``(paths, images)`` batches of the files that decoded; each file that did not is
+    reported on stderr by path and recorded in :attr:`failed`.
+    """
+
+    def __init__(
+        self, files: Sequence[Path], transform: Callable[..., Tensor], batch_size: int, workers: int, pin_memory=False
+    ) -> None:
+        self.files = list(files)
+        self.transform = transform
+        self.batch_size = batch_size
+        # One batch gains nothing from worker processes but pays for starting them.
+        self.workers = workers if len(self.files) > batch_size else 0
+        self.pin_memory = pin_memory
+        self.failed: list[Path] = []
+
+    def __iter__(self) -> Iterator[tuple[list[Path], Tensor]]:
+        loader = DataLoader(
+            ImageFiles(self.files, self.transform),
+            batch_size=self.batch_size,
+            num_workers=self.workers,
+            collate_fn=collate,
+            pin_memory=self.pin_memory,
+        )
+        with tqdm(total=len(self.files), unit="img", file=sys.stderr, disable=not progress_enabled(sys.stderr)) as bar:
+            for batch in loader:
+                for index, error in batch.failures:
+                    self.failed.append(self.files[index])
+                    tqdm.write(f"effnetv2: skipped {self.files[index]}: {error}", file=sys.stderr)
+                bar.update(len(batch.indices) + len(batch.failures))
+                if batch.images is not None:
+                    yield [self.files[i] for i in batch.indices], batch.images

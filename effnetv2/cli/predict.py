@@ -1,0 +1,95 @@
+"""``effnetv2 predict``: the top-k ImageNet classes of images (of the bundled sample photo when given none)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from typing import Any, TextIO
+
+from effnetv2.cli import CLIError
+from effnetv2.cli.images import find_images
+from effnetv2.cli.runtime import (
+    add_model_options,
+    add_run_options,
+    exit_status,
+    image_run,
+    load_model,
+    positive_int,
+    resolve_device,
+    run_model,
+)
+from effnetv2.data.assets import imagenet_class_names, sample_image_path
+
+# One result per image: {"path": str, "topk": [{"index": int, "label": str, "prob": float}, ...]}.
+Prediction = dict[str, Any]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="classify images: top-k ImageNet classes",
+        description="Classify images with an ImageNet-1k classifier and print the top-k classes of each. "
+        "With no PATH, classifies a sample photo shipped with effnetv2.",
+    )
+    parser.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="image files and/or folders (searched recursively); default: the bundled sample photo",
+    )
+    add_model_options(parser)
+    parser.add_argument("--topk", type=positive_int, default=5, metavar="K", help="classes per image (default: 5)")
+    add_run_options(parser)
+    parser.add_argument("--format", choices=tuple(WRITERS), default="table", help="output format (default: table)")
+    parser.set_defaults(func=run)
+
+
+def class_labels(num_classes: int) -> list[str]:
+    """ImageNet-1k names for a 1000-class model; the class index as text for any other head."""
+    if num_classes == 1000:
+        return list(imagenet_class_names())
+    return [str(i) for i in range(num_classes)]
+
+
+def run(args: argparse.Namespace) -> int:
+    files = find_images(args.paths or [sample_image_path()])
+    device = resolve_device(args.device)
+    model = load_model(args)
+    if args.topk > model.num_classes:
+        raise CLIError(f"--topk {args.topk} is more than the model's {model.num_classes} classes")
+    labels = class_labels(model.num_classes)
+    images, _ = image_run(files, args, model.to(device), device)
+
+    predictions: list[Prediction] = []
+    for paths, logits in run_model(model, images, device, args.amp):
+        probs, indices = logits.softmax(dim=1).topk(args.topk, dim=1)
+        for path, prob_row, index_row in zip(paths, probs.tolist(), indices.tolist(), strict=True):
+            topk = [dict(index=i, label=labels[i], prob=p) for i, p in zip(index_row, prob_row, strict=True)]
+            predictions.append(dict(path=str(path), topk=topk))
+    WRITERS[args.format](predictions, sys.stdout)
+    return exit_status(images)
+
+
+def write_table(predictions: list[Prediction], out: TextIO) -> None:
+    for n, prediction in enumerate(predictions):
+        out.write(("\n" if n else "") + f"{prediction['path']}\n  rank  class  prob    label\n")
+        for rank, top in enumerate(prediction["topk"], start=1):
+            out.write(f"  {rank:>4}  {top['index']:>5}  {top['prob']:.4f}  {top['label']}\n")
+
+
+def write_json(predictions: list[Prediction], out: TextIO) -> None:
+    json.dump(predictions, out, indent=2)
+    out.write("\n")
+
+
+def write_csv(predictions: list[Prediction], out: TextIO) -> None:
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["path", "rank", "index", "label", "prob"])
+    for prediction in predictions:
+        for rank, top in enumerate(prediction["topk"], start=1):
+            writer.writerow([prediction["path"], rank, top["index"], top["label"], top["prob"]])
+
+
+WRITERS = {"table": write_table, "json": write_json, "csv": write_csv}

@@ -1,0 +1,136 @@
+"""What predict, embed and features share: their options, the model, the device, autocast and the batch loop."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from effnetv2.cli import CLIError
+from effnetv2.cli.images import ImageRun
+from effnetv2.data import create_transform, resolve_model_data_config
+from effnetv2.errors import CheckpointError
+from effnetv2.registry import create_model
+
+DEFAULT_MODEL = "efficientnetv2_rw_m.agc_in1k"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+Output = Union[Tensor, list[Tensor]]
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer ≥ 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="architecture[.tag]; its pretrained weights come from the Hugging Face Hub (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--checkpoint", metavar="PATH", help="a local timm- or effnetv2-format weights file, used instead of the hub"
+    )
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Input size, batching, device and autocast options."""
+    parser.add_argument(
+        "--img-size",
+        type=positive_int,
+        metavar="N",
+        help="square input size (default: the pretrained config's test size, 416 for efficientnetv2_rw_m)",
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=16, metavar="N", help="default: %(default)s")
+    parser.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=min(4, os.cpu_count() or 1),
+        metavar="N",
+        help="image-decoding worker processes (default: %(default)s)",
+    )
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda, else mps, else cpu")
+    parser.add_argument(
+        "--amp", choices=sorted(AMP_DTYPES), help="autocast dtype (default: off; fp16 is for GPUs, slow on CPUs)"
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU; asking for one that is missing is an error."""
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
+        raise CLIError(f"--device {name}: this machine or this torch build ({torch.__version__}) has no {name} device")
+    return torch.device(name)
+
+
+def load_model(args: argparse.Namespace, **kwargs: Any) -> nn.Module:
+    """``create_model`` for ``--model``/``--checkpoint``, in eval mode; a failure becomes a one-line CLIError."""
+    try:
+        model = create_model(args.model, pretrained=args.checkpoint is None, checkpoint_path=args.checkpoint, **kwargs)
+    except CheckpointError as e:
+        hint = "" if args.checkpoint else " On the command line: --checkpoint PATH."  # the hub is unreachable
+        raise CLIError(f"{e}{hint}") from e
+    except (ValueError, OSError) as e:  # unknown name, missing file, bad out_indices
+        raise CLIError(str(e)) from e
+    return model.eval()
+
+
+def eval_transform(model: nn.Module, img_size: Optional[int]) -> tuple[Callable[..., Tensor], dict[str, Any]]:
+    """timm's eval pipeline for ``model`` at its test size, or at ``img_size`` when given."""
+    config = resolve_model_data_config(model, args={"img_size": img_size}, use_test_size=True)
+    return create_transform(**config, is_training=False), config
+
+
+def image_run(
+    files: Sequence[Path], args: argparse.Namespace, model: nn.Module, device: torch.device
+) -> tuple[ImageRun, dict[str, Any]]:
+    """The batches of ``files`` (from :func:`~effnetv2.cli.images.find_images`) through ``model``'s eval transform,
+    and the data config that transform follows."""
+    transform, config = eval_transform(model, args.img_size)
+    return ImageRun(files, transform, args.batch_size, args.workers, pin_memory=device.type == "cuda"), config
+
+
+def run_model(
+    forward: Callable[[Tensor], Output], run: ImageRun, device: torch.device, amp: Optional[str]
+) -> Iterator[tuple[list[Path], Output]]:
+    """``forward`` over every batch of ``run`` on ``device``; outputs come back as float32 CPU tensors."""
+    autocast = torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if amp else contextlib.nullcontext()
+    warned = False
+    with torch.inference_mode():
+        for paths, images in run:
+            with autocast:
+                out = forward(images.to(device, non_blocking=True))
+            outputs = [o.float().cpu() for o in ([out] if isinstance(out, Tensor) else out)]
+            if not warned and not all(torch.isfinite(o).all() for o in outputs):
+                hint = " (float16 overflow? try --amp bf16)" if amp == "fp16" else ""
+                tqdm.write(f"effnetv2: warning: the model produced NaN or infinite values{hint}", file=sys.stderr)
+                warned = True
+            yield paths, outputs[0] if isinstance(out, Tensor) else outputs
+
+
+def exit_status(run: ImageRun) -> int:
+    """1 when any input failed (each was reported as it happened), else 0."""
+    return 1 if run.failed else 0

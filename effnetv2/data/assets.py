@@ -1,0 +1,22 @@
+"""Files shipped with the package: the ImageNet-1k class names and a sample photo (sources in README.md here)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+
+
+def sample_image_path() -> Path:
+    """A real photograph (a cat, CC0) to try the model on: ``effnetv2 predict`` uses it when given no path."""
+    return _HERE / "sample.jpg"
+
+
+@functools.cache
+def imagenet_class_names() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k class names; entry ``i`` names the classifier's output ``i``."""
+    names = tuple((_HERE / "imagenet_classes.txt").read_text(encoding="utf-8").splitlines())
+    if len(names) != 1000:  # a damaged install would otherwise label predictions wrongly
+        raise RuntimeError(f"{_HERE / 'imagenet_classes.txt'} has {len(names)} lines, expected 1000")
+    return names

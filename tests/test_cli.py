@@ -1,0 +1,335 @@
+"""The ``effnetv2`` command line, run in-process through ``effnetv2.cli.main`` (and once as ``python -m effnetv2``).
+
+Weights come from the timm-made test checkpoint (``--checkpoint``) or the offline hub cache (``hf_cache``);
+reference numbers from timm with its own eval transform.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from conftest import HUB_REPO, assert_close, populate_hf_cache
+from PIL import Image
+from safetensors import safe_open
+from timm.models import save_for_hf
+
+import effnetv2
+from effnetv2.cli import build_parser, main
+from effnetv2.cli.images import ImageRun
+from effnetv2.cli.runtime import run_model
+from effnetv2.data import imagenet_class_names, sample_image_path
+
+SIZE = 96  # small inputs keep the 53 M-parameter model fast; the default (416) is checked once
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """A folder of real photos (crops of the sample) in three formats, one in a subfolder, plus a non-image."""
+    folder = tmp_path_factory.mktemp("images")
+    (folder / "sub").mkdir()
+    with Image.open(sample_image_path()) as img:
+        img.crop((100, 0, 400, 300)).save(folder / "a.png")
+        img.resize((200, 133)).save(folder / "sub" / "b.jpg")
+        img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "c.bmp")
+    (folder / "notes.txt").write_text("not looked at: not an image extension")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def calibrated(timm_model, tmp_path_factory) -> tuple[torch.nn.Module, Path, torch.Tensor]:
+    """A timm model that behaves on photos, its weights in a hub-style folder, its logits for the sample photo.
+
+    The session model's BatchNorm statistics come from noise: on photos its activations blow up, its softmax
+    is one-hot and its outputs change with the other images of a batch. Here they are re-estimated on views of
+    the sample photo, and the classifier is scaled to logits of std 2 on the sample at the test size, so the
+    top-5 probabilities are all informative.
+    """
+    model = copy.deepcopy(timm_model)
+    with Image.open(sample_image_path()) as img:
+        photo = img.convert("RGB")
+    views = [photo, photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT), photo.rotate(15), photo.crop((0, 0, 300, 300))]
+    transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model, args={"img_size": 160}))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the calibration batch
+    with torch.no_grad():
+        model.train()(torch.stack([transform(v) for v in views]))
+        model.eval()
+        logits = timm_eval(model, [sample_image_path()])
+        scale = 2 / logits.std()
+        model.classifier.weight.mul_(scale)
+        logits = (logits - model.classifier.bias) * scale  # what the rescaled model gives, without recomputing
+        model.classifier.bias.zero_()
+    folder = tmp_path_factory.mktemp("calibrated_hub_repo")
+    save_for_hf(model, folder, safe_serialization=True)
+    return model, folder / "model.safetensors", logits
+
+
+def timm_eval(timm_model, paths, img_size=None, forward=None) -> torch.Tensor:
+    """timm's own pipeline: its data config (test size unless ``img_size``), its transform, its model."""
+    args = {"img_size": img_size} if img_size else None
+    cfg = timm.data.resolve_model_data_config(timm_model, args=args, use_test_size=True)
+    transform = timm.data.create_transform(**cfg, is_training=False)
+    x = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
+    with torch.no_grad():
+        return (forward or timm_model)(x)
+
+
+def test_predict_default_is_the_sample_at_test_size_from_the_hub_and_equals_timm(
+    calibrated, tmp_path, capsys, monkeypatch
+):
+    """`effnetv2 predict` with no argument: the sample photo, hub weights, the test size; top-5 as timm's."""
+    import huggingface_hub.constants
+
+    theirs, checkpoint, sample_logits = calibrated
+    populate_hf_cache(tmp_path / "cache", HUB_REPO, checkpoint.parent)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))  # offline, as all tests
+
+    rc, out, err = cli(capsys, "predict", "--format", "json")
+    assert (rc, err) == (0, "")
+    [result] = json.loads(out)
+    assert result["path"] == str(sample_image_path())
+
+    cfg = timm.data.resolve_model_data_config(theirs, use_test_size=True)
+    assert cfg["input_size"] == (3, 416, 416)
+    probs, indices = sample_logits.softmax(dim=1).topk(5)  # timm's eval transform at the test size, timm's model
+    assert [t["index"] for t in result["topk"]] == indices[0].tolist()
+    assert [t["label"] for t in result["topk"]] == [imagenet_class_names()[i] for i in indices[0].tolist()]
+    ours = [t["prob"] for t in result["topk"]]
+    np.testing.assert_allclose(ours, probs[0].numpy(), rtol=1e-4)
+    assert ours[0] < 0.99 and ours[4] > 1e-3  # informative probabilities: the calibrated weights were used
+
+
+def test_predict_formats_agree_and_follow_img_size(calibrated, images, capsys, monkeypatch):
+    theirs, checkpoint, _ = calibrated
+    files = [images / "a.png", images / "sub" / "b.jpg"]
+    common = ["--checkpoint", checkpoint, "--img-size", SIZE, "--topk", 3]
+    rc, out, err = cli(capsys, "predict", *files, *common, "--format", "json")
+    assert (rc, err) == (0, "")  # stderr is not a terminal: no progress bar
+    results = json.loads(out)
+    assert [r["path"] for r in results] == [str(f) for f in files]
+
+    probs, indices = timm_eval(theirs, files, img_size=SIZE).softmax(dim=1).topk(3)
+    for result, p, i in zip(results, probs, indices, strict=True):
+        assert [t["index"] for t in result["topk"]] == i.tolist()
+        np.testing.assert_allclose([t["prob"] for t in result["topk"]], p.numpy(), rtol=1e-4, atol=1e-7)
+
+    rc, out, _ = cli(capsys, "predict", *files, *common, "--format", "csv")
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0] == "path,rank,index,label,prob"
+    expected = [
+        f"{r['path']},{rank},{t['index']},{t['label']},{t['prob']}"
+        for r in results
+        for rank, t in enumerate(r["topk"], start=1)
+    ]
+    assert lines[1:] == expected
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: the progress bar shows
+    rc, out, err = cli(capsys, "predict", *files, *common)
+    assert rc == 0
+    assert "2/2" in err
+    blocks = out.strip().split("\n\n")
+    assert len(blocks) == 2
+    for block, result in zip(blocks, results, strict=True):
+        head, header, *rows = block.splitlines()
+        assert head == result["path"] and header.split() == ["rank", "class", "prob", "label"]
+        for rank, (row, top) in enumerate(zip(rows, result["topk"], strict=True), start=1):
+            assert row.split(maxsplit=3) == [str(rank), str(top["index"]), f"{top['prob']:.4f}", top["label"]]
+
+
+def test_folder_with_corrupt_files_via_python_m(checkpoint, images, tmp_path):
+    """Bad files are reported by path and skipped, the rest classified, exit status 1, no traceback."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.png", "c.bmp"):
+        (folder / name).write_bytes((images / name).read_bytes())
+    (folder / "nested").mkdir()
+    (folder / "nested" / "b.jpg").write_bytes((images / "sub" / "b.jpg").read_bytes())
+    (folder / "garbage.jpg").write_bytes(b"this is not a jpeg")
+    jpeg = (images / "sub" / "b.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (folder / "readme.txt").write_text("skipped: not an image extension")
+
+    cmd = [sys.executable, "-m", "effnetv2", "predict", folder, "--checkpoint", checkpoint, "--img-size", SIZE]
+    cmd += ["--batch-size", 2, "--workers", 2, "--format", "json"]  # 5 files → 3 batches through 2 workers
+    proc = subprocess.run([str(c) for c in cmd], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    skipped = sorted(line for line in proc.stderr.splitlines() if line.startswith("effnetv2: skipped "))
+    assert len(skipped) == 2, proc.stderr
+    assert skipped[0].startswith(f"effnetv2: skipped {folder / 'garbage.jpg'}: not an image")
+    assert skipped[1].startswith(f"effnetv2: skipped {folder / 'truncated.jpg'}: OSError")
+    results = json.loads(proc.stdout)
+    assert [r["path"] for r in results] == [str(folder / n) for n in ("a.png", "c.bmp", "nested/b.jpg")]
+    assert all(len(r["topk"]) == 5 for r in results)
+
+
+def test_embed_npy_and_safetensors_equal_timm_pre_logits(calibrated, images, tmp_path, capsys):
+    theirs, checkpoint, _ = calibrated
+    files = [images / "a.png", images / "sub" / "b.jpg"]
+    expected = timm_eval(theirs, files, SIZE, forward=lambda x: theirs.forward_head(theirs.forward_features(x), True))
+    assert expected.shape == (2, 2152)
+
+    npy = tmp_path / "emb.npy"
+    rc, out, err = cli(capsys, "embed", *files, "-o", npy, "--checkpoint", checkpoint, "--img-size", SIZE)
+    assert (rc, out, err) == (0, "", "")
+    assert_close(torch.from_numpy(np.load(npy)), expected, tol=1e-4)
+    assert (tmp_path / "emb.paths.txt").read_text().splitlines() == [str(f) for f in files]
+
+    st = tmp_path / "emb.safetensors"
+    rc, _, _ = cli(capsys, "embed", images / "sub", images / "a.png", "-o", st, "--checkpoint", checkpoint,
+                   "--img-size", SIZE)  # fmt: skip
+    assert rc == 0
+    with safe_open(st, "pt") as f:
+        assert json.loads(f.metadata()["paths"]) == [str(files[1]), str(files[0])]
+        assert json.loads(f.metadata()["input_size"]) == [3, SIZE, SIZE]
+        assert_close(f.get_tensor("embeddings"), expected.flip(0), tol=1e-4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.npy", "emb.paths.txt", "emb.safetensors"]
+
+
+def test_features_to_safetensors_equal_timm(calibrated, images, tmp_path, capsys):
+    theirs, checkpoint, _ = calibrated
+    files = [images / "a.png", images / "c.bmp"]
+    out_file = tmp_path / "feats.safetensors"
+    rc, out, err = cli(capsys, "features", *files, "-o", out_file, "--out-indices", "1,3", "--checkpoint", checkpoint,
+                       "--img-size", SIZE)  # fmt: skip
+    assert (rc, out, err) == (0, "", "")
+    expected = timm_eval(
+        theirs, files, SIZE, forward=lambda x: theirs.forward_intermediates(x, [1, 3], intermediates_only=True)
+    )
+    with safe_open(out_file, "pt") as f:
+        assert sorted(f.keys()) == ["features.1", "features.3"]
+        meta = {k: json.loads(v) for k, v in f.metadata().items()}
+        assert meta["paths"] == [str(p) for p in files]
+        assert (meta["channels"], meta["reductions"], meta["out_indices"]) == ([56, 192], [4, 16], [1, 3])
+        assert f.get_tensor("features.1").shape == (2, 56, SIZE // 4, SIZE // 4)
+        assert f.get_tensor("features.3").shape == (2, 192, SIZE // 16, SIZE // 16)
+        assert_close(f.get_tensor("features.1"), expected[0], tol=1e-4)
+        assert_close(f.get_tensor("features.3"), expected[1], tol=1e-4)
+    assert build_parser().parse_args(["features", "x.jpg", "-o", "y.safetensors"]).out_indices == (0, 1, 2, 3, 4)
+
+
+def test_info_matches_timm_model_card_without_weights(capsys, monkeypatch):
+    def no_weights(*args, **kwargs):
+        raise AssertionError("info must not load weights")
+
+    monkeypatch.setattr(effnetv2.registry, "load_checkpoint", no_weights)
+    rc, out, err = cli(capsys, "info", "--format", "json")
+    assert (rc, err) == (0, "")
+    info = json.loads(out)
+    # timm's published stats (model card: 53.2 M params, 12.7 GMACs, 47.1 M activations at 320) are fvcore's
+    # counts; fvcore 0.1.5 on timm's efficientnetv2_rw_m gives exactly these two numbers.
+    assert info["params"] == 53_236_442
+    assert info["input_size"] == [3, 320, 320]
+    assert info["macs"] == 12_721_778_144
+    assert info["activations"] == 47_144_762
+    assert [(lvl["channels"], lvl["stride"], lvl["module"]) for lvl in info["feature_levels"]] == [
+        (32, 2, "stages.0"),
+        (56, 4, "stages.1"),
+        (80, 8, "stages.2"),
+        (192, 16, "stages.4"),
+        (328, 32, "stages.5"),
+    ]
+    assert info["pretrained_cfg"]["test_input_size"] == [3, 416, 416]
+    assert info["pretrained_cfg"]["hf_hub_id"] == "timm/efficientnetv2_rw_m.agc_in1k"
+
+    rc, out, _ = cli(capsys, "info", "--img-size", 416)
+    assert rc == 0
+    assert "53,236,442" in out and "stages.5" in out and "test_input_size" in out
+    gmacs = next(line for line in out.splitlines() if line.startswith("GMACs")).split()
+    assert gmacs[1:] == ["21.49", "at", "3×416×416"]  # MACs grow with the pixel count: 12.72 × (416/320)² ≈ 21.5
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["predict", "missing.jpg"], "missing.jpg: no such file or folder"),
+        (["embed", "{empty}", "-o", "e.npy"], "no images in this folder"),
+        (["embed", "{image}", "-o", "e.csv"], "unsupported output type '.csv'; use .npy or .safetensors"),
+        (["embed", "{image}", "-o", "{empty}/no/e.npy"], "output folder does not exist"),
+        (["predict", "--topk", "0"], "argument --topk: must be a positive integer, got 0"),
+        (["predict", "--format", "xml"], "argument --format: invalid choice: 'xml'"),
+        (["predict", "--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+        (["features", "{image}", "-o", "f.safetensors", "--out-indices", "a,b"], "expected comma-separated integers"),
+        (["predict", "--checkpoint", "{empty}/nope.safetensors"], "checkpoint file not found"),
+        (["info", "--model", "efficientnetv2_rw_x"], "unknown model 'efficientnetv2_rw_x'"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(args, message, images, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    args = [a.format(empty=tmp_path / "empty", image=images / "a.png") for a in args]
+    rc, out, err = cli(capsys, *args)
+    assert rc == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    assert message in err and "error:" in err
+
+
+def test_features_out_of_range_index_and_topk_beyond_classes(checkpoint, images, tmp_path, capsys):
+    rc, _, err = cli(capsys, "features", images / "a.png", "-o", tmp_path / "f.safetensors", "--out-indices", "2,5")
+    assert rc == 2 and "feature index 5 is out of range (0 to 4)" in err and len(err.splitlines()) == 1
+    rc, _, err = cli(capsys, "predict", images / "a.png", "--checkpoint", checkpoint, "--topk", 1001)
+    assert rc == 2 and "--topk 1001 is more than the model's 1000 classes" in err
+    assert not (tmp_path / "f.safetensors").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_missing_device_is_a_user_error(images, capsys):
+    rc, _, err = cli(capsys, "predict", images / "a.png", "--device", "cuda")
+    assert rc == 2 and "--device cuda:" in err and "no cuda device" in err
+
+
+def test_package_data_labels_and_sample():
+    from torchvision.models._meta import _IMAGENET_CATEGORIES  # the labels' source, see effnetv2/data/README.md
+
+    names = imagenet_class_names()
+    assert list(names) == list(_IMAGENET_CATEGORIES)
+    assert (names[0], names[281], names[999]) == ("tench", "tabby", "toilet tissue")
+    sample = sample_image_path()
+    assert sample.stat().st_size < 150_000
+    with Image.open(sample) as img:
+        assert (img.format, img.mode, img.size) == ("JPEG", "RGB", (451, 300))
+    assert "CC0" in (sample.parent / "README.md").read_text()
+
+
+def test_amp_bf16_autocasts(calibrated, images, capsys):
+    theirs, checkpoint, _ = calibrated
+    image = images / "a.png"
+    args = ["predict", image, "--img-size", SIZE, "--format", "json", "--device", "cpu", "--checkpoint", checkpoint]
+    rc, out, err = cli(capsys, *args, "--amp", "bf16")
+    assert (rc, err) == (0, "")
+    bf16 = json.loads(out)[0]["topk"]
+    probs, indices = timm_eval(theirs, [image], img_size=SIZE).softmax(dim=1).topk(5)
+    assert [t["prob"] for t in bf16] != probs[0].tolist()  # autocast took effect...
+    # ...with bfloat16's 8-bit mantissa through 60 blocks: the same two leading classes, probabilities near fp32's
+    assert [t["index"] for t in bf16[:2]] == indices[0, :2].tolist()
+    np.testing.assert_allclose([t["prob"] for t in bf16], probs[0].numpy(), atol=0.15)
+
+
+@pytest.mark.parametrize("amp, hint", [(None, ""), ("fp16", " (float16 overflow? try --amp bf16)")])
+def test_non_finite_outputs_are_flagged_once(amp, hint, images, capsys):
+    # float16 overflows to inf/NaN on activations past 65504 (fp16 on the CPU is too slow to show it for real).
+    files = [images / "a.png", images / "c.bmp"]
+    run = ImageRun(files, lambda img: torch.zeros(3, 8, 8), batch_size=1, workers=0)
+    outputs = list(run_model(lambda x: x.sum((2, 3)) * float("nan"), run, torch.device("cpu"), amp))
+    assert [paths for paths, _ in outputs] == [[files[0]], [files[1]]]
+    assert all(o.dtype == torch.float32 and torch.isnan(o).all() for _, o in outputs)
+    assert capsys.readouterr().err == f"effnetv2: warning: the model produced NaN or infinite values{hint}\n"
