@@ -70,10 +70,9 @@ def train_one_epoch(
     loss_sum, count, start = 0.0, 0, time.perf_counter()
     bar = _bar(loader, cfg.progress, desc)
     for images, targets in bar:
-        targets = targets.to(cfg.device, non_blocking=True)
-        if cfg.batch_transform is not None:
+        images, targets = _to_device(images, cfg), targets.to(cfg.device, non_blocking=True)
+        if cfg.batch_transform is not None:  # MixUp / CutMix on the device, after the move
             images, targets = cfg.batch_transform(images, targets)
-        images = _to_device(images, cfg)
         with _autocast(cfg):
             loss = loss_fn(model(images), targets)
         optimizer.zero_grad(set_to_none=True)
