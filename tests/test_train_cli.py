@@ -193,3 +193,18 @@ def test_resume_without_state_and_unreadable_image(image_root, tmp_path, capsys)
     err = _error(capsys, ["train", str(root), "--output", str(out), "--epochs", "1", *FAST, "--batch-size", "9"])
     assert f"cannot read image {bad}" in err
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize(
+    "saved, message",
+    [
+        (dict(classes=["cat", "dog"], args=dict(epochs=5)), "was started with --epochs 5; resume with the same value"),
+        (dict(classes=["ant", "bee"], args=dict(epochs=1)), "differ from those of the run"),
+    ],
+)
+def test_resume_refuses_a_different_run(image_root, tmp_path, capsys, saved, message):
+    out = tmp_path / "out"
+    out.mkdir()
+    torch.save(saved, out / "last_state.pt")
+    argv = ["train", str(image_root), "--output", str(out), "--resume", "--epochs", "1", *FAST]
+    assert message in _error(capsys, argv)

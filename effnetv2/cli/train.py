@@ -212,6 +212,11 @@ def _train(args: argparse.Namespace) -> int:
     start_epoch, best_top1 = 0, -1.0
     if args.resume:
         state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
+        if state["classes"] != list(train_set.classes):
+            raise CLIError(f"the classes in {args.data} differ from those of the run in {out}; resume on the same data")
+        saved_epochs = state["args"].get("epochs")
+        if saved_epochs != args.epochs:  # the LR schedule's length is part of the saved state
+            raise CLIError(f"the run in {out} was started with --epochs {saved_epochs}; resume with the same value")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
