@@ -1,0 +1,128 @@
+"""One training epoch and one evaluation pass; the pieces (AGC, EMA, AMP, schedule) come in as arguments."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from effnetv2.train.agc import clip_model_grads_
+from effnetv2.train.distributed import DistEnv, all_reduce_sum
+
+
+@dataclass
+class StepConfig:
+    """How each optimizer step runs."""
+
+    device: torch.device
+    amp_dtype: Optional[torch.dtype] = None  # torch.bfloat16 / torch.float16; None: full precision
+    channels_last: bool = False
+    agc: float = 0.0  # adaptive clip factor; 0 disables clipping
+    batch_transform: Optional[Callable] = None  # MixUp / CutMix
+    progress: bool = False  # tqdm bar (main process on a TTY)
+
+
+def _autocast(cfg: StepConfig):
+    if cfg.amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=cfg.device.type, dtype=cfg.amp_dtype)
+
+
+def _to_device(images: torch.Tensor, cfg: StepConfig) -> torch.Tensor:
+    images = images.to(cfg.device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if cfg.channels_last else images
+
+
+def _bar(loader: Iterable, enabled: bool, desc: str):
+    if not enabled:
+        return loader
+    from tqdm import tqdm
+
+    return tqdm(loader, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    loss_fn: nn.Module,
+    optimizer: Optimizer,
+    scheduler: Optional[LRScheduler],
+    cfg: StepConfig,
+    env: DistEnv,
+    scaler: Optional[torch.amp.GradScaler] = None,
+    ema: Optional[torch.optim.swa_utils.AveragedModel] = None,
+    clip_target: Optional[nn.Module] = None,
+    desc: str = "train",
+) -> dict[str, float]:
+    """Train over ``loader`` once; returns the mean loss over all ranks and images/s (all ranks together).
+
+    ``clip_target`` is the unwrapped model (its ``get_classifier`` is excluded from AGC); ``model`` may be DDP.
+    """
+    model.train()
+    loss_sum, count, start = 0.0, 0, time.perf_counter()
+    bar = _bar(loader, cfg.progress, desc)
+    for images, targets in bar:
+        images, targets = _to_device(images, cfg), targets.to(cfg.device, non_blocking=True)
+        if cfg.batch_transform is not None:  # MixUp / CutMix on the device, after the move
+            images, targets = cfg.batch_transform(images, targets)
+        with _autocast(cfg):
+            loss = loss_fn(model(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # AGC compares true gradient norms with weight norms
+        else:
+            loss.backward()
+        if cfg.agc > 0:
+            clip_model_grads_(clip_target if clip_target is not None else model, cfg.agc)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if ema is not None:
+            ema.update_parameters(clip_target if clip_target is not None else model)
+        n = images.shape[0]
+        loss_sum += loss.item() * n
+        count += n
+        if bar is not loader:
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(
+                loss=f"{loss.item():.4f}",
+                lr=f"{optimizer.param_groups[-1]['lr']:.3g}",
+                img_s=f"{count * env.world_size / elapsed:.1f}",
+            )
+    elapsed = time.perf_counter() - start
+    loss_sum, count, elapsed_max = all_reduce_sum([loss_sum, count, elapsed], env, cfg.device)
+    return {"train_loss": loss_sum / max(count, 1), "images_per_s": count / max(elapsed_max / env.world_size, 1e-9)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, cfg: StepConfig, env: DistEnv) -> dict[str, float]:
+    """Mean cross-entropy loss, top-1 and top-5 accuracy (in %) over the whole validation set, all ranks."""
+    model.eval()
+    loss_sum, top1, top5, count = 0.0, 0.0, 0.0, 0
+    for images, targets in _bar(loader, cfg.progress, "val"):
+        images, targets = _to_device(images, cfg), targets.to(cfg.device)
+        with _autocast(cfg):
+            logits = model(images)
+        logits = logits.float()
+        loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+        k = min(5, logits.shape[1])
+        hits = logits.topk(k, dim=1).indices == targets[:, None]
+        top1 += hits[:, :1].sum().item()
+        top5 += hits.any(dim=1).sum().item()
+        count += targets.shape[0]
+    loss_sum, top1, top5, count = all_reduce_sum([loss_sum, top1, top5, count], env, cfg.device)
+    count = max(count, 1)
+    return {"val_loss": loss_sum / count, "val_top1": 100.0 * top1 / count, "val_top5": 100.0 * top5 / count}
