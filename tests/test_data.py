@@ -54,6 +54,12 @@ def test_eval_transform_equals_timm(config, size):
 def test_training_transform_shape_and_bad_options():
     tf = effnetv2.data.create_transform(input_size=(3, 64, 64), is_training=True)
     assert tf(natural_image()).shape == (3, 64, 64)
+    for policy, name in (("rand", "RandAugment"), ("trivial", "TrivialAugmentWide")):
+        augmenting = effnetv2.data.create_transform(input_size=(3, 64, 64), is_training=True, auto_augment=policy)
+        assert type(augmenting.transforms[2]).__name__ == name
+        assert augmenting(natural_image()).shape == (3, 64, 64)
+    with pytest.raises(ValueError, match="unknown auto_augment 'auto'"):
+        effnetv2.data.create_transform(input_size=64, is_training=True, auto_augment="auto")
     with pytest.raises(ValueError, match="unknown crop_mode 'border'"):
         effnetv2.data.create_transform(input_size=64, crop_mode="border")
     with pytest.raises(ValueError, match="unknown interpolation 'cubic'"):

@@ -46,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--mixup", type=float, default=0.0, help="MixUp alpha (0: off)")
     p.add_argument("--cutmix", type=float, default=0.0, help="CutMix alpha (0: off)")
+    p.add_argument(
+        "--auto-augment", choices=("rand", "trivial"), default=None, help="torchvision RandAugment / TrivialAugmentWide"
+    )
     p.add_argument("--drop-path", type=float, default=0.2, help="stochastic depth rate of the last block")
     p.add_argument("--drop", type=float, default=0.0, help="dropout before the classifier")
     p.add_argument(
@@ -166,7 +169,7 @@ def _train(args: argparse.Namespace) -> int:
     data_cfg = resolve_model_data_config(model)
     size = args.img_size or data_cfg["input_size"][-1]
     norm = dict(interpolation=data_cfg["interpolation"], mean=data_cfg["mean"], std=data_cfg["std"])
-    train_set.transform = create_transform(size, is_training=True, **norm)
+    train_set.transform = create_transform(size, is_training=True, auto_augment=args.auto_augment, **norm)
     val_set.transform = create_transform(size, is_training=False, crop_pct=data_cfg["crop_pct"], **norm)
     train_sampler = DistributedSampler(train_set, env.world_size, env.rank, shuffle=True, seed=args.seed)
     loader_kw = dict(

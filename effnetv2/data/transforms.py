@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torchvision import transforms
@@ -14,6 +14,7 @@ from torchvision.transforms import functional as TF
 from effnetv2.data.config import DEFAULT_CROP_MODE, DEFAULT_CROP_PCT, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 CROP_MODES = ("center", "squash")
+AUTO_AUGMENTS = ("rand", "trivial")
 
 
 def _interpolation(name: str) -> InterpolationMode:
@@ -58,11 +59,13 @@ def create_transform(
     scale: Sequence[float] = (0.08, 1.0),
     ratio: Sequence[float] = (3 / 4, 4 / 3),
     hflip: float = 0.5,
+    auto_augment: Optional[str] = None,
 ) -> transforms.Compose:
     """A PIL-image → normalised tensor pipeline; ``create_transform(**data_config)`` as in timm.
 
     Eval: resize to ``size / crop_pct`` (shorter side for ``center``, both sides for ``squash``), center crop
-    to ``input_size``, to tensor, normalise. Training: random resized crop and horizontal flip.
+    to ``input_size``, to tensor, normalise. Training: random resized crop, horizontal flip and, with
+    ``auto_augment='rand'`` or ``'trivial'``, torchvision's RandAugment or TrivialAugmentWide.
     """
     height, width = _image_size(input_size)
     interp = _interpolation(interpolation)
@@ -73,6 +76,12 @@ def create_transform(
         ]
         if hflip > 0:
             steps.append(transforms.RandomHorizontalFlip(p=hflip))
+        if auto_augment == "rand":
+            steps.append(transforms.RandAugment(interpolation=interp))
+        elif auto_augment == "trivial":
+            steps.append(transforms.TrivialAugmentWide(interpolation=interp))
+        elif auto_augment is not None:
+            raise ValueError(f"unknown auto_augment {auto_augment!r}; choose one of {AUTO_AUGMENTS}")
         return transforms.Compose(steps + normalize)
 
     if crop_mode not in CROP_MODES:
