@@ -37,8 +37,8 @@ def _restore_norm_stats(modules: Sequence[nn.Module]) -> Iterator[None]:
         buf
         for module in modules
         for sub in module.modules()
-        if isinstance(sub, nn.modules.batchnorm._NormBase) and sub.training and sub.track_running_stats
-        for buf in (sub.running_mean, sub.running_var, sub.num_batches_tracked)
+        if sub.training and getattr(sub, "track_running_stats", False)  # BatchNorm, SyncBatchNorm, ...
+        for buf in (sub.running_mean, sub.running_var, getattr(sub, "num_batches_tracked", None))
         if buf is not None
     ]
     saved = [buf.clone() for buf in buffers]

@@ -21,16 +21,16 @@ def _step(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> tuple[torc
     return loss.detach(), {name: p.grad for name, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("momentum", [0.1, None])
-def test_bn_silu_bit_identical_to_torchvision_layers(momentum):
+@pytest.mark.parametrize(("momentum", "recompute"), [(0.1, True), (None, True), (0.1, False)])
+def test_bn_silu_bit_identical_to_torchvision_layers(momentum, recompute):
     torch.manual_seed(0)
     ours = conv_bn_act(8, 16, 3, stride=2)
-    ours.recompute_bn_act = True
+    ours.recompute_bn_act = recompute
     ours[1].momentum = momentum
     with torch.no_grad():
         ours[1].weight.uniform_(0.5, 1.5)
         ours[1].bias.uniform_(-0.5, 0.5)
-    reference = Conv2dNormActivation(8, 16, 3, stride=2, activation_layer=nn.SiLU, bias=False)
+    reference = Conv2dNormActivation(8, 16, 3, stride=2, activation_layer=nn.SiLU, bias=False)  # in-place SiLU
     reference.load_state_dict(ours.state_dict())
     reference[1].momentum = momentum
     x = torch.randn(4, 8, 10, 10) * 3 + 1
@@ -59,7 +59,7 @@ def test_bn_silu_saves_one_activation_instead_of_two():
     layer = conv_bn_act(8, 32, 1)
     x = torch.randn(2, 8, 16, 16, requires_grad=True)
     mid = 2 * 32 * 16 * 16
-    assert _saved_activations(layer, x, mid) == 2  # off by default: torchvision's BN input + SiLU input
+    assert _saved_activations(layer, x, mid) == 2  # off by default: BN input + SiLU input, as torchvision
     layer.recompute_bn_act = True
     assert _saved_activations(layer, x, mid) == 1  # only the BN input
     layer.eval()  # eval mode (e.g. frozen BN) takes the plain path

@@ -1,10 +1,11 @@
-"""BatchNorm + SiLU for training that keeps one activation for the backward pass instead of three.
+"""BatchNorm + SiLU for training that keeps only its input for the backward pass.
 
-Autograd through ``bn`` then an in-place ``silu_`` keeps the BN input (for BN's backward), a clone of the BN
-output (in-place SiLU must save its original input) and the SiLU output (kept by the next conv). Here one
-Function does both: it keeps only the BN input and re-runs the normalisation in the backward pass. The
-recomputation calls the same kernel on the same data, so outputs, gradients and running statistics are
-bit-identical to the unfused layers'.
+Autograd through ``bn`` then an in-place ``silu_`` keeps three activation-sized tensors per layer: the BN
+input (for BN's backward), a clone of the BN output (in-place SiLU must save its original input) and the
+SiLU output (which the next conv keeps anyway). One Function here does both and keeps only the BN input,
+re-running the normalisation in the backward pass: two tensors instead of three. The recomputation calls
+the same kernel on the same data, so outputs, gradients and running statistics are bit-identical to the
+unfused layers'.
 """
 
 from __future__ import annotations
