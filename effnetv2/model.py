@@ -7,20 +7,27 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from effnetv2.builder import build_stages
+from effnetv2.checkpointing import GRANULARITIES, checkpoint_head, checkpoint_stages, set_bn_act_recompute
 from effnetv2.features import FeatureInfo, resolve_indices
 from effnetv2.layers import GlobalPool, conv_bn_act
 from effnetv2.layers.init import init_weights
 from effnetv2.spec import EFFICIENTNETV2_RW_M, ModelSpec
 
 
-def checkpoint_blocks(blocks: nn.Sequential, x: Tensor) -> Tensor:
-    """Run ``blocks`` one by one, keeping only each block's input for the backward pass."""
-    for block in blocks:
-        x = checkpoint(block, x, use_reentrant=False)
-    return x
+def check_input(x: Tensor, in_chans: int) -> None:
+    """Raise a clear error unless ``x`` is a floating-point (N, in_chans, H, W) batch."""
+    # Shapes and dtypes are static under tracing and export, so these checks cost nothing there.
+    if x.dim() != 4:
+        raise ValueError(f"expected a 4-D image batch (N, C, H, W), got a {x.dim()}-D tensor of shape {list(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"expected a floating-point image tensor, got dtype {x.dtype}; convert it with .float()")
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            f"expected {in_chans} input channels, got {x.shape[1]} (input shape {list(x.shape)}); "
+            f"create the model with in_chans={x.shape[1]} or fix the input"
+        )
 
 
 class _Trunk(nn.Module):
@@ -37,6 +44,7 @@ class _Trunk(nn.Module):
         self.spec = spec
         self.in_chans = in_chans
         self.grad_checkpointing = False
+        self.grad_checkpointing_granularity = "nested"
         self.stem = conv_bn_act(in_chans, spec.stem_channels, 3, stride=2)
         self.stages, self._levels = build_stages(spec, drop_path_rate)
         self.pretrained_cfg = {}  # set by create_model; left unannotated for TorchScript
@@ -47,23 +55,32 @@ class _Trunk(nn.Module):
         return self.pretrained_cfg
 
     def _check_input(self, x: Tensor) -> None:
-        # Shapes and dtypes are static under tracing and export, so these checks cost nothing there.
-        if x.dim() != 4:
-            raise ValueError(
-                f"expected a 4-D image batch (N, C, H, W), got a {x.dim()}-D tensor of shape {list(x.shape)}"
-            )
-        if not x.is_floating_point():
-            raise TypeError(f"expected a floating-point image tensor, got dtype {x.dtype}; convert it with .float()")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"expected {self.in_chans} input channels, got {x.shape[1]} (input shape {list(x.shape)}); "
-                f"create the model with in_chans={x.shape[1]} or fix the input"
-            )
+        check_input(x, self.in_chans)
 
     @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block's activations in the backward pass instead of storing them."""
+    def set_grad_checkpointing(self, enable: bool = True, granularity: str = "nested") -> None:
+        """Recompute activations in the backward pass instead of storing them (timm's method).
+
+        Gradients, outputs and BatchNorm statistics stay bit-identical to the plain model's.
+
+        Args:
+            enable: turn checkpointing on or off.
+            granularity: what is recomputed, from the least memory to the least recomputation:
+                ``"nested"`` (default: as ``"block"``, with the high-resolution stem + stage 0 as one
+                segment re-run block by block), ``"block"`` (keep every block's input, timm's scheme) or
+                ``"bn_act"`` (re-run no block, only recompute each BatchNorm + SiLU output). All three
+                recompute BN + SiLU.
+                See :mod:`effnetv2.checkpointing`.
+        """
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
         self.grad_checkpointing = enable
+        self.grad_checkpointing_granularity = granularity
+        set_bn_act_recompute(self, enable)
+
+    @torch.jit.unused
+    def _checkpointed_stages(self, x: Tensor, stages: list[nn.Module]) -> list[Tensor]:
+        return checkpoint_stages(self.stem, stages, x, self.grad_checkpointing_granularity)
 
 
 class EfficientNetV2(_Trunk):
@@ -142,12 +159,12 @@ class EfficientNetV2(_Trunk):
     def forward_features(self, x: Tensor) -> Tensor:
         """Unpooled final features, (B, num_features, H/32, W/32)."""
         self._check_input(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = self._checkpointed_stages(x, list(self.stages))[-1]
+            return checkpoint_head(self.head, x, self.grad_checkpointing_granularity)
         x = self.stem(x)
         for stage in self.stages:
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_blocks(stage, x)
-            else:
-                x = stage(x)
+            x = stage(x)
         return self.head(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -187,16 +204,21 @@ class EfficientNetV2(_Trunk):
         take_positions = {self.stage_ends[i] for i in take}
         last_position = self.stage_ends[max_index] if stop_early else len(self.stages)
 
-        intermediates = []
-        x = self.stem(x)
-        if 0 in take_positions:
-            intermediates.append(x)
-        for position, stage in enumerate(self.stages[:last_position], start=1):
-            x = checkpoint_blocks(stage, x) if self.grad_checkpointing else stage(x)
-            if position in take_positions:
-                intermediates.append(x)
+        stages = list(self.stages[:last_position])
+        if self.grad_checkpointing:
+            outputs = self._checkpointed_stages(x, stages)
+        else:
+            outputs = []
+            x = self.stem(x)
+            for stage in stages:
+                x = stage(x)
+                outputs.append(x)
+        intermediates = [out for position, out in enumerate(outputs, start=1) if position in take_positions]
         if intermediates_only:
             return intermediates
+        x = outputs[-1]
+        if self.grad_checkpointing:
+            return checkpoint_head(self.head, x, self.grad_checkpointing_granularity), intermediates
         return self.head(x), intermediates
 
 
@@ -221,13 +243,15 @@ class EfficientNetV2Features(_Trunk):
     def forward(self, x: Tensor) -> list[Tensor]:
         self._check_input(x)
         features: list[Tensor] = []
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            outputs = self._checkpointed_stages(x, list(self.stages))
+            for position in self._out_positions:
+                features.append(outputs[position - 1])
+            return features
         x = self.stem(x)
         position = 1
         for stage in self.stages:
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_blocks(stage, x)
-            else:
-                x = stage(x)
+            x = stage(x)
             if position in self._out_positions:
                 features.append(x)
             position += 1

@@ -6,8 +6,44 @@ stochastic depth) when the block keeps its shape.
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation, SqueezeExcitation, StochasticDepth
+
+from effnetv2.layers.bn_silu import batch_norm_silu
+
+
+class ConvBnAct(Conv2dNormActivation):
+    """torchvision's conv + BN + SiLU, with two training-time savings; same modules and state-dict keys.
+
+    With autograd on, SiLU runs out of place: torchvision's in-place SiLU makes autograd clone its input
+    first, one extra pass over the activation for nothing (same memory, same numbers). With
+    ``recompute_bn_act`` set (gradient checkpointing does it), BN + SiLU store only the BN input and
+    recompute the rest in the backward pass (:mod:`effnetv2.layers.bn_silu`). Outputs, gradients and BN
+    statistics are bit-identical to ``Conv2dNormActivation``'s either way.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.recompute_bn_act = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        # A bare `if not is_scripting()` is skipped by the TorchScript compiler; a combined condition is not.
+        if not torch.jit.is_scripting():  # noqa: SIM102
+            if torch.is_grad_enabled() and self._ends_in_silu():
+                if self.recompute_bn_act and type(self[1]) is nn.BatchNorm2d and self[1].training:
+                    return batch_norm_silu(self[0](x), self[1])  # exact type: not SyncBatchNorm (DDP)
+                return F.silu(self[1](self[0](x)))
+        for module in self:
+            x = module(x)
+        return x
+
+    @torch.jit.unused
+    def _ends_in_silu(self) -> bool:
+        return len(self) == 3 and type(self[2]) is nn.SiLU
 
 
 def conv_bn_act(
@@ -17,9 +53,9 @@ def conv_bn_act(
     stride: int = 1,
     groups: int = 1,
     act: bool = True,
-) -> Conv2dNormActivation:
+) -> ConvBnAct:
     """Bias-free conv with symmetric ``k // 2`` padding, BatchNorm (eps 1e-5, momentum 0.1), optional SiLU."""
-    return Conv2dNormActivation(
+    return ConvBnAct(
         in_channels,
         out_channels,
         kernel_size,

@@ -1,0 +1,49 @@
+"""scripts/benchmark.py runs end to end in its tiny CI mode and emits the documented JSON (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_smoke_json(tmp_path):
+    report = tmp_path / "BENCH.md"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--smoke", "--json", "--threads", "1"]
+    out = subprocess.run([*cmd, "--write-markdown", str(report)], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = json.loads(out.stdout)
+    assert {"machine", "settings", "inference", "agreement", "training", "goals"} <= set(results)
+    assert results["settings"]["img_size"] == 64 and results["settings"]["batch_size"] == 1
+    names = [row["name"] for row in results["inference"]]
+    assert names == [
+        "timm eager fp32",
+        "timm eager fp32 channels_last",
+        "effnetv2 eager fp32",
+        "effnetv2 optimised fp32",
+        "effnetv2 optimised bf16",
+    ]  # --smoke leaves out torch.compile
+    for row in results["inference"]:
+        assert row["img_per_s"] > 0 and row["latency_ms_p50"] <= row["latency_ms_p90"]
+        assert row["peak_memory_mib"] > 100  # at least the weights (bf16: 106 MB)
+        assert row["img_per_s_vs_timm"] is not None
+    train = {row["name"]: row for row in results["training"]}
+    assert set(train) == {
+        "timm plain",
+        "timm checkpointed (per block)",
+        "effnetv2 plain",
+        "effnetv2 checkpointed (nested, default)",
+        "effnetv2 checkpointed (block)",
+        "effnetv2 checkpointed (bn_act)",
+    }
+    assert train["timm plain"]["memory_vs_timm_plain"] == 1.0
+    assert all(row["step_s_p50"] > 0 and row["peak_memory_mib"] > 400 for row in train.values())
+    assert results["agreement"]["fp32_top1_agreement"] == 1.0
+    assert {g["goal"] for g in results["goals"]} >= {"bf16 top-1 agreement with fp32"}
+    text = report.read_text()
+    assert text.startswith("# Benchmarks") and "| effnetv2 optimised fp32 |" in text
