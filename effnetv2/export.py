@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from effnetv2.errors import ExportError
+from effnetv2.optimize import optimize_for_inference
 
 FORMATS = ("onnx", "torchscript", "exported-program")
 
@@ -159,8 +160,8 @@ def export_model(
     Raises:
         ValueError, IsADirectoryError, FileNotFoundError: bad options (see :func:`check_export_options`).
         OSError: the output folder is not writable.
-        ImportError: ``optimize=True`` in a version without ``effnetv2.optimize``, or ONNX export without the
-            onnx (export) or onnxruntime (verification) package.
+        TypeError: ``optimize=True`` for a model that is not an effnetv2 model.
+        ImportError: ONNX export without the onnx (export) or onnxruntime (verification) package.
         ExportError: the exporter failed, or the file's outputs differ from the eager model's beyond
             ``tolerance``. Nothing is written.
     """
@@ -174,7 +175,7 @@ def export_model(
         _require("onnx")
         if verify:
             _require("onnxruntime")
-    exported = load_optimizer()(model) if optimize else model
+    exported = optimize_for_inference(model) if optimize else model
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None else torch.float32
@@ -399,20 +400,6 @@ def _resolve_img_size(model: nn.Module, img_size: Optional[Union[int, Sequence[i
     if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
         raise ValueError(f"img_size must be a positive int or (H, W), got {img_size!r}")
     return size[0], size[1]
-
-
-def load_optimizer() -> Callable[[nn.Module], nn.Module]:
-    """``effnetv2.optimize.optimize_for_inference``, or an ImportError saying this version does not have it."""
-    try:
-        from effnetv2.optimize import optimize_for_inference
-    except ModuleNotFoundError as e:
-        if e.name != "effnetv2.optimize":  # the module is there but broken: show the real error
-            raise
-        raise ImportError(
-            "optimize needs effnetv2.optimize.optimize_for_inference (the BatchNorm-folded inference model), "
-            "which is not available in this version of effnetv2"
-        ) from e
-    return optimize_for_inference
 
 
 def _require(package: str) -> Any:

@@ -628,7 +628,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed inference rounds first (default 2; training: 1)")
     p.add_argument("--train-batch-size", type=int, default=8, help="training batch (default 8)")
     p.add_argument("--train-img-size", type=int, default=224, help="training image size (default 224)")
-    p.add_argument("--train-iters", type=int, default=3, help="timed training rounds (default 3)")
+    p.add_argument("--train-iters", type=int, default=7, help="timed training rounds (default 7)")
     p.add_argument("--train-channels-last", action="store_true", help="train every model in channels_last")
     p.add_argument("--agreement-images", type=int, default=128, help="images for the bf16 agreement check")
     p.add_argument("--calib-images", type=int, default=16, help="images that calibrate BatchNorm statistics")

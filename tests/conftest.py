@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,6 +26,20 @@ from timm.models import save_for_hf  # noqa: E402
 import effnetv2  # noqa: E402
 
 ARCH = "efficientnetv2_rw_m"
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def import_script(name: str):
+    """Import ``scripts/<name>.py`` (the scripts folder is not a package)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:

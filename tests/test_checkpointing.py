@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ARCH, image_batch
+from conftest import ARCH, image_batch, import_script
 from torch import nn
 from torchvision.ops import Conv2dNormActivation, StochasticDepth
 
@@ -123,9 +123,7 @@ def test_granularity_is_checked(model):
 
 def test_checkpointing_stores_less(model):
     """Peak live tensor bytes of a training step: nested < block (timm's scheme) < bn_act < plain."""
-    from test_optimize import _import_script
-
-    bench = _import_script("benchmark")
+    bench = import_script("benchmark")
     x, target = image_batch(2, 96, 96), torch.tensor([1, 2])
     peaks = {}
     for granularity in ("plain", "bn_act", "block", "nested"):

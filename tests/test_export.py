@@ -236,16 +236,7 @@ def test_unwritable_output_paths(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_optimize_unavailable_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "effnetv2.optimize", None)  # as in a version without the module
-    run = run_cli(["--format", "torchscript", "--output", str(tmp_path / "m.pt"), "--optimize"])
-    assert run.code == 2
-    assert "not available in this version of effnetv2" in run.stderr
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_optimize_exports_the_folded_model_verified_against_the_original(tmp_path, eager):
-    pytest.importorskip("effnetv2.optimize")
     output = tmp_path / "folded.pt"
     run = run_cli(
         [
@@ -315,7 +306,7 @@ def test_exporter_failure_is_an_export_error_and_writes_nothing(tmp_path):
 
 
 def test_cli_verification_failure_exits_nonzero_and_writes_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr("effnetv2.cli.export.create_model", lambda *args, **kwargs: Tiny(skew=True))
+    monkeypatch.setattr("effnetv2.cli.export.load_model", lambda *args, **kwargs: Tiny(skew=True).eval())
     run = run_cli(["--format", "exported-program", "--output", str(tmp_path / "m.pt2"), "--img-size", "16"])
     assert run.code == 2
     assert re.search(r"error: the exported-program export does not match the eager model: max relative", run.stderr)

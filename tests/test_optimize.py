@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import ARCH, assert_close
+from conftest import ARCH, assert_close, import_script
 
 import effnetv2
 from effnetv2.optimize import optimize_for_inference
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def _import_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-calibrated_model = _import_script("calibrated_model")
+calibrated_model = import_script("calibrated_model")
 IMG = 96
 
 

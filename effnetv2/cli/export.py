@@ -7,9 +7,9 @@ import sys
 from typing import Any
 
 from effnetv2.cli import CLIError
-from effnetv2.errors import CheckpointError, ExportError
-from effnetv2.export import DEFAULT_ONNX_OPSET, FORMATS, check_export_options, export_model, load_optimizer
-from effnetv2.registry import create_model
+from effnetv2.cli.runtime import load_model
+from effnetv2.errors import ExportError
+from effnetv2.export import DEFAULT_ONNX_OPSET, FORMATS, check_export_options, export_model
 
 DEFAULT_MODEL = "efficientnetv2_rw_m.agc_in1k"
 
@@ -87,23 +87,18 @@ def run(args: argparse.Namespace) -> int:
     # Cheap checks first: a bad path or opset should not cost a hub download and a 53M-parameter model.
     try:
         output = check_export_options(args.output, args.format, args.opset)
-        if args.optimize:
-            load_optimizer()
-    except (ValueError, OSError, ImportError) as e:
+    except (ValueError, OSError) as e:
         raise CLIError(str(e)) from e
 
     kwargs: dict[str, Any] = {"features_only": args.features_only}
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
-    try:
-        model = create_model(args.model, pretrained=args.checkpoint is None, checkpoint_path=args.checkpoint, **kwargs)
-    except (CheckpointError, ValueError, OSError) as e:  # unknown name, unreadable or mismatched weights, no hub
-        raise CLIError(str(e)) from e
+    model = load_model(args, **kwargs)
 
     print(f"effnetv2: exporting {args.model} to {args.format}, then verifying it ...", file=sys.stderr)
     try:
         report = export_model(
-            model.eval(),
+            model,
             output,
             args.format,
             img_size=args.img_size,
