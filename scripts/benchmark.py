@@ -266,18 +266,24 @@ def bench_inference(args: argparse.Namespace, device: torch.device) -> list[dict
                 latency_ms_p50=1000 * p50,
                 latency_ms_p90=1000 * percentile(latencies[name], 90),
                 peak_memory_mib=memory[name] / MIB,
+                latencies_s=latencies[name],
             )
         )
-    add_ratios(rows, "img_per_s", {"timm eager fp32": "vs_timm", "timm eager fp32 channels_last": "vs_timm_cl"})
+    # Speed-ups as paired ratios: a reference's time over the configuration's, round by round.
+    for ref_name, label in (("timm eager fp32", "vs_timm"), ("timm eager fp32 channels_last", "vs_timm_cl")):
+        for row in rows:
+            ref = latencies.get(ref_name)
+            row[f"img_per_s_{label}"] = paired_ratio(ref, latencies[row["name"]]) if ref else None
     return rows
 
 
-def add_ratios(rows: list[dict[str, Any]], key: str, references: dict[str, str]) -> None:
-    by_name = {row["name"]: row for row in rows}
-    for ref_name, label in references.items():
-        ref = by_name.get(ref_name)
-        for row in rows:
-            row[f"{key}_{label}"] = row[key] / ref[key] if ref else None
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median over rounds of ``numerator[i] / denominator[i]``.
+
+    The configurations of one round run back to back, so a ratio within a round cancels the slow swings in
+    speed that a shared machine has (measured: ±15 % between minutes); a ratio of overall medians does not.
+    """
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
 
 
 def bench_agreement(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -400,12 +406,13 @@ def bench_training(args: argparse.Namespace, device: torch.device) -> list[dict[
                 img_per_s=args.train_batch_size / p50,
                 peak_memory_mib=(resident + step_peak) / MIB,
                 step_memory_mib=step_peak / MIB,
+                step_s=times[name],
             )
         )
     by_name = {row["name"]: row for row in rows}
     ref = by_name.get("timm plain")
     for row in rows:
-        row["time_vs_timm_plain"] = row["step_s_p50"] / ref["step_s_p50"] if ref else None
+        row["time_vs_timm_plain"] = paired_ratio(times[row["name"]], times["timm plain"]) if ref else None
         row["memory_vs_timm_plain"] = row["peak_memory_mib"] / ref["peak_memory_mib"] if ref else None
     if args.rss:
         for row in rows:
@@ -624,7 +631,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--batch-size", type=int, default=8, help="inference batch (default 8)")
     p.add_argument("--img-size", type=int, default=320, help="inference image size (default 320)")
-    p.add_argument("--iters", type=int, default=10, help="timed inference rounds (default 10)")
+    p.add_argument("--iters", type=int, default=14, help="timed inference rounds (default 14)")
     p.add_argument("--warmup", type=int, default=2, help="untimed inference rounds first (default 2; training: 1)")
     p.add_argument("--train-batch-size", type=int, default=8, help="training batch (default 8)")
     p.add_argument("--train-img-size", type=int, default=224, help="training image size (default 224)")
