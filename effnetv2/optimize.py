@@ -244,7 +244,8 @@ def optimize_for_inference(
         channels_last: store weights and run activations in NHWC (what oneDNN and cuDNN prefer).
         compile: return ``torch.compile`` of the result (with weight freezing on CPU), whose ``forward``
             is compiled; the uncompiled module is its ``_orig_mod``. The first call compiles (about a
-            minute on 2 CPU cores; less with inductor's cache warm). On the reference CPU it gained ~2 %.
+            minute on 2 CPU cores; less with inductor's cache warm). On the reference CPU it gained
+            0–18 % over the uncompiled copy, depending on the run (BENCHMARKS.md).
 
     Reduced precision: on CPUs without native bfloat16 (no AVX512-BF16 or AMX) oneDNN emulates it and
     bfloat16 is slower than float32; a warning says so.
