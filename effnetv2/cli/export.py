@@ -7,18 +7,9 @@ import sys
 from typing import Any
 
 from effnetv2.cli import CLIError
-from effnetv2.cli.runtime import load_model
+from effnetv2.cli.runtime import DEFAULT_MODEL, load_model, positive_int
 from effnetv2.errors import ExportError
 from effnetv2.export import DEFAULT_ONNX_OPSET, FORMATS, check_export_options, export_model
-
-DEFAULT_MODEL = "efficientnetv2_rw_m.agc_in1k"
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="export the feature pyramid (one output per level: features.0, features.1, ...)",
     )
     parser.add_argument(
-        "--img-size", type=_positive_int, metavar="N", help="example input size (default: the model's input size, 320)"
+        "--img-size", type=positive_int, metavar="N", help="example input size (default: the model's input size, 320)"
     )
     shape = parser.add_mutually_exclusive_group()
     shape.add_argument(
@@ -62,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     shape.add_argument("--static", dest="dynamic_batch", action="store_false", help="fixed batch axis (--batch-size)")
     parser.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="the batch size of a --static export (default: %(default)s)",
