@@ -1,52 +1,77 @@
-"""A randomly initialised model made well-behaved enough for precision checks, and a task it can solve.
+"""Randomly initialised networks made well-conditioned, as trained ones are: the test oracle and the benchmark's model.
 
-Neither the tests nor the benchmark can download trained weights, and a freshly initialised 60-block
-network is chaotic: with unit-gain residual branches and BatchNorm statistics from other inputs its
-activations grow to ~1e6 and fp32 itself (against fp64) is off by 1e-4 relative. Trained networks are not
-like that. This module builds a stand-in that is:
+Neither the tests nor the benchmark can download trained weights, and a freshly initialised 60-block network is
+chaotic: with unit-gain residual branches and BatchNorm statistics from other inputs its activations grow to ~1e7,
+most squeeze-excite gates saturate at 0 or 1, and float32 itself (against float64) is off by tens of percent. On
+such weights a wrong activation or bias can change the outputs by nothing, and a parity test proves nothing.
+This module turns a fresh network into a stand-in that behaves like a trained one. It works on timm's EfficientNets
+(the test oracle, built by timm) and on effnetv2's (the benchmark), finding the parts by what they are, not by name:
 
-- **calibrated**: every BatchNorm's running statistics are set, in eval mode and in network order, from
-  the activations the network actually produces on a calibration batch; affine terms are random;
-  residual branches end in a BN whose gain is scaled by ``residual_gain`` (trained EfficientNets have
-  small gains there), so activations stay O(1) through all blocks;
-- **meaningful**: :func:`prototype_classifier` turns the classifier into a nearest-prototype classifier
-  over the embeddings of ``num_classes`` exemplar images, and :func:`mixed_images` blends exemplars so
-  that the fp32 predictions have a spread of margins, from confident to nearly tied. Top-1 agreement
-  between reduced precision and fp32 on those images is then a real measurement: a wrong reduced-precision
-  path gives near-chance agreement, an exact one 100 %.
+- :func:`condition`: mildly random BatchNorm affine terms and squeeze-excite biases, each residual branch's last
+  BatchNorm gain scaled by ``residual_gain`` (trained EfficientNets have small gains there), then every BatchNorm's
+  running statistics measured in eval mode, in network order, on natural-looking images
+  (:func:`calibrate_batchnorm`), so that activations stay O(1) through all blocks; then a tempered classifier
+  (:func:`temper_classifier`): logits of a few units.
+- :func:`prototype_classifier` and :func:`mixed_images` give a task the model can get right or wrong: a
+  nearest-prototype classifier over exemplar images, and blends of exemplars with a spread of fp32 margins, from
+  confident to nearly tied, so top-1 agreement of reduced precision with fp32 is a real measurement.
+- :func:`conditioning` measures what the tests assert: the largest activation, the share of saturated gates.
 
-Used by ``scripts/benchmark.py`` and by ``tests/test_optimize.py``.
+Used by ``tests/conftest.py`` (the shared oracle), ``tests/test_optimize.py`` and ``scripts/benchmark.py``.
 """
 
 from __future__ import annotations
+
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+Size = Union[int, tuple[int, int]]
 
-def smooth_images(n: int, size: int, seed: int = 0) -> Tensor:
-    """Natural-looking inputs: smooth random colour fields with finer detail, roughly unit variance."""
+
+def smooth_images(n: int, size: Size, seed: int = 0, channels: int = 3) -> Tensor:
+    """Natural-looking inputs: smooth random colour fields with finer detail, roughly unit variance.
+
+    The fields are built on grids relative to the image size, so they look alike at every resolution, as
+    normalised photos do (what ``timm``'s ImageNet-normalised eval transform gives has about unit variance too).
+    ``size`` is ``H`` or ``(H, W)``.
+    """
+    h, w = (size, size) if isinstance(size, int) else size
     g = torch.Generator().manual_seed(seed)
-    coarse = torch.randn(n, 3, max(size // 32, 2), max(size // 32, 2), generator=g)
-    middle = torch.randn(n, 3, max(size // 8, 2), max(size // 8, 2), generator=g)
-    fine = torch.randn(n, 3, size, size, generator=g)
-    img = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
-    img = img + 0.5 * F.interpolate(middle, size=(size, size), mode="bilinear", align_corners=False)
+    coarse = torch.randn(n, channels, max(h // 32, 2), max(w // 32, 2), generator=g)
+    middle = torch.randn(n, channels, max(h // 8, 2), max(w // 8, 2), generator=g)
+    fine = torch.randn(n, channels, h, w, generator=g)
+    img = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)
+    img = img + 0.5 * F.interpolate(middle, size=(h, w), mode="bilinear", align_corners=False)
     return img + 0.05 * fine
 
 
-@torch.no_grad()
-def calibrate_batchnorm(model: nn.Module, images: Tensor, residual_gain: float = 0.2, seed: int = 0) -> nn.Module:
-    """Random BN affine terms, then running statistics measured in eval mode on ``images`` (in place)."""
-    g = torch.Generator().manual_seed(seed)
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for bn in bns:
-        bn.weight.copy_(1.0 + 0.2 * torch.randn(bn.num_features, generator=g))
-        bn.bias.copy_(0.1 * torch.randn(bn.num_features, generator=g))
+def residual_branch_norms(model: nn.Module) -> list[nn.BatchNorm2d]:
+    """The last BatchNorm of every block with a residual add (timm: ``has_skip``; effnetv2: ``use_residual``).
+
+    timm's InvertedResidual ends in ``bn3``, EdgeResidual and DepthwiseSeparable in ``bn2``, effnetv2's blocks in
+    ``project[1]``: in each the branch's last BatchNorm is the last one among the block's modules.
+    """
+    norms = []
     for block in model.modules():
-        if getattr(block, "use_residual", False):
-            block.project[1].weight.mul_(residual_gain)
+        if getattr(block, "has_skip", False) or getattr(block, "use_residual", False):
+            norms.append([m for m in block.modules() if isinstance(m, nn.BatchNorm2d)][-1])
+    return norms
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, images: Tensor, capture: Optional[nn.Module] = None) -> Optional[Tensor]:
+    """Set every BatchNorm's running statistics to those of its input on ``images``, in eval mode (in place).
+
+    One eval-mode pass in network order: each BatchNorm's statistics are set just before it runs, so every later
+    layer is calibrated on the already-calibrated activations before it (train-mode statistics would differ), and
+    the pass computes what the calibrated model gives. Returns the input of ``capture`` (a module of ``model``)
+    in that pass, e.g. the classifier's: the calibrated model's embeddings of ``images``.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    captured = []
 
     def set_stats(bn: nn.BatchNorm2d, inputs: tuple[Tensor, ...]) -> None:
         x = inputs[0]
@@ -54,13 +79,57 @@ def calibrate_batchnorm(model: nn.Module, images: Tensor, residual_gain: float =
         bn.running_var.copy_(x.var((0, 2, 3)))
 
     hooks = [bn.register_forward_pre_hook(set_stats) for bn in bns]
+    if capture is not None:
+        hooks.append(capture.register_forward_pre_hook(lambda module, inputs: captured.append(inputs[0])))
     try:
         model.eval()
         model(images)
     finally:
         for hook in hooks:
             hook.remove()
+    return captured[0] if captured else None
+
+
+@torch.no_grad()
+def randomize_affine(model: nn.Module, residual_gain: float = 0.2, seed: int = 0) -> nn.Module:
+    """Mildly random BatchNorm affine terms and conv biases (squeeze-excite), small residual-branch gains."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.copy_(1.0 + 0.2 * torch.randn(m.num_features, generator=g))
+            m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
+            m.num_batches_tracked.fill_(int(torch.randint(1, 1000, (1,), generator=g)))
+        elif isinstance(m, nn.Conv2d) and m.bias is not None:  # squeeze-excite: initialised to 0
+            m.bias.copy_(0.25 * torch.randn(m.out_channels, generator=g))
+    for bn in residual_branch_norms(model):
+        bn.weight.mul_(residual_gain)
     return model
+
+
+@torch.no_grad()
+def temper_classifier(classifier: nn.Linear, embeddings: Tensor, logit_std: float = 2.0) -> nn.Linear:
+    """Scale and centre a (random) classifier so its logits on ``embeddings`` have mean 0 and std ``logit_std``.
+
+    A random linear map sees every direction of the embedding; centring on the images' mean embedding and scaling
+    gives logits of a few units, so softmax probabilities stay informative (not one-hot) and a change anywhere in
+    the network moves the logits in proportion.
+    """
+    mean = embeddings.mean(0)
+    classifier.weight.mul_(logit_std / ((embeddings - mean) @ classifier.weight.T).std())
+    classifier.bias.copy_(-classifier.weight @ mean)
+    return classifier
+
+
+def condition(
+    model: nn.Module, images: Tensor, residual_gain: float = 0.2, logit_std: float = 2.0, seed: int = 0
+) -> nn.Module:
+    """A fresh timm or effnetv2 EfficientNet made well-conditioned (in place; see the module docstring)."""
+    randomize_affine(model, residual_gain, seed)
+    classifier = model.get_classifier() if getattr(model, "num_classes", 0) else None
+    embeddings = calibrate_batchnorm(model, images, capture=classifier)
+    if classifier is not None:
+        temper_classifier(classifier, embeddings, logit_std)
+    return model.eval()
 
 
 @torch.no_grad()
@@ -96,10 +165,40 @@ def mixed_images(exemplars: Tensor, n: int, max_mix: float = 0.5, noise: float =
 def make_calibrated_model(
     create, img_size: int, num_classes: int = 10, calib_images: int = 16, seed: int = 0
 ) -> tuple[nn.Module, Tensor]:
-    """``create()`` → a calibrated model with a prototype classifier, and its exemplar images."""
+    """``create()`` → a conditioned model with a prototype classifier, and its exemplar images."""
     torch.manual_seed(seed)
-    model = create()
-    calibrate_batchnorm(model, smooth_images(calib_images, img_size, seed=seed + 1), seed=seed)
+    model = randomize_affine(create(), seed=seed)
+    calibrate_batchnorm(model, smooth_images(calib_images, img_size, seed=seed + 1))
     exemplars = smooth_images(num_classes, img_size, seed=seed + 2)
     prototype_classifier(model, exemplars)
     return model.eval(), exemplars
+
+
+@torch.no_grad()
+def conditioning(model: nn.Module, images: Tensor) -> dict[str, float]:
+    """How tame ``model`` is on ``images``: its largest activation and the share of saturated sigmoid gates.
+
+    ``max_activation``: max |output| over every module; ``saturated_gates``: the fraction of squeeze-excite gate
+    values below 0.01 or above 0.99 (a saturated gate passes no change in its input on).
+    """
+    peak = torch.zeros((), dtype=torch.float64)
+    gates = []
+
+    def track(module: nn.Module, inputs: tuple[Tensor, ...], output) -> None:
+        nonlocal peak
+        for t in output if isinstance(output, (list, tuple)) else [output]:
+            if isinstance(t, Tensor) and t.is_floating_point():
+                peak = torch.maximum(peak, t.detach().abs().max().double())
+        if isinstance(module, nn.Sigmoid):
+            gates.append(output.detach().flatten())
+
+    hooks = [m.register_forward_hook(track) for m in model.modules()]
+    try:
+        model.eval()
+        model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    gate = torch.cat(gates) if gates else torch.empty(0)
+    saturated = ((gate < 0.01) | (gate > 0.99)).double().mean().item() if gates else 0.0
+    return dict(max_activation=peak.item(), saturated_gates=saturated, gates=gate.numel())
