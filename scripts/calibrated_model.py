@@ -108,15 +108,19 @@ def randomize_affine(model: nn.Module, residual_gain: float = 0.2, seed: int = 0
 
 @torch.no_grad()
 def temper_classifier(classifier: nn.Linear, embeddings: Tensor, logit_std: float = 2.0) -> nn.Linear:
-    """Scale and centre a (random) classifier so its logits on ``embeddings`` have mean 0 and std ``logit_std``.
+    """Make a (random) classifier see only how ``embeddings`` differ from their mean, with logits of std ``logit_std``.
 
-    A random linear map sees every direction of the embedding; centring on the images' mean embedding and scaling
-    gives logits of a few units, so softmax probabilities stay informative (not one-hot) and a change anywhere in
-    the network moves the logits in proportion.
+    A random linear map sees every direction of the embedding. Its rows lose their component along the mean
+    embedding, so the logits carry no large common offset that a bias would have to cancel (cancellation that
+    reduced precision turns into error), and are scaled to a few units: softmax probabilities stay informative
+    (not one-hot) and a change anywhere in the network moves the logits in proportion. The bias is mild and random.
     """
     mean = embeddings.mean(0)
-    classifier.weight.mul_(logit_std / ((embeddings - mean) @ classifier.weight.T).std())
-    classifier.bias.copy_(-classifier.weight @ mean)
+    weight = classifier.weight
+    weight.sub_(torch.outer(weight @ mean, mean) / mean.dot(mean))
+    weight.mul_(logit_std / ((embeddings - mean) @ weight.T).std())
+    g = torch.Generator().manual_seed(0)  # a mild random bias, so a classifier that drops it is seen
+    classifier.bias.copy_(0.25 * logit_std * torch.randn(classifier.out_features, generator=g))
     return classifier
 
 

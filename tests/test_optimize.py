@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import ARCH, assert_close, import_script
+from conftest import ARCH, assert_close, import_script, rel_diff
 
 import effnetv2
 from effnetv2.optimize import optimize_for_inference
@@ -17,13 +17,19 @@ IMG = 96
 
 
 @pytest.fixture(scope="module")
-def calibrated():
-    """A well-conditioned model (calibrated BN, small residual gains) with a 10-class prototype classifier.
+def calibrated(model, timm_model):
+    """The shared well-conditioned oracle with a 10-class prototype classifier, its exemplars, and timm's copy.
 
     A raw random network is chaotic: eager fp32 itself is ~1e-4 from fp64, so 1e-5 comparisons would be
     meaningless there (see scripts/calibrated_model.py).
     """
-    return calibrated_model.make_calibrated_model(lambda: effnetv2.create_model(ARCH), IMG, calib_images=8)
+    ours = copy.deepcopy(model)
+    exemplars = calibrated_model.smooth_images(10, IMG, seed=2)
+    calibrated_model.prototype_classifier(ours, exemplars)
+    theirs = copy.deepcopy(timm_model)
+    theirs.reset_classifier(10)
+    theirs.classifier.load_state_dict(ours.classifier.state_dict())
+    return ours.eval(), exemplars, theirs.eval()
 
 
 @pytest.fixture(scope="module")
@@ -79,22 +85,29 @@ def test_features_only(calibrated, images, out_indices):
 
 @pytest.mark.filterwarnings("ignore:this CPU has no native bfloat16")
 def test_bfloat16_agrees_with_fp32_on_natural_images(calibrated, images):
-    model = calibrated[0]
+    """Judged against timm's model cast to bfloat16 on the same inputs, not a fixed tolerance: how far bf16 lands
+    from fp32 depends on the CPU's kernels (fp32 emulation on AVX2, native bf16 dot products on AVX512-BF16/AMX)."""
+    model, _, theirs = calibrated
     fast = optimize_for_inference(model, dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in fast.parameters())
     with torch.inference_mode():
         expected = model(images)
         out = fast(images)
         assert fast(images[:1].bfloat16()).dtype == torch.bfloat16  # outputs come back in the input's dtype
+        timm_bf16 = copy.deepcopy(theirs).bfloat16()(images.bfloat16()).float()
     assert out.dtype == torch.float32
     preds = expected.argmax(1)
     # The check is not vacuous: fp32 predicts many classes, some by a hair (mixed images).
     assert preds.unique().numel() >= 6
-    margins = expected.topk(2, dim=1).values.diff(dim=1).abs()
+    margins = expected.topk(2, dim=1).values.diff(dim=1).abs()[:, 0]
     assert margins.min() < 0.1 * margins.max()
-    agreement = (out.argmax(1) == preds).float().mean().item()
-    assert agreement >= 22 / 24, f"bf16 top-1 agreement {agreement:.3f}"
-    assert_close(out, expected, tol=0.05)  # bf16 keeps ~3 significant digits
+    # Ours is no farther from fp32 than timm's all-bf16 model (BatchNorm folded into the convs rounds less)...
+    ours_err, timm_err = rel_diff(out, expected), rel_diff(timm_bf16, expected)
+    assert 1e-4 < ours_err < 2 * timm_err, (ours_err, timm_err)
+    # ...and predicts as fp32 does on every image whose fp32 top-2 margin is beyond twice timm's bf16 error there.
+    clear = margins > 2 * (timm_bf16 - expected).abs().amax(1)
+    assert clear.sum() >= len(images) // 3, (margins, timm_err)
+    assert torch.equal(out.argmax(1)[clear], preds[clear])
 
 
 def test_scriptable_and_exportable_without_onednn_ops(calibrated, images):
