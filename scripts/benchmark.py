@@ -33,7 +33,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # calibrated_model, when imported from elsewhere
 
-from calibrated_model import calibrate_batchnorm, make_calibrated_model, mixed_images, smooth_images
+from calibrated_model import condition, make_calibrated_model, mixed_images, smooth_images
 
 import effnetv2
 from effnetv2.optimize import optimize_for_inference
@@ -198,10 +198,9 @@ def import_timm():
 def make_models(
     img_size: int, device: torch.device, calib_images: int, with_timm: bool = True
 ) -> tuple[nn.Module, Optional[nn.Module]]:
-    """Our model with calibrated BatchNorm (finite, O(1) activations), and timm's with the same weights."""
+    """Our model made well-conditioned as the test oracle is (O(1) activations), and timm's with the same weights."""
     torch.manual_seed(0)
-    ours = effnetv2.create_model(ARCH)
-    calibrate_batchnorm(ours, smooth_images(calib_images, img_size, seed=1))
+    ours = condition(effnetv2.create_model(ARCH), smooth_images(calib_images, img_size, seed=1))
     timm = import_timm() if with_timm else None
     theirs = None
     if timm is not None:
