@@ -142,11 +142,15 @@ def _problems(
     return lines
 
 
-def _non_finite(state_dict: Mapping[str, Tensor], skip: set[str]) -> list[str]:
+def _non_finite(state_dict: Mapping[str, Tensor], expected: Mapping[str, Tensor], skip: set[str]) -> list[str]:
+    """The keys (in the model's order) whose tensors hold NaN or Inf."""
     return [
         k
-        for k, v in state_dict.items()
-        if k not in skip and (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())
+        for k in expected
+        if k in state_dict
+        and k not in skip
+        and (state_dict[k].is_floating_point() or state_dict[k].is_complex())
+        and not bool(torch.isfinite(state_dict[k]).all())
     ]
 
 
@@ -191,8 +195,8 @@ def load_state_dict_into(
         hint = ""
         if not adapt and _adaptable(original, expected):
             hint = (
-                "\n  (a classifier of another size or a 3-channel stem is adapted only on request: "
-                "load_checkpoint(..., adapt=True), or create_model(..., checkpoint_path=...))"
+                "\n  (a classifier of another size or none, and a 3-channel stem for another in_chans, are adapted "
+                "only on request: load_checkpoint(..., adapt=True), or create_model(..., checkpoint_path=...))"
             )
         raise CheckpointError(
             f"{source} does not fit {type(model).__name__}; is it an efficientnetv2_rw_m checkpoint?\n"
@@ -202,7 +206,7 @@ def load_state_dict_into(
     if not strict:
         ours = {k: v for k, v in ours.items() if k in expected}
     # Refused rather than warned about: a NaN or Inf weight can only make NaN or Inf outputs.
-    bad = _non_finite(ours, kept)
+    bad = _non_finite(ours, expected, kept)
     if bad:
         raise CheckpointError(f"{source}: NaN or Inf values in the weights; refused\n" + _listed("keys", bad))
     with torch.no_grad():
