@@ -151,10 +151,13 @@ def create_model(
             :mod:`effnetv2.weights.hub`), or ``pretrained_cfg_overlay['file']``.
         pretrained_cfg: replaces the pretrained config; ``pretrained_cfg_overlay`` updates it, e.g.
             ``dict(file=PATH)``, ``dict(hf_hub_revision=REV)`` or ``dict(source='url')`` (release file only).
+            Keys that are not fields of timm's ``PretrainedCfg`` (nor ``hf_hub_revision``) give a UserWarning.
         checkpoint_path: a local timm- or effnetv2-format file, loaded after any pretrained weights, with the
-            same adaptation (classifier skipped when ``num_classes`` differs, stem adapted to ``in_chans``).
+            same adaptation (classifier skipped when ``num_classes`` differs, stem adapted to ``in_chans``): both
+            load with ``load_checkpoint(..., adapt=True)``.
         cache_dir: overrides the Hugging Face cache and torch.hub's checkpoint folder (as timm's).
-        features_only: return an :class:`EfficientNetV2Features` producing the ``out_indices`` levels.
+        features_only: return an :class:`EfficientNetV2Features` producing the ``out_indices`` levels (an int:
+            the last n; a sequence of ints: those levels, negative from the end).
         **kwargs: ``num_classes``, ``in_chans``, ``drop_rate``, ``drop_path_rate``, ``global_pool``.
     """
     unexpected = sorted(set(kwargs) - set(_MODEL_KWARGS))
