@@ -154,9 +154,9 @@ def _non_finite(state_dict: Mapping[str, Tensor], expected: Mapping[str, Tensor]
     ]
 
 
-def _adaptable(problems_of: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> bool:
+def _adaptable(checkpoint: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> bool:
     """Whether ``adapt=True`` would have resolved a classifier or stem mismatch."""
-    fc, stem = problems_of.get("classifier.weight"), problems_of.get("stem.0.weight")
+    fc, stem = checkpoint.get("classifier.weight"), checkpoint.get("stem.0.weight")
     fc_differs = fc is not None and "classifier.weight" in expected and fc.shape != expected["classifier.weight"].shape
     fc_absent = fc is not None and "classifier.weight" not in expected and "head.0.weight" in expected
     model_stem = expected["stem.0.weight"]
