@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -22,8 +23,7 @@ class FeatureInfo:
 
     def __init__(self, levels: Sequence[FeatureLevel], out_indices: Union[int, Sequence[int]]) -> None:
         self.levels = list(levels)
-        if not isinstance(out_indices, int):
-            out_indices = list(out_indices)
+        out_indices = check_indices(out_indices, len(self.levels), "out_indices")
         # Outputs come in forward order, so the indices are sorted to describe them in that order.
         self.out_indices = tuple(sorted(set(resolve_indices(len(self.levels), out_indices)[0])))
 
@@ -59,6 +59,28 @@ class FeatureInfo:
         return f"FeatureInfo({self.get_dicts()})"
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_indices(indices: object, num_levels: int, name: str = "indices") -> Union[int, list[int]]:
+    """``indices`` as an int or a list of ints; a clear TypeError for anything else (a str, a float, bools ...)."""
+    if _is_int(indices):
+        return int(indices)
+    if isinstance(indices, (str, bytes)) or not isinstance(indices, Sequence):
+        raise TypeError(
+            f"{name} must be an int (the last n of {num_levels} levels) or a sequence of ints (level indices 0 to "
+            f"{num_levels - 1}, negative from the end), got {type(indices).__name__} {indices!r}"
+        )
+    wrong = [i for i in indices if not _is_int(i)]
+    if wrong:
+        raise TypeError(
+            f"{name} must hold ints (level indices 0 to {num_levels - 1}, negative from the end), "
+            f"got {', '.join(f'{type(i).__name__} {i!r}' for i in wrong[:3])}"
+        )
+    return [int(i) for i in indices]
+
+
 def resolve_indices(num_levels: int, indices: Optional[Union[int, list[int]]] = None) -> tuple[list[int], int]:
     """timm's ``feature_take_indices``: None → all, int n → the last n, list → those (negative from the end).
 
@@ -66,6 +88,7 @@ def resolve_indices(num_levels: int, indices: Optional[Union[int, list[int]]] = 
     """
     if indices is None:
         indices = num_levels
+    indices = check_indices(indices, num_levels)
     take: list[int] = []
     if isinstance(indices, int):
         if not 0 < indices <= num_levels:
@@ -83,4 +106,4 @@ def resolve_indices(num_levels: int, indices: Optional[Union[int, list[int]]] = 
     return take, max(take)
 
 
-__all__ = ["FeatureInfo", "FeatureLevel", "resolve_indices"]
+__all__ = ["FeatureInfo", "FeatureLevel", "check_indices", "resolve_indices"]

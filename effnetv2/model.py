@@ -16,9 +16,16 @@ from effnetv2.layers.init import init_weights
 from effnetv2.spec import EFFICIENTNETV2_RW_M, ModelSpec
 
 
-def check_input(x: Tensor, in_chans: int) -> None:
-    """Raise a clear error unless ``x`` is a floating-point (N, in_chans, H, W) batch."""
-    # Shapes and dtypes are static under tracing and export, so these checks cost nothing there.
+def check_input(x: Tensor, in_chans: int, dtype: Optional[torch.dtype] = None) -> None:
+    """Raise a clear error unless ``x`` is a floating-point (N, in_chans, H, W) tensor of ``dtype``.
+
+    ``dtype`` (the model's) may differ under ``torch.autocast``, which casts inside each layer; ``None`` skips that
+    check (for callers that cast the input themselves). TorchScript cannot see whether CPU autocast is on, so a
+    scripted model leaves a dtype mismatch to torch's own error. Shapes and dtypes are static under tracing and
+    export, so these checks cost nothing there.
+    """
+    if not torch.jit.is_scripting():
+        _check_is_tensor(x)
     if x.dim() != 4:
         raise ValueError(f"expected a 4-D image batch (N, C, H, W), got a {x.dim()}-D tensor of shape {list(x.shape)}")
     if not x.is_floating_point():
@@ -27,6 +34,29 @@ def check_input(x: Tensor, in_chans: int) -> None:
         raise ValueError(
             f"expected {in_chans} input channels, got {x.shape[1]} (input shape {list(x.shape)}); "
             f"create the model with in_chans={x.shape[1]} or fix the input"
+        )
+    if dtype is not None and not torch.jit.is_scripting():  # (TorchScript skips the body it could not compile)
+        _check_dtype(x, dtype)
+
+
+def _check_is_tensor(x: Any) -> None:
+    if isinstance(x, torch.Tensor):
+        return
+    kind = type(x)
+    name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+    expected = "expected a torch.Tensor of shape (B, C, H, W)"
+    if kind.__module__.startswith("PIL"):
+        raise TypeError(f"{expected}; got {name}: apply effnetv2.data.create_transform first")
+    raise TypeError(f"{expected}; got {name}: use torch.as_tensor / torch.stack")
+
+
+def _check_dtype(x: Tensor, dtype: torch.dtype) -> None:
+    """The model's dtype, unless autocast (which casts inside each layer) is on for the input's device."""
+    if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+        fix = "x.float()" if dtype == torch.float32 else f"x.to({dtype})"
+        raise TypeError(
+            f"expected a {str(dtype).replace('torch.', '')} batch (the model's dtype); got {x.dtype}: "
+            f"convert with {fix} or use torch.autocast"
         )
 
 
@@ -55,7 +85,7 @@ class _Trunk(nn.Module):
         return self.pretrained_cfg
 
     def _check_input(self, x: Tensor) -> None:
-        check_input(x, self.in_chans)
+        check_input(x, self.in_chans, self.stem[0].weight.dtype)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True, granularity: str = "nested") -> None:

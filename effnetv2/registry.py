@@ -6,6 +6,7 @@ import copy
 import difflib
 import fnmatch
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
@@ -43,6 +44,22 @@ PRETRAINED_CFGS: dict[str, dict[str, Any]] = {
         classifier="classifier",
         license="apache-2.0",
     ),
+}
+
+# The fields of timm's PretrainedCfg (timm/models/_pretrained.py), plus the Hub revision effnetv2 also reads.
+PRETRAINED_CFG_KEYS = frozenset(
+    {
+        *("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source", "architecture", "tag"),
+        *("custom_load", "input_size", "test_input_size", "min_input_size", "fixed_input_size", "interpolation"),
+        *("crop_pct", "test_crop_pct", "crop_mode", "mean", "std", "num_classes", "label_offset", "label_names"),
+        *("label_descriptions", "pool_size", "test_pool_size", "first_conv", "classifier", "license"),
+        *("description", "origin_url", "paper_name", "paper_ids", "notes", "hf_hub_revision"),
+    }
+)
+# timm keys that select weights in a way effnetv2 does not support: the overlay would be silently ignored.
+_UNSUPPORTED_CFG_KEYS = {
+    "state_dict": "pass checkpoint_path=FILE, or effnetv2.weights.load_state_dict_into(model, state_dict, adapt=True)",
+    "hf_hub_filename": "the Hub's model.safetensors (else pytorch_model.bin) is used; pass file=PATH for another",
 }
 
 _MODEL_KWARGS = ("num_classes", "in_chans", "drop_rate", "drop_path_rate", "global_pool")
@@ -96,6 +113,23 @@ def get_pretrained_cfg(model_name: str) -> tuple[str, dict[str, Any]]:
     return architecture, cfg
 
 
+def _warn_unknown_overlay_keys(overlay: Mapping[str, Any]) -> None:
+    unknown = sorted(str(k) for k in overlay if k not in PRETRAINED_CFG_KEYS)
+    if unknown:
+        close = {k: difflib.get_close_matches(k, PRETRAINED_CFG_KEYS, n=1, cutoff=0.6) for k in unknown}
+        hints = [f"{k!r} (did you mean {c[0]!r}?)" if c else repr(k) for k, c in close.items()]
+        warnings.warn(
+            f"pretrained_cfg_overlay keys effnetv2 does not know (they have no effect): {', '.join(hints)}; "
+            "known keys are timm's PretrainedCfg fields (file, hf_hub_id, hf_hub_revision, source, url, ...)",
+            UserWarning,
+            stacklevel=3,
+        )
+    for key, why in _UNSUPPORTED_CFG_KEYS.items():
+        if overlay.get(key) is not None:
+            message = f"pretrained_cfg_overlay[{key!r}] is not supported by effnetv2 (it has no effect): {why}"
+            warnings.warn(message, UserWarning, stacklevel=3)
+
+
 def create_model(
     model_name: str,
     pretrained: bool = False,
@@ -117,10 +151,13 @@ def create_model(
             :mod:`effnetv2.weights.hub`), or ``pretrained_cfg_overlay['file']``.
         pretrained_cfg: replaces the pretrained config; ``pretrained_cfg_overlay`` updates it, e.g.
             ``dict(file=PATH)``, ``dict(hf_hub_revision=REV)`` or ``dict(source='url')`` (release file only).
+            Keys that are not fields of timm's ``PretrainedCfg`` (nor ``hf_hub_revision``) give a UserWarning.
         checkpoint_path: a local timm- or effnetv2-format file, loaded after any pretrained weights, with the
-            same adaptation (classifier skipped when ``num_classes`` differs, stem adapted to ``in_chans``).
+            same adaptation (classifier skipped when ``num_classes`` differs, stem adapted to ``in_chans``): both
+            load with ``load_checkpoint(..., adapt=True)``.
         cache_dir: overrides the Hugging Face cache and torch.hub's checkpoint folder (as timm's).
-        features_only: return an :class:`EfficientNetV2Features` producing the ``out_indices`` levels.
+        features_only: return an :class:`EfficientNetV2Features` producing the ``out_indices`` levels (an int:
+            the last n; a sequence of ints: those levels, negative from the end).
         **kwargs: ``num_classes``, ``in_chans``, ``drop_rate``, ``drop_path_rate``, ``global_pool``.
     """
     unexpected = sorted(set(kwargs) - set(_MODEL_KWARGS))
@@ -142,6 +179,7 @@ def create_model(
     if pretrained_cfg is not None:
         cfg = copy.deepcopy(dict(pretrained_cfg))
     if pretrained_cfg_overlay:
+        _warn_unknown_overlay_keys(pretrained_cfg_overlay)
         cfg.update(pretrained_cfg_overlay)
     spec = ARCHITECTURES[architecture]
 
@@ -159,8 +197,9 @@ def create_model(
         model = EfficientNetV2(spec, **kwargs)
     model.pretrained_cfg = cfg
 
+    # Pretrained-style loading: a classifier of another size stays fresh (with a warning), the stem follows in_chans.
     if weights is not None:
-        load_checkpoint(model, weights)
+        load_checkpoint(model, weights, adapt=True)
     if checkpoint_path is not None:
-        load_checkpoint(model, checkpoint_path)
+        load_checkpoint(model, checkpoint_path, adapt=True)
     return model

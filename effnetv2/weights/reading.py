@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Union
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
@@ -44,33 +43,73 @@ def _unwrap(obj: Any, path: Path, use_ema: bool) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+def _text_file_note(path: Path) -> str:
+    """``path`` is a text file, not a checkpoint: what kind, from its first bytes; "" for a binary file."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:  # a multi-byte character cut at the 4096-byte boundary is still text
+        text = head[: e.start].decode("utf-8") if e.start >= len(head) - 3 else None
+    if text is None or "\x00" in text:
+        return ""
+    stripped = text.lstrip()
+    if not stripped:
+        return f"{path}: is a text file of only whitespace, not a checkpoint"
+    if stripped.startswith("version https://git-lfs"):
+        return f"{path}: is a text file, not a checkpoint: a Git LFS pointer (fetch the real file with `git lfs pull`)"
+    if stripped[:15].lower().startswith(("<!doctype html", "<html")):
+        return f"{path}: is a text file, not a checkpoint: an HTML page (a failed download?)"
+    first = stripped.splitlines()[0][:60]
+    return f"{path}: is a text file, not a checkpoint (it starts with {first!r})"
+
+
+def _check_is_file(path: Path) -> None:
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".pth", ".bin", ".pt"))
+        hint = f"the file inside it ({path / inside[0]})" if inside else "a checkpoint file"
+        raise CheckpointError(
+            f"{path}: is a folder, not a checkpoint file: pass {hint}, or create_model('local-dir:{path}') "
+            "for a folder saved in timm's Hub format"
+        )
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: is not a regular file (a FIFO, socket or device?): pass a checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: is empty (0 bytes): not a checkpoint; was it written completely?")
+
+
 def read_state_dict(path: PathLike, use_ema: bool = True) -> dict[str, Tensor]:
     """Read a ``.safetensors`` file, or a ``.pth``/``.bin`` with ``torch.load(weights_only=True)``.
 
     Training checkpoints (``{'state_dict': ...}``, ``{'model': ...}``, EMA weights when ``use_ema``) are
-    unwrapped. Raises FileNotFoundError for a missing file and :class:`CheckpointError` for one that is
-    truncated, not a checkpoint, or a pickle that would need to run code.
+    unwrapped. Raises FileNotFoundError for a missing file and :class:`CheckpointError` for a folder, an empty
+    file, a text file, one that is truncated or not a checkpoint, or a pickle that would need to run code.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    _check_is_file(path)
     try:
         if _looks_like_safetensors(path):
             obj: Any = load_file(path, device="cpu")
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        unsafe = _UNSAFE_GLOBAL.search(str(e))
+    except Exception as e:  # the unpickler fails on text or garbage with KeyError, IndexError, struct.error ...
+        unsafe = _UNSAFE_GLOBAL.search(str(e)) if isinstance(e, pickle.UnpicklingError) else None
         if unsafe:
             raise CheckpointError(
                 f"{path}: refused to unpickle: it would import {unsafe.group(1)!r}, which could run code "
                 "(torch.load weights_only=True allows only tensors and plain containers). Nothing from it was "
                 "executed. If you trust the file, convert it to .safetensors in a sandbox and load that"
             ) from e
+        text = _text_file_note(path)
+        if text:
+            raise CheckpointError(text) from e
+        if isinstance(e, pickle.UnpicklingError):
+            reason = "the weights-only unpickler rejected it"
+        else:
+            reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         raise CheckpointError(
-            f"{path}: cannot read checkpoint (corrupt, truncated or not a checkpoint file): the weights-only "
-            "unpickler rejected it"
+            f"{path}: cannot read checkpoint (corrupt, truncated or not a checkpoint file): {reason}"
         ) from e
-    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot read checkpoint (truncated or not a checkpoint file): {e}") from e
     return _unwrap(obj, path, use_ema)
