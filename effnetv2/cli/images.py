@@ -96,7 +96,8 @@ class ImageRun:
     """Decode, transform and batch ``files`` with a DataLoader, showing a tqdm bar on a terminal.
 
     Iterating yields ``(paths, images)`` batches of the files that decoded; each file that did not is
-    reported on stderr by path and recorded in :attr:`failed`.
+    reported on stderr by path and recorded in :attr:`failed`. Warnings about decoded files (above Pillow's
+    decompression-bomb warning limit) are reported on stderr as ``effnetv2: warning: PATH: ...``.
     """
 
     def __init__(
