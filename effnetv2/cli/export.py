@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from effnetv2.cli import CLIError
-from effnetv2.cli.runtime import DEFAULT_MODEL, load_model, positive_int
+from effnetv2.cli.runtime import DEFAULT_MODEL, image_size, load_model, positive_int
 from effnetv2.errors import ExportError
 from effnetv2.export import DEFAULT_ONNX_OPSET, FORMATS, check_export_options, export_model
 
@@ -40,7 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="export the feature pyramid (one output per level: features.0, features.1, ...)",
     )
     parser.add_argument(
-        "--img-size", type=positive_int, metavar="N", help="example input size (default: the model's input size, 320)"
+        "--img-size",
+        type=image_size,
+        metavar="N",
+        help="example input size, >= 32 (default: the model's input size, 320)",
     )
     shape = parser.add_mutually_exclusive_group()
     shape.add_argument(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,23 +13,27 @@ import torch
 from PIL import UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
 from effnetv2.cli import CLIError
+from effnetv2.data.images import ImageTooLargeError, LargeImageWarning, NotRegularFileError, open_image
 
 
 def find_images(paths: Sequence[Union[str, Path]]) -> list[Path]:
     """The image files named by ``paths``, in order; folders are searched recursively and sorted.
 
     A file named explicitly is taken whatever its extension (a bad one is reported when decoded); inside a
-    folder only torchvision's ``IMG_EXTENSIONS`` count. A missing path or a folder without images is a
-    :class:`CLIError`.
+    folder only torchvision's ``IMG_EXTENSIONS`` count. Non-regular files (FIFOs, sockets, devices) are kept, to be
+    reported and skipped when decoded (:func:`~effnetv2.data.images.open_image` refuses them without blocking).
+    A missing path or a folder without images is a :class:`CLIError`.
     """
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
+            images = sorted(
+                p for p in path.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.exists() and not p.is_dir()
+            )
             if not images:
                 raise CLIError(f"{path}: no images in this folder (looked for {', '.join(IMG_EXTENSIONS)})")
             found.extend(images)
@@ -40,7 +45,8 @@ def find_images(paths: Sequence[Union[str, Path]]) -> list[Path]:
 
 
 class ImageFiles(Dataset):
-    """``(index, image tensor or None, error message)`` per file, so one bad file does not stop a run."""
+    """``(index, image tensor or None, error message, warning message)`` per file, so one bad file does not stop a
+    run; warnings (an image above Pillow's bomb warning limit) travel with the sample out of a worker process."""
 
     def __init__(self, files: Sequence[Path], transform: Callable[..., Tensor]) -> None:
         self.files = list(files)
@@ -49,14 +55,20 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> tuple[int, Optional[Tensor], str]:
-        try:
-            return index, self.transform(pil_loader(self.files[index])), ""
-        except UnidentifiedImageError:
-            return index, None, "not an image, or in a format Pillow cannot read"
-        # Decoders raise many types (OSError, SyntaxError, ValueError, DecompressionBombError...): any is a bad file.
-        except Exception as e:
-            return index, None, f"{type(e).__name__}: {e}"
+    def __getitem__(self, index: int) -> tuple[int, Optional[Tensor], str, str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", LargeImageWarning)
+            try:
+                image, error = self.transform(open_image(self.files[index])), ""
+            except UnidentifiedImageError:
+                image, error = None, "not an image, or in a format Pillow cannot read"
+            except (NotRegularFileError, ImageTooLargeError) as e:  # messages written for this line
+                image, error = None, str(e)
+            # Decoders raise many types (OSError, SyntaxError, ValueError...): any is a bad file.
+            except Exception as e:
+                image, error = None, f"{type(e).__name__}: {e}"
+        warning = "; ".join(str(w.message) for w in caught if issubclass(w.category, LargeImageWarning))
+        return index, image, error, warning
 
 
 @dataclass
@@ -64,13 +76,14 @@ class Batch:
     indices: list[int]  # positions in the file list of the images that decoded
     images: Optional[Tensor]  # (len(indices), C, H, W), None when no image of the batch decoded
     failures: list[tuple[int, str]]  # (position, reason) of those that did not
+    warnings: list[str]  # about images of the batch, each naming its file
 
 
-def collate(samples: list[tuple[int, Optional[Tensor], str]]) -> Batch:
-    good = [(i, x) for i, x, _ in samples if x is not None]
-    failures = [(i, error) for i, x, error in samples if x is None]
+def collate(samples: list[tuple[int, Optional[Tensor], str, str]]) -> Batch:
+    good = [(i, x) for i, x, _, _ in samples if x is not None]
+    failures = [(i, error) for i, x, error, _ in samples if x is None]
     images = torch.stack([x for _, x in good]) if good else None
-    return Batch([i for i, _ in good], images, failures)
+    return Batch([i for i, _ in good], images, failures, [w for *_, w in samples if w])
 
 
 def progress_enabled(stream: TextIO) -> bool:
@@ -83,7 +96,8 @@ class ImageRun:
     """Decode, transform and batch ``files`` with a DataLoader, showing a tqdm bar on a terminal.
 
     Iterating yields ``(paths, images)`` batches of the files that decoded; each file that did not is
-    reported on stderr by path and recorded in :attr:`failed`.
+    reported on stderr by path and recorded in :attr:`failed`. Warnings about decoded files (above Pillow's
+    decompression-bomb warning limit) are reported on stderr as ``effnetv2: warning: PATH: ...``.
     """
 
     def __init__(
@@ -107,6 +121,8 @@ class ImageRun:
         )
         with tqdm(total=len(self.files), unit="img", file=sys.stderr, disable=not progress_enabled(sys.stderr)) as bar:
             for batch in loader:
+                for warning in batch.warnings:
+                    tqdm.write(f"effnetv2: warning: {warning}", file=sys.stderr)
                 for index, error in batch.failures:
                     self.failed.append(self.files[index])
                     tqdm.write(f"effnetv2: skipped {self.files[index]}: {error}", file=sys.stderr)

@@ -19,6 +19,7 @@ from effnetv2.cli.images import ImageRun
 from effnetv2.data import create_transform, resolve_model_data_config
 from effnetv2.errors import CheckpointError
 from effnetv2.registry import create_model
+from effnetv2.weights.hub import PretrainedWeightsUnavailable
 
 DEFAULT_MODEL = "efficientnetv2_rw_m.agc_in1k"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -32,6 +33,17 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+MIN_IMG_SIZE = 32  # the network downsamples by 32: anything smaller leaves no pixel for the last stage
+
+
+def image_size(text: str) -> int:
+    """argparse type of ``--img-size``: an integer ≥ 32, as ``train`` asks."""
+    value = int(text)
+    if value < MIN_IMG_SIZE:
+        raise argparse.ArgumentTypeError(f"must be >= {MIN_IMG_SIZE} (the network downsamples by 32), got {text}")
     return value
 
 
@@ -58,9 +70,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     """Input size, batching, device and autocast options."""
     parser.add_argument(
         "--img-size",
-        type=positive_int,
+        type=image_size,
         metavar="N",
-        help="square input size (default: the pretrained config's test size, 416 for efficientnetv2_rw_m)",
+        help="square input size, >= 32 (default: the pretrained config's test size, 416 for efficientnetv2_rw_m)",
     )
     parser.add_argument("--batch-size", type=positive_int, default=16, metavar="N", help="default: %(default)s")
     parser.add_argument(
@@ -90,8 +102,14 @@ def load_model(args: argparse.Namespace, **kwargs: Any) -> nn.Module:
     """``create_model`` for ``--model``/``--checkpoint``, in eval mode; a failure becomes a one-line CLIError."""
     try:
         model = create_model(args.model, pretrained=args.checkpoint is None, checkpoint_path=args.checkpoint, **kwargs)
+    except PretrainedWeightsUnavailable as e:  # no network, no cached copy: the command-line way out comes first
+        raise CLIError(
+            f"no pretrained weights for {args.model}: pass --checkpoint PATH (a local weights file). "
+            f"{e.failure[:1].upper()}{e.failure[1:]}. "
+            f"Or make them available offline: {e.offline_advice}"
+        ) from e
     except CheckpointError as e:
-        hint = "" if args.checkpoint else " On the command line: --checkpoint PATH."  # the hub is unreachable
+        hint = "" if args.checkpoint else " On the command line: --checkpoint PATH."
         raise CLIError(f"{e}{hint}") from e
     except (ValueError, OSError) as e:  # unknown name, missing file, bad out_indices
         raise CLIError(str(e)) from e

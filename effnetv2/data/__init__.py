@@ -9,6 +9,7 @@ from effnetv2.data.config import (
     resolve_data_config,
     resolve_model_data_config,
 )
+from effnetv2.data.images import open_image
 from effnetv2.data.transforms import ResizeKeepRatio, create_transform
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "ResizeKeepRatio",
     "create_transform",
     "imagenet_class_names",
+    "open_image",
     "resolve_data_config",
     "resolve_model_data_config",
     "sample_image_path",

@@ -13,6 +13,8 @@ from typing import Optional
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
+from effnetv2.data.images import open_image
+
 
 class DatasetError(ValueError):
     """The data folder does not have the ``train/<class>/*`` and ``val/<class>/*`` layout training needs."""
@@ -23,11 +25,11 @@ class UnreadableImageError(OSError):
 
 
 def load_rgb(path: str) -> Image.Image:
-    """Open an image as RGB, naming the file when it cannot be read."""
+    """Open an image as 8-bit RGB, upright (:func:`~effnetv2.data.images.open_image`), naming the file when it cannot
+    be read."""
     try:
-        with open(path, "rb") as f:
-            return Image.open(f).convert("RGB")
-    except OSError as e:
+        return open_image(path)
+    except (OSError, ValueError) as e:  # ValueError: too large (decompression bomb), out-of-range samples
         raise UnreadableImageError(f"cannot read image {path}: {e}; remove or replace the file") from None
 
 
