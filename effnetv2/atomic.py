@@ -17,8 +17,10 @@ import contextlib
 import ctypes
 import errno
 import os
+import re
 import secrets
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Union
@@ -26,6 +28,7 @@ from typing import Union
 PathLike = Union[str, os.PathLike]
 
 _TMP_SUFFIX = ".tmp"
+_TEMP_ID = re.compile(r"(\d+)-[0-9a-f]{8}")  # "{pid}-{random}" of _temp_name
 
 
 def _temp_name(path: Path) -> Path:
@@ -53,8 +56,8 @@ def remove_stale_temps(path: PathLike) -> list[Path]:
         name = entry.name
         if not (name.startswith(prefix) and name.endswith(_TMP_SUFFIX)):
             continue
-        pid_part = name[len(prefix) : -len(_TMP_SUFFIX)].split("-", 1)[0]
-        if not pid_part.isdigit() or _pid_alive(int(pid_part)):
+        match = _TEMP_ID.fullmatch(name[len(prefix) : -len(_TMP_SUFFIX)])  # not another target's temp
+        if match is None or _pid_alive(int(match.group(1))):
             continue
         with contextlib.suppress(OSError):
             if entry.is_dir() and not entry.is_symlink():
@@ -175,6 +178,8 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
     On an exception the temp folder is removed and ``path`` is unchanged.
     """
     path = Path(path)
+    if path.is_symlink() and path.is_dir():
+        path = Path(os.path.realpath(path))  # write the folder the link points to; keep the link
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path} exists and is not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,6 +193,7 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
                 _fsync(entry)
         if path.is_dir():
             _carry_over(path, tmp)
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))  # the folder keeps its permissions
         _fsync(tmp)
         try:
             os.rename(tmp, path)  # no folder there yet (POSIX fails on a non-empty one, Windows on any)
@@ -195,7 +201,11 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
             if not _exchange(tmp, path):
                 aside = _temp_name(path)
                 os.rename(path, aside)
-                os.rename(tmp, path)
+                try:
+                    os.rename(tmp, path)
+                except BaseException:
+                    os.rename(aside, path)  # put the old folder back
+                    raise
                 tmp = aside
         _fsync(path.parent)
     finally:
