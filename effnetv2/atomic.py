@@ -8,7 +8,8 @@
 
 Temp names are ``.{name}.{pid}-{random}.tmp`` beside the target. They are removed on any exception; one left
 by a process that was killed is removed by the next write of the same target (when that pid is gone).
-Files get the usual mode (``0666`` less the umask; ``tempfile.mkstemp`` would make them ``0600``).
+Files get the usual mode, whatever mode the writer created them with (``tempfile.mkstemp`` and safetensors make
+``0600`` files): ``0666`` less the umask (``0644`` under the usual ``022``), or the mode of the file replaced.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -68,6 +69,33 @@ def remove_stale_temps(path: PathLike) -> list[Path]:
     return removed
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the system tells it (Linux >= 4.7)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _usual_mode(path: Path, like: Optional[Path] = None) -> None:
+    """Give the file ``path`` the mode of the file ``like`` it replaces, or else ``0666`` less the umask.
+
+    Writers choose their own modes (safetensors' makes ``0600`` files); the result should not depend on that.
+    """
+    try:
+        mode = stat.S_IMODE(like.stat().st_mode) if like is not None and like.is_file() else 0o666 & ~_umask()
+    except OSError:
+        mode = 0o666 & ~_umask()
+    if stat.S_IMODE(path.stat().st_mode) != mode:
+        os.chmod(path, mode)
+
+
 def _fsync(path: Path) -> None:
     """Flush a file's (or a folder's entries') data to disk; folders on systems that cannot are skipped."""
     flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if path.is_dir() else os.O_RDONLY
@@ -107,6 +135,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         yield tmp
         if not tmp.is_file():
             raise FileNotFoundError(f"the write of {path} produced no file")
+        _usual_mode(tmp, like=path)
         _fsync(tmp)  # the data reaches the disk before the rename makes it visible
         os.replace(tmp, path)
         _fsync(path.parent)
@@ -177,7 +206,7 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
     renamed aside and the new one into place: a reader may then find no folder for that instant, never a mix.
     On an exception the temp folder is removed and ``path`` is unchanged.
     """
-    path = Path(path)
+    path = Path(os.path.abspath(path))  # "." and ".." have no name to put a temp name beside
     if path.is_symlink() and path.is_dir():
         path = Path(os.path.realpath(path))  # write the folder the link points to; keep the link
     if path.exists() and not path.is_dir():
@@ -190,6 +219,7 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
         yield tmp
         for entry in tmp.rglob("*"):
             if entry.is_file() and not entry.is_symlink():
+                _usual_mode(entry)
                 _fsync(entry)
         if path.is_dir():
             _carry_over(path, tmp)
@@ -208,5 +238,8 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
                     raise
                 tmp = aside
         _fsync(path.parent)
+        with contextlib.suppress(OSError):
+            if os.path.samefile(os.getcwd(), tmp):
+                os.chdir(path)  # the process worked in the old folder: move it to the new one before removal
     finally:
         _remove(tmp)  # the new folder on an error, else the old one (swapped to the temp name)

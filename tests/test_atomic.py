@@ -217,3 +217,31 @@ def test_folder_consistent_after_sigkill_at_random_instants(tmp_path):
             (tmp / "b").write_text(str(last))
         assert entries(tmp_path) == {"out"}
         assert entries(folder) == {"a", "b"}
+
+
+def test_folder_that_is_the_working_directory(tmp_path, monkeypatch):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "keep").write_text("k")
+    monkeypatch.chdir(folder)
+    with atomic_folder(".") as tmp:
+        (tmp / "a").write_text("1")
+    assert Path("a").read_text() == "1"  # the process still works in the (new) folder
+    assert os.path.samefile(os.getcwd(), folder)
+    assert entries(tmp_path) == {"run"}
+
+
+def test_writer_mode_0600_becomes_usual_and_replaced_file_keeps_its_mode(tmp_path, umask_022):
+    def write_0600(tmp: Path) -> None:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600))  # as mkstemp and safetensors' writer do
+
+    with atomic_path(tmp_path / "new.bin") as tmp:
+        write_0600(tmp)
+    assert mode(tmp_path / "new.bin") == 0o644
+    with atomic_folder(tmp_path / "folder") as tmp:
+        write_0600(tmp / "f")
+    assert mode(tmp_path / "folder" / "f") == 0o644
+    (tmp_path / "private").write_text("x")
+    os.chmod(tmp_path / "private", 0o600)  # the user's choice for this file is kept
+    write_text(tmp_path / "private", "y")
+    assert mode(tmp_path / "private") == 0o600
