@@ -50,10 +50,12 @@ def remove_stale_temps(path: PathLike) -> list[Path]:
     """Remove temp files/folders of earlier writes of ``path`` whose writing process no longer exists."""
     path = Path(path)
     removed = []
-    if not path.parent.is_dir():
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:  # no such folder, or not readable: nothing this process could clean
         return removed
     prefix = f".{path.name}."
-    for entry in path.parent.iterdir():
+    for entry in siblings:
         name = entry.name
         if not (name.startswith(prefix) and name.endswith(_TMP_SUFFIX)):
             continue
