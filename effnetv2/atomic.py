@@ -8,7 +8,8 @@
 
 Temp names are ``.{name}.{pid}-{random}.tmp`` beside the target. They are removed on any exception; one left
 by a process that was killed is removed by the next write of the same target (when that pid is gone).
-Files get the usual mode (``0666`` less the umask; ``tempfile.mkstemp`` would make them ``0600``).
+Files get the usual mode, whatever mode the writer created them with (``tempfile.mkstemp`` and safetensors make
+``0600`` files): ``0666`` less the umask (``0644`` under the usual ``022``), or the mode of the file replaced.
 """
 
 from __future__ import annotations
@@ -17,15 +18,18 @@ import contextlib
 import ctypes
 import errno
 import os
+import re
 import secrets
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 PathLike = Union[str, os.PathLike]
 
 _TMP_SUFFIX = ".tmp"
+_TEMP_ID = re.compile(r"(\d+)-[0-9a-f]{8}")  # "{pid}-{random}" of _temp_name
 
 
 def _temp_name(path: Path) -> Path:
@@ -46,15 +50,17 @@ def remove_stale_temps(path: PathLike) -> list[Path]:
     """Remove temp files/folders of earlier writes of ``path`` whose writing process no longer exists."""
     path = Path(path)
     removed = []
-    if not path.parent.is_dir():
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:  # no such folder, or not readable: nothing this process could clean
         return removed
     prefix = f".{path.name}."
-    for entry in path.parent.iterdir():
+    for entry in siblings:
         name = entry.name
         if not (name.startswith(prefix) and name.endswith(_TMP_SUFFIX)):
             continue
-        pid_part = name[len(prefix) : -len(_TMP_SUFFIX)].split("-", 1)[0]
-        if not pid_part.isdigit() or _pid_alive(int(pid_part)):
+        match = _TEMP_ID.fullmatch(name[len(prefix) : -len(_TMP_SUFFIX)])  # not another target's temp
+        if match is None or _pid_alive(int(match.group(1))):
             continue
         with contextlib.suppress(OSError):
             if entry.is_dir() and not entry.is_symlink():
@@ -63,6 +69,33 @@ def remove_stale_temps(path: PathLike) -> list[Path]:
                 entry.unlink()
             removed.append(entry)
     return removed
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the system tells it (Linux >= 4.7)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _usual_mode(path: Path, like: Optional[Path] = None) -> None:
+    """Give the file ``path`` the mode of the file ``like`` it replaces, or else ``0666`` less the umask.
+
+    Writers choose their own modes (safetensors' makes ``0600`` files); the result should not depend on that.
+    """
+    try:
+        mode = stat.S_IMODE(like.stat().st_mode) if like is not None and like.is_file() else 0o666 & ~_umask()
+    except OSError:
+        mode = 0o666 & ~_umask()
+    if stat.S_IMODE(path.stat().st_mode) != mode:
+        os.chmod(path, mode)
 
 
 def _fsync(path: Path) -> None:
@@ -104,6 +137,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         yield tmp
         if not tmp.is_file():
             raise FileNotFoundError(f"the write of {path} produced no file")
+        _usual_mode(tmp, like=path)
         _fsync(tmp)  # the data reaches the disk before the rename makes it visible
         os.replace(tmp, path)
         _fsync(path.parent)
@@ -174,7 +208,9 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
     renamed aside and the new one into place: a reader may then find no folder for that instant, never a mix.
     On an exception the temp folder is removed and ``path`` is unchanged.
     """
-    path = Path(path)
+    path = Path(os.path.abspath(path))  # "." and ".." have no name to put a temp name beside
+    if path.is_symlink() and path.is_dir():
+        path = Path(os.path.realpath(path))  # write the folder the link points to; keep the link
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path} exists and is not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,9 +221,11 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
         yield tmp
         for entry in tmp.rglob("*"):
             if entry.is_file() and not entry.is_symlink():
+                _usual_mode(entry)
                 _fsync(entry)
         if path.is_dir():
             _carry_over(path, tmp)
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))  # the folder keeps its permissions
         _fsync(tmp)
         try:
             os.rename(tmp, path)  # no folder there yet (POSIX fails on a non-empty one, Windows on any)
@@ -195,8 +233,15 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
             if not _exchange(tmp, path):
                 aside = _temp_name(path)
                 os.rename(path, aside)
-                os.rename(tmp, path)
+                try:
+                    os.rename(tmp, path)
+                except BaseException:
+                    os.rename(aside, path)  # put the old folder back
+                    raise
                 tmp = aside
         _fsync(path.parent)
+        with contextlib.suppress(OSError):
+            if os.path.samefile(os.getcwd(), tmp):
+                os.chdir(path)  # the process worked in the old folder: move it to the new one before removal
     finally:
         _remove(tmp)  # the new folder on an error, else the old one (swapped to the temp name)

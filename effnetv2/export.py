@@ -13,7 +13,6 @@ import contextlib
 import importlib
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from effnetv2.atomic import atomic_path
 from effnetv2.errors import ExportError
 from effnetv2.optimize import optimize_for_inference
 
@@ -137,7 +137,8 @@ def export_model(
     Args:
         model: an effnetv2 model (classifier or ``features_only``), or any module taking one image batch and
             returning a tensor or a list of tensors. It is run in eval mode; its mode is restored afterwards.
-        path: the output file, written atomically (temporary file in the same folder, then ``os.replace``).
+        path: the output file, written atomically (:func:`effnetv2.atomic.atomic_path`: a temp file beside it,
+            renamed onto it once verified), with the usual mode (``0644`` under the usual umask).
         format: ``'onnx'`` (TorchScript-based exporter, checked with onnxruntime), ``'torchscript'``
             (``torch.jit.script``, checked after ``torch.jit.load``) or ``'exported-program'``
             (``torch.export``, checked after ``torch.export.load(...).module()``).
@@ -203,8 +204,11 @@ def export_model(
         "width" if dynamic_size else width,
     )
 
-    tmp = _temporary_file(path)
-    try:
+    with atomic_path(path) as tmp:  # written beside ``path``, moved onto it only once verified
+        try:
+            tmp.touch()  # an unwritable folder fails here, before the slow export
+        except OSError as e:
+            raise type(e)(e.errno, f"cannot write to the output folder {str(path.parent)!r}: {e.strerror}") from e
         with _eval_mode(model), _eval_mode(exported):
             try:
                 _EXPORTERS[format](exported, example, tmp, output_names, dynamic_batch, dynamic_size, opset)
@@ -220,11 +224,6 @@ def export_model(
                     ) from e
                 inputs = [random_input(batch, h, w) for batch, h, w in shapes]
                 checks = [_verify(model, run, x, format, tolerance) for x in inputs]
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     return ExportReport(
         path=path,
         format=format,
@@ -410,16 +409,6 @@ def _require(package: str) -> Any:
         raise ImportError(
             f"ONNX export needs the {package} package: pip install onnx onnxruntime (or effnetv2[export])"
         ) from e
-
-
-def _temporary_file(path: Path) -> Path:
-    """A new hidden file beside ``path`` (same folder, so ``os.replace`` is an atomic rename)."""
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f"{path.suffix}.tmp", dir=path.parent)
-    except OSError as e:
-        raise type(e)(e.errno, f"cannot write to the output folder {str(path.parent)!r}: {e.strerror}") from e
-    os.close(fd)
-    return Path(name)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # calibrated_model, wh
 from calibrated_model import condition, make_calibrated_model, mixed_images, smooth_images
 
 import effnetv2
+from effnetv2.atomic import write_text
 from effnetv2.optimize import optimize_for_inference
 from effnetv2.weights import KeyMap
 
@@ -607,15 +607,7 @@ def write_markdown(path: Path, body: str) -> None:
         text = head + block + rest.split(MARK_END, 1)[1]
     else:
         text = f"# Benchmarks\n\n{block}\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_text(path, text)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from effnetv2.atomic import atomic_path, write_text
+
 DATA = Path(__file__).resolve().parents[1] / "effnetv2" / "data"
 MAX_SAMPLE_BYTES = 150_000
 
@@ -24,13 +26,13 @@ def write_class_names(path: Path) -> None:
     from torchvision.models._meta import _IMAGENET_CATEGORIES
 
     assert len(_IMAGENET_CATEGORIES) == 1000 and len(set(_IMAGENET_CATEGORIES)) == 1000
-    path.write_text("\n".join(_IMAGENET_CATEGORIES) + "\n", encoding="utf-8")
+    write_text(path, "\n".join(_IMAGENET_CATEGORIES) + "\n")
 
 
 def write_sample(source: Path, path: Path) -> None:
     # The photo is kept at its own size (451×300); only re-encoded as JPEG to stay well under the size budget.
-    with Image.open(source) as img:
-        img.convert("RGB").save(path, format="JPEG", quality=90, optimize=True)
+    with Image.open(source) as img, atomic_path(path) as tmp:
+        img.convert("RGB").save(tmp, format="JPEG", quality=90, optimize=True)
     size = path.stat().st_size
     assert size < MAX_SAMPLE_BYTES, f"{path} is {size} bytes"
 

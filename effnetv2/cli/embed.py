@@ -6,12 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from effnetv2.cli import CLIError
 from effnetv2.cli.images import find_images
-from effnetv2.cli.outputs import atomic_path, check_output, save_safetensors, write_lines
+from effnetv2.cli.outputs import check_output, paths_file, save_npy_with_paths, save_safetensors
+from effnetv2.cli.paths import encode_path
 from effnetv2.cli.runtime import (
     add_model_options,
     add_run_options,
@@ -32,7 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Save the pooled features the classifier reads (one row of num_features values per image). "
         ".safetensors: tensor 'embeddings' (N, D) and the image paths, in row order, as a JSON list under the "
         "header metadata key 'paths'. .npy: the (N, D) float32 array, and the paths one per line in "
-        "OUTPUT with the suffix .paths.txt (emb.npy -> emb.paths.txt). Images that fail are skipped.",
+        "OUTPUT with the suffix .paths.txt (emb.npy -> emb.paths.txt); the pair is replaced so that FILE.npy only "
+        "ever exists beside its matching FILE.paths.txt, a crash included (no FILE.npy: no complete output). "
+        "Paths are written as UTF-8 with backslash escapes: \\\\ for a backslash, \\n \\r \\t, and \\xHH for "
+        "each byte that is not valid UTF-8 or belongs to a control character; other paths are unchanged "
+        "(effnetv2.cli.paths.decode_path reverses it). Images that fail are skipped.",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
     parser.add_argument(
@@ -43,14 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def paths_file(output: Path) -> Path:
-    """Where the image paths of a ``.npy`` output go: ``emb.npy`` → ``emb.paths.txt``."""
-    return output.with_suffix(".paths.txt")
-
-
 def run(args: argparse.Namespace) -> int:
     files = find_images(args.paths)
     output = check_output(args.output, SUFFIXES)
+    if output.suffix.lower() == ".npy" and paths_file(output).is_dir():
+        raise CLIError(f"{encode_path(paths_file(output))}: is a folder; the paths of a .npy output go there")
     device = resolve_device(args.device)
     model = load_model(args).to(device)
     images, config = image_run(files, args, model, device)
@@ -64,14 +66,12 @@ def run(args: argparse.Namespace) -> int:
         paths.extend(map(str, batch_paths))
         rows.append(batch)
     if not paths:
-        print(f"effnetv2: no image could be read; {output} not written", file=sys.stderr)
+        print(f"effnetv2: no image could be read; {encode_path(output)} not written", file=sys.stderr)
         return 1
     embeddings = torch.cat(rows)
 
     if output.suffix.lower() == ".npy":
-        write_lines(paths_file(output), paths)
-        with atomic_path(output) as tmp, open(tmp, "wb") as f:
-            np.save(f, embeddings.numpy())
+        save_npy_with_paths(output, embeddings.numpy(), paths)
     else:
         save_safetensors(output, {"embeddings": embeddings}, paths, model=args.model, input_size=config["input_size"])
     return exit_status(images)

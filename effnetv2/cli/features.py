@@ -11,6 +11,7 @@ from torch import Tensor
 
 from effnetv2.cli.images import find_images
 from effnetv2.cli.outputs import check_output, save_safetensors
+from effnetv2.cli.paths import encode_path
 from effnetv2.cli.runtime import (
     add_model_options,
     add_run_options,
@@ -36,8 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="multi-scale feature maps to .safetensors",
         description="Save the feature maps of the selected levels (timm's features_only=True) to a .safetensors "
         "file: tensor 'features.{level}' of shape (N, C, H/stride, W/stride) per level, images in the order of "
-        "the JSON list under the header metadata key 'paths'. All maps are held in memory until written. "
-        "Images that fail are skipped.",
+        "the JSON list under the header metadata key 'paths' (escaped as embed --help says). All maps are held "
+        "in memory until written. Images that fail are skipped.",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help="output .safetensors file")
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         for level_maps, feature in zip(maps, features, strict=True):
             level_maps.append(feature)
     if not paths:
-        print(f"effnetv2: no image could be read; {output} not written", file=sys.stderr)
+        print(f"effnetv2: no image could be read; {encode_path(output)} not written", file=sys.stderr)
         return 1
 
     levels = zip(info.out_indices, maps, strict=True)

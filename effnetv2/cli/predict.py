@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 from effnetv2.cli import CLIError
 from effnetv2.cli.images import find_images
+from effnetv2.cli.paths import encode_path
 from effnetv2.cli.runtime import (
     add_model_options,
     add_run_options,
@@ -31,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="classify images: top-k ImageNet classes",
         description="Classify images with an ImageNet-1k classifier and print the top-k classes of each. "
-        "With no PATH, classifies a sample photo shipped with effnetv2.",
+        "With no PATH, classifies a sample photo shipped with effnetv2. Paths are printed as UTF-8 with backslash "
+        "escapes for backslashes, control characters and bytes that are not UTF-8, as embed --help says.",
     )
     parser.add_argument(
         "paths",
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         probs, indices = logits.softmax(dim=1).topk(args.topk, dim=1)
         for path, prob_row, index_row in zip(paths, probs.tolist(), indices.tolist(), strict=True):
             topk = [dict(index=i, label=labels[i], prob=p) for i, p in zip(index_row, prob_row, strict=True)]
-            predictions.append(dict(path=str(path), topk=topk))
+            predictions.append(dict(path=encode_path(path), topk=topk))
     WRITERS[args.format](predictions, sys.stdout)
     return exit_status(images)
 

@@ -14,8 +14,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from effnetv2.atomic import atomic_path
 from effnetv2.cli import CLIError
-from effnetv2.weights.saving import atomic_path, save_pretrained
+from effnetv2.weights.saving import save_pretrained
 
 STATE_FILE = "last_state.pt"
 METRICS_FILE = "metrics.jsonl"

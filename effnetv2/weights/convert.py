@@ -9,13 +9,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from effnetv2.atomic import atomic_path
 from effnetv2.errors import CheckpointError
 from effnetv2.model import EfficientNetV2
 from effnetv2.spec import EFFICIENTNETV2_RW_M, ModelSpec
 from effnetv2.weights.key_map import KeyMap
 from effnetv2.weights.loading import load_state_dict_into
 from effnetv2.weights.reading import PathLike, read_state_dict
-from effnetv2.weights.saving import atomic_path, write_state_dict
+from effnetv2.weights.saving import write_state_dict
 
 KeyFormat = Literal["timm", "effnetv2"]
 

@@ -1,17 +1,16 @@
 """Saving a model in timm's Hugging Face format (``model.safetensors`` + ``config.json``), and sharing it.
 
-Every file is written atomically: into a temp file in the same folder, flushed to disk, then renamed over the
-target with ``os.replace``. A crash or error mid-write leaves any previous file intact and no half file behind.
+Writes go through :mod:`effnetv2.atomic`: a file is written to a temp file beside it, flushed, then renamed over
+the target; :func:`save_pretrained` writes both files into a new folder that replaces the old one in one step. A
+crash or error mid-write leaves the previous files intact; temp files of a killed save are removed by the next.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -19,29 +18,12 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
+from effnetv2.atomic import atomic_folder, atomic_path
 from effnetv2.weights.hub_config import CONFIG_NAME, model_config
 from effnetv2.weights.key_map import KeyMap
 
 WEIGHTS_NAME = "model.safetensors"
 PathLike = Union[str, os.PathLike]
-
-
-@contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; when the block succeeds, move it onto ``path`` in one rename.
-
-    On an exception the temp file is removed and ``path`` (if it existed) is left as it was.
-    """
-    path = Path(path)
-    # A fresh name rather than mkstemp, whose 0600 mode would stick to the final file.
-    tmp_path = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb") as f:
-            os.fsync(f.fileno())  # the data reaches the disk before the rename makes it visible
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
 
 
 def write_state_dict(
@@ -85,7 +67,9 @@ def save_pretrained(
 
     The folder loads with ``effnetv2.create_model('local-dir:DIR')`` and ``timm.create_model('local-dir:DIR')``,
     and, uploaded (:func:`push_to_hub`), with ``'hf-hub:ORG/REPO'`` in both. ``model_config`` adds entries such
-    as ``label_names``. Each file is replaced atomically. ``features_only`` models cannot be saved this way (timm's
+    as ``label_names``. The folder changes as one step (:func:`effnetv2.atomic.atomic_folder`): a reader sees the
+    old ``model.safetensors`` + ``config.json`` pair or the new one, never a mix; other files in the folder are
+    kept (hard links, same inode). ``features_only`` models cannot be saved this way (timm's
     format describes a classifier; timm cannot save them either): save the classifier they came from, or their
     ``state_dict()`` for ``checkpoint_path=``. Returns the folder.
     """
@@ -98,11 +82,11 @@ def save_pretrained(
             "model.state_dict() to a .safetensors file and load it with checkpoint_path="
         )
     folder = Path(save_directory)
-    folder.mkdir(parents=True, exist_ok=True)
     config = model_config_for(model, model_config)
-    save_state_dict(KeyMap(model.spec).state_dict_to_timm(model.state_dict()), folder / WEIGHTS_NAME)
-    with atomic_path(folder / CONFIG_NAME) as tmp:
-        tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    state_dict = KeyMap(model.spec).state_dict_to_timm(model.state_dict())
+    with atomic_folder(folder) as tmp:
+        write_state_dict(state_dict, tmp / WEIGHTS_NAME, ".safetensors")
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return folder
 
 
