@@ -57,42 +57,41 @@ def _tiny_model():
 # -- the lock ---------------------------------------------------------------------------------------------------
 
 
-def _lock_in_child(folder: Path, hold: bool = False) -> subprocess.Popen:
+def _hold_lock_in_child(folder: Path) -> subprocess.Popen:
+    """Another process that holds the folder's lock as ``RunFolder.lock`` takes it (plain Python: starts fast)."""
     code = textwrap.dedent(
         f"""
-        import sys, time
-        from effnetv2.train.run_folder import RunFolder, TrainError
-        try:
-            RunFolder({str(folder)!r}).lock()
-        except TrainError as e:
-            print(e); sys.exit(3)
+        import fcntl, os, time
+        fd = os.open({str(folder / ".lock")!r}, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{{os.getpid()}}\\n".encode(), 0)
         print("locked", flush=True)
-        if {hold}:
-            time.sleep(600)
+        time.sleep(600)
         """
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
 
 
 def test_second_writer_is_refused_and_a_killed_holder_frees_the_folder(tmp_path):
     folder = RunFolder(tmp_path / "run")
     folder.lock()
-    child = _lock_in_child(folder.path)
-    out, _ = child.communicate(timeout=60)
-    assert child.returncode == 3
-    assert out.strip() == f"{folder.path} is in use by another effnetv2 train process (pid {os.getpid()})"
-    # within one process too (another open of the lock file is another writer)
-    with pytest.raises(TrainError, match="in use by another"):
+    assert (folder.path / ".lock").read_text() == f"{os.getpid()}\n"
+    # another open of the lock file is another writer, even within one process
+    with pytest.raises(TrainError) as info:
         RunFolder(folder.path).lock()
+    assert str(info.value) == f"{folder.path} is in use by another effnetv2 train process (pid {os.getpid()})"
     folder.unlock()
 
-    holder = _lock_in_child(folder.path, hold=True)
-    assert holder.stdout.readline().strip() == "locked"
-    with pytest.raises(TrainError, match=f"pid {holder.pid}"):
-        RunFolder(folder.path).lock()
-    os.kill(holder.pid, signal.SIGKILL)  # the kernel releases a dead process's lock
-    holder.wait(timeout=30)
+    holder = _hold_lock_in_child(folder.path)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(TrainError) as info:
+            RunFolder(folder.path).lock()
+        assert str(info.value) == f"{folder.path} is in use by another effnetv2 train process (pid {holder.pid})"
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)  # the kernel releases a dead process's lock
+        holder.wait(timeout=30)
     with RunFolder(folder.path) as again:
         assert (again.path / ".lock").read_text().strip() == str(os.getpid())
 
@@ -343,3 +342,30 @@ def test_extended_schedule_is_continuous_and_ends_at_zero(join):
     assert again.lr_at(join + 3) == pytest.approx(resumed.lr_at(join + 3))
     with pytest.raises(ValueError, match="cannot be shortened"):
         again.extend(5)
+
+
+def test_kill_9_between_state_and_metrics_is_resumable(tmp_path):
+    # a real SIGKILL of a writing process right after the state of epoch 2 reached the disk
+    code = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(ROOT / "tests")!r})
+        from test_run_folder import _state
+        from effnetv2.train.run_folder import RunFolder
+        run = RunFolder({str(tmp_path)!r})
+        run.lock()
+        run.end_epoch(_state(1))
+        RunFolder.write_metrics = lambda self, rows: os.kill(os.getpid(), signal.SIGKILL)
+        run.end_epoch(_state(2))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    run = RunFolder(tmp_path)
+    run.open(resume=True)  # the dead writer's lock is gone
+    state = run.read_state()
+    assert state["epoch"] == 2 and [r["epoch"] for r in run.read_metrics()] == [1]
+    run.write_metrics(state["metrics"])  # what --resume does first
+    run.end_epoch(_state(3))
+    assert [r["epoch"] for r in run.read_metrics()] == [1, 2, 3]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

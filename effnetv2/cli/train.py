@@ -15,8 +15,7 @@ from typing import Optional
 
 from effnetv2.cli import CLIError
 from effnetv2.cli.runtime import DEFAULT_MODEL, DEVICES, non_negative_int, positive_int, resolve_device
-
-STATE_FILE = "last_state.pt"
+from effnetv2.train.run_folder import STATE_FILE
 
 
 def number(low: Optional[float] = None, high: Optional[float] = None, low_open: bool = False, high_open: bool = False):
