@@ -16,7 +16,9 @@ from PIL import Image
 
 import effnetv2
 from effnetv2.cli import main
-from effnetv2.cli.train import _weights_checksum
+from effnetv2.train.engine import NonFiniteLossError
+from effnetv2.train.run_folder import RunFolder
+from effnetv2.train.runner import CHECKSUMS_ENV, STOP_AFTER_ENV, weights_checksum
 
 ROOT = Path(__file__).resolve().parents[1]
 # tiny everything: the 53 M-parameter model on shared CPU cores
@@ -62,7 +64,7 @@ def _assert_same_tensors(a, b, where: str = "") -> None:
         assert a == b, (where, a, b)
 
 
-def test_resume_equals_uninterrupted_run(image_root, checkpoint, tmp_path):
+def test_resume_equals_uninterrupted_run(image_root, checkpoint, tmp_path, monkeypatch):
     # drop path, MixUp, EMA and random crops all draw random numbers: resume must restore every generator
     common = [
         str(image_root),
@@ -79,7 +81,9 @@ def test_resume_equals_uninterrupted_run(image_root, checkpoint, tmp_path):
         *FAST,
     ]
     assert main(["train", *common, "--output", str(tmp_path / "full")]) == 0
-    assert main(["train", *common, "--output", str(tmp_path / "split"), "--stop-after", "1"]) == 0
+    monkeypatch.setenv(STOP_AFTER_ENV, "1")  # interrupted after one epoch
+    assert main(["train", *common, "--output", str(tmp_path / "split")]) == 0
+    monkeypatch.delenv(STOP_AFTER_ENV)
     assert _state(tmp_path / "split")["epoch"] == 1
     assert main(["train", *common, "--output", str(tmp_path / "split"), "--resume"]) == 0
 
@@ -115,8 +119,9 @@ def test_resume_equals_uninterrupted_run(image_root, checkpoint, tmp_path):
 
 
 def test_torchrun_two_processes_hold_identical_weights(image_root, checkpoint, tmp_path):
-    out = tmp_path / "ddp"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out, sums = tmp_path / "ddp", tmp_path / "sums"
+    sums.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", CHECKSUMS_ENV: str(sums)}
     cmd = [
         sys.executable,
         "-m",
@@ -134,7 +139,8 @@ def test_torchrun_two_processes_hold_identical_weights(image_root, checkpoint, t
         str(checkpoint),
         "--epochs",
         "1",
-        "--debug-checksums",
+        "--ema",
+        "0.9",
         "--drop-path",
         "0",
         *FAST,
@@ -144,10 +150,13 @@ def test_torchrun_two_processes_hold_identical_weights(image_root, checkpoint, t
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # the ranks trained on different halves of the data: only gradient averaging keeps them equal
-    rank0, rank1 = ((out / f"rank{r}.sha256").read_text() for r in (0, 1))
+    rank0, rank1 = ((sums / f"rank{r}.sha256").read_text() for r in (0, 1))
     assert rank0 == rank1
+    # the EMA (weights and BatchNorm statistics) is the same model on both ranks, and it is what was saved
+    ema0, ema1 = ((sums / f"rank{r}.ema.sha256").read_text() for r in (0, 1))
+    assert ema0 == ema1
     saved = effnetv2.create_model("efficientnetv2_rw_m", num_classes=2, checkpoint_path=out / "model.safetensors")
-    assert _weights_checksum(saved) == rank0
+    assert weights_checksum(saved) == ema0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1  # rank 0 alone writes
 
 
@@ -192,19 +201,180 @@ def test_resume_without_state_and_unreadable_image(image_root, tmp_path, capsys)
     bad.write_bytes(b"not an image")
     err = _error(capsys, ["train", str(root), "--output", str(out), "--epochs", "1", *FAST, "--batch-size", "9"])
     assert f"cannot read image {bad}" in err
-    assert not out.exists() or not any(out.iterdir())
+    assert not out.exists() or [p.name for p in out.iterdir()] == [".lock"]
+
+
+def _rows(folder: Path) -> list[dict]:
+    return [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_extend_an_interrupted_run(image_root, checkpoint, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    argv = ["train", str(image_root), "--output", str(out), *FAST]
+    monkeypatch.setenv(STOP_AFTER_ENV, "1")
+    assert main([*argv, "--checkpoint", str(checkpoint), "--epochs", "2"]) == 0  # 1 of 2 epochs, then "killed"
+    monkeypatch.delenv(STOP_AFTER_ENV)
+    assert "pass --resume" in _error(capsys, [*argv, "--epochs", "2"])  # a plain restart would start over
+    assert "--batch-size: the run in" in _error(capsys, [*argv, "--epochs", "3", "--resume", "--batch-size", "2"])
+    assert "started with 4, this one has 2" in _error(capsys, [*argv, "--epochs", "3", "--resume", "--batch-size", "2"])
+    assert main([*argv, "--epochs", "3", "--resume"]) == 0  # extends the 2-epoch plan to 3
+    capsys.readouterr()
+
+    state = _state(out)
+    assert (state["epoch"], state["epochs"]) == (3, 3)
+    # one step per epoch, no warmup: the LR after step 1 is 0.02·½(1 + cos(π/2)) = 0.01; the cosine is re-planned
+    # from there to 0 at the new end: 0.01·½(1 + cos(π/2)) = 0.005 after step 2, 0 after step 3
+    rows = _rows(out)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["lr"] for r in rows] == pytest.approx([0.01, 0.005, 0.0], abs=1e-12)
+
+    assert main([*argv, "--epochs", "3", "--resume"]) == 0
+    assert "all 3 epochs of this run are done; nothing to do" in capsys.readouterr().err
+    assert "can extend a run, not shorten it" in _error(capsys, [*argv, "--epochs", "2", "--resume"])
+    assert _rows(out) == rows
+
+
+def test_full_disk_then_nan_loss_keep_the_last_good_state(image_root, checkpoint, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    argv = ["train", str(image_root), "--output", str(out), "--epochs", "3", *FAST]
+    real_save, saves = torch.save, []
+
+    def disk_full_at_second_state(obj, f, *a, **k):
+        saves.append(1)
+        if len(saves) == 2:
+            f.write(b"PK partial")
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", disk_full_at_second_state)
+    err = _error(capsys, [*argv, "--checkpoint", str(checkpoint)])
+    monkeypatch.undo()
+    assert f"cannot write {out / 'last_state.pt'}: No space left on device" in err
+    assert _state(out)["epoch"] == 1 and [r["epoch"] for r in _rows(out)] == [1]
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "train_lo')  # a torn line (an older writer, a crash): rebuilt from the state
+
+    def nan_images(images, cfg):  # every training batch (grad enabled) turns to NaN; evaluation stays clean
+        images = images.to(cfg.device)
+        return torch.full_like(images, float("nan")) if torch.is_grad_enabled() else images
+
+    monkeypatch.setattr("effnetv2.train.engine._to_device", nan_images)
+    err = _error(capsys, [*argv, "--resume"])
+    assert "the training loss became nan at step 1 of epoch 2 (step 2 of the run)" in err
+    assert f"{out / 'last_state.pt'} still holds epoch 1" in err
+    assert _state(out)["epoch"] == 1 and [r["epoch"] for r in _rows(out)] == [1]
+    saved = effnetv2.create_model("efficientnetv2_rw_m", num_classes=2, checkpoint_path=out / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in saved.state_dict().values() if t.is_floating_point())
+
+
+def test_diverging_run_stops_and_saves_no_model(image_root, checkpoint, tmp_path, capsys):
+    # --lr 1e30 is finite and accepted, and blows the weights up at once: nothing may be saved
+    out = tmp_path / "run"
+    argv = ["train", str(image_root), "--output", str(out), "--epochs", "1", *FAST, "--lr", "1e30", "--agc", "0"]
+    err = _error(capsys, [*argv, "--checkpoint", str(checkpoint)])
+    assert "in epoch 1" in err or "of epoch 1" in err or "after epoch 1" in err, err
+    assert "no epoch was saved" in err
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_engine_names_the_step_of_a_nan_loss():
+    from effnetv2.train.distributed import DistEnv
+    from effnetv2.train.engine import StepConfig, train_one_epoch
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    batches = [(torch.ones(2, 4), torch.tensor([0, 1]))] * 2 + [
+        (torch.full((2, 4), float("inf")), torch.tensor([0, 1]))
+    ]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(NonFiniteLossError, match="at step 3") as info:
+        train_one_epoch(
+            model, batches, torch.nn.CrossEntropyLoss(), opt, None, StepConfig(torch.device("cpu")), DistEnv()
+        )
+    assert info.value.step == 3
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the bad step changed nothing
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 @pytest.mark.parametrize(
-    "saved, message",
+    "option, message",
     [
-        (dict(classes=["cat", "dog"], args=dict(epochs=5)), "was started with --epochs 5; resume with the same value"),
-        (dict(classes=["ant", "bee"], args=dict(epochs=1)), "differ from those of the run"),
+        (["--lr", "nan"], "argument --lr: must be a finite number > 0, got nan"),
+        (["--lr", "inf"], "argument --lr: must be a finite number > 0, got inf"),
+        (["--lr", "0"], "argument --lr: must be a finite number > 0"),
+        (["--momentum", "1"], "argument --momentum: must be a finite number in [0, 1)"),
+        (["--weight-decay=-1e-5"], "argument --weight-decay: must be a finite number >= 0"),
+        (["--warmup-epochs", "nan"], "argument --warmup-epochs"),
+        (["--agc=-0.1"], "argument --agc"),
+        (["--drop", "1"], "argument --drop"),
+        (["--drop-path=-0.1"], "argument --drop-path"),
+        (["--mixup=-1"], "argument --mixup"),
+        (["--layer-decay", "0"], "argument --layer-decay: must be a finite number in (0, 1]"),
+        (["--layer-decay", "1.5"], "argument --layer-decay"),
+        (["--label-smoothing", "1"], "argument --label-smoothing"),
+        (["--ema", "1"], "argument --ema"),
+        (["--workers=-1"], "argument --workers: must be 0 or more, got -1"),
+        (["--img-size", "16"], "argument --img-size: must be an integer >= 32"),
+        (["--epochs", "0"], "argument --epochs"),
+        (["--seed=-1"], "argument --seed"),
+        (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
     ],
 )
-def test_resume_refuses_a_different_run(image_root, tmp_path, capsys, saved, message):
+def test_bad_options_are_refused_before_any_work(tmp_path, capsys, option, message):
     out = tmp_path / "out"
+    assert message in _error(capsys, ["train", str(tmp_path), "--output", str(out), *option])
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda_is_one_line(image_root, tmp_path, capsys):
+    err = _error(capsys, ["train", str(image_root), "--output", str(tmp_path / "o"), "--device", "cuda", *FAST])
+    assert "--device cuda: this machine or this torch build" in err
+
+
+def test_help_shows_every_default_and_no_test_flags(capsys):
+    assert main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: 10)", "(default: 32)", "(default: 0.01)", "(default: 0.9)", "(default: 1e-05)"):
+        assert default in text
+    assert "(default: auto)" in text and "{auto,cpu,cuda,mps}" in text
+    options = [w for w in text.split() if w.startswith("--") and w[2:3].isalpha()]
+    documented = text.count("(default:")
+    assert documented >= len({o.rstrip(",") for o in options}) - 2  # all but --help/--output's required value
+    assert "stop-after" not in text and "debug-checksums" not in text
+
+
+def test_second_writer_is_refused(image_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    with RunFolder(out):  # another train process holds the folder
+        err = _error(capsys, ["train", str(image_root), "--output", str(out), *FAST])
+    assert err == f"effnetv2: error: {out} is in use by another effnetv2 train process (pid {os.getpid()})"
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_bad_checkpoint_and_state_files_are_one_line(image_root, tmp_path, capsys):
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(__import__("pickle").dumps({"state_dict": _Evil()}, protocol=2))
+    err = _error(capsys, ["train", str(image_root), "--output", str(tmp_path / "a"), "--checkpoint", str(evil), *FAST])
+    assert str(evil) in err
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    err = _error(capsys, ["train", str(image_root), "--output", str(tmp_path / "b"), "--checkpoint", str(folder)])
+    assert "a folder, not a file" in err
+
+    out = tmp_path / "c"
     out.mkdir()
-    torch.save(saved, out / "last_state.pt")
-    argv = ["train", str(image_root), "--output", str(out), "--resume", "--epochs", "1", *FAST]
-    assert message in _error(capsys, argv)
+    (out / "last_state.pt").write_bytes(b"PK\x03\x04 truncated")
+    err = _error(capsys, ["train", str(image_root), "--output", str(out), "--resume", *FAST])
+    assert f"cannot read {out / 'last_state.pt'}" in err
+
+    torch.save({"classes": ["cat", "dog"], "args": {"epochs": 1}}, out / "last_state.pt")  # an older or foreign file
+    err = _error(capsys, ["train", str(image_root), "--output", str(out), "--resume", *FAST])
+    assert "is not an effnetv2 training state" in err

@@ -10,9 +10,10 @@ from effnetv2.train.param_groups import (
     param_groups_weight_decay,
 )
 from effnetv2.train.rng import get_rng_state, seed_everything, set_rng_state
-from effnetv2.train.schedule import cosine_with_warmup
+from effnetv2.train.schedule import WarmupCosineLR, cosine_with_warmup
 
 __all__ = [
+    "WarmupCosineLR",
     "adaptive_clip_grad_",
     "apply_lr_scale",
     "clip_model_grads_",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -16,6 +17,14 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from effnetv2.train.agc import clip_model_grads_
 from effnetv2.train.distributed import DistEnv, all_reduce_sum
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite: the run diverged (too high an LR, fp16 overflow, bad data)."""
+
+    def __init__(self, message: str, step: int = 0) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 @dataclass
@@ -65,16 +74,24 @@ def train_one_epoch(
     """Train over ``loader`` once; returns the mean loss over all ranks and images/s (all ranks together).
 
     ``clip_target`` is the unwrapped model (its ``get_classifier`` is excluded from AGC); ``model`` may be DDP.
+    A non-finite loss on any rank stops every rank before that step changes the weights
+    (:class:`NonFiniteLossError`, whose ``step`` counts from 1 within the epoch).
     """
     model.train()
     loss_sum, count, start = 0.0, 0, time.perf_counter()
     bar = _bar(loader, cfg.progress, desc)
-    for images, targets in bar:
+    for step, (images, targets) in enumerate(bar, 1):
         images, targets = _to_device(images, cfg), targets.to(cfg.device, non_blocking=True)
         if cfg.batch_transform is not None:  # MixUp / CutMix on the device, after the move
             images, targets = cfg.batch_transform(images, targets)
         with _autocast(cfg):
             loss = loss_fn(model(images), targets)
+        value = loss.item()
+        bad = not math.isfinite(value)
+        if env.enabled:  # every rank stops at the same step (a lone rank leaving would hang the others)
+            bad = all_reduce_sum([float(bad)], env, cfg.device)[0] > 0
+        if bad:
+            raise NonFiniteLossError(f"the training loss became {value} at step {step}", step)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -93,12 +110,12 @@ def train_one_epoch(
         if ema is not None:
             ema.update_parameters(clip_target if clip_target is not None else model)
         n = images.shape[0]
-        loss_sum += loss.item() * n
+        loss_sum += value * n
         count += n
         if bar is not loader:
             elapsed = time.perf_counter() - start
             bar.set_postfix(
-                loss=f"{loss.item():.4f}",
+                loss=f"{value:.4f}",
                 lr=f"{optimizer.param_groups[-1]['lr']:.3g}",
                 img_s=f"{count * env.world_size / elapsed:.1f}",
             )

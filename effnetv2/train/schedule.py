@@ -1,24 +1,81 @@
-"""Cosine LR schedule with linear warmup, built from torch's own schedulers and stepped once per optimizer step."""
+"""Cosine LR schedule with linear warmup, stepped once per optimizer step, that a resumed run can extend."""
 
 from __future__ import annotations
 
+import math
+
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
+from torch.optim.lr_scheduler import LRScheduler
+
+
+class WarmupCosineLR(LRScheduler):
+    """Linear warmup from ``warmup_factor × lr`` over ``warmup_steps``, then cosine to ``min_lr`` at ``total_steps``.
+
+    Each step's LR is computed in closed form from the step count, so the state (plain numbers) resumes exactly.
+    :meth:`extend` lengthens the schedule of a run that is continued with more epochs.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        total_steps: int,
+        warmup_steps: int = 0,
+        warmup_factor: float = 0.01,
+        min_lr: float = 0.0,
+        last_epoch: int = -1,
+    ) -> None:
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        self.total_steps = int(total_steps)
+        self.warmup_steps = max(0, min(int(warmup_steps), self.total_steps - 1))
+        self.warmup_factor = float(warmup_factor)
+        self.min_lr = float(min_lr)
+        # (step, [LR of each group at that step]): where an extension re-planned the cosine
+        self.restarts: list[tuple[int, list[float]]] = []
+        super().__init__(optimizer, last_epoch)
+
+    def _cosine(self, start_lr: float, step: int, first: int) -> float:
+        span = max(1, self.total_steps - first)
+        t = min(max(step - first, 0), span)
+        return self.min_lr + (start_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t / span))
+
+    def lr_at(self, step: int) -> list[float]:
+        """The LR of each parameter group at optimizer step ``step`` (0 = before the first step)."""
+        restart = next((r for r in reversed(self.restarts) if r[0] <= step), None)
+        if restart is not None:
+            return [self._cosine(lr, step, restart[0]) for lr in restart[1]]
+        if step < self.warmup_steps:
+            f = self.warmup_factor + (1.0 - self.warmup_factor) * step / self.warmup_steps
+            return [base * f for base in self.base_lrs]
+        return [self._cosine(base, step, self.warmup_steps) for base in self.base_lrs]
+
+    def get_lr(self) -> list[float]:
+        return self.lr_at(self.last_epoch)
+
+    def extend(self, total_steps: int) -> None:
+        """Plan the schedule to end at ``total_steps`` (more than now) from the current step.
+
+        Before the end of the warmup the warmup goes on and the cosine then spans the new total, as if the run had
+        been started with it. After the warmup the cosine is re-planned from the current step: the LR continues
+        from its current value down to ``min_lr`` at the new end (warmup is not repeated, the LR never climbs).
+        """
+        if total_steps < self.total_steps:
+            raise ValueError(f"a schedule of {self.total_steps} steps cannot be shortened to {total_steps}")
+        step = self.last_epoch
+        if step > self.warmup_steps or self.restarts:
+            self.restarts.append((step, self.lr_at(step)))
+        self.total_steps = int(total_steps)
+        self._last_lr = self.lr_at(step)
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
+            group["lr"] = lr
 
 
 def cosine_with_warmup(
     optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, warmup_factor: float = 0.01, min_lr: float = 0.0
-) -> LRScheduler:
+) -> WarmupCosineLR:
     """Linear warmup from ``warmup_factor × lr`` over ``warmup_steps``, then cosine to ``min_lr`` at ``total_steps``.
 
     Call ``scheduler.step()`` after every optimizer step (per-step scheduling keeps warmup smooth when an epoch
     is only a handful of steps, as in fine-tuning on small data sets).
     """
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-    warmup_steps = max(0, min(warmup_steps, total_steps - 1))
-    cosine = CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps), eta_min=min_lr)
-    if warmup_steps == 0:
-        return cosine
-    warmup = LinearLR(optimizer, start_factor=warmup_factor, end_factor=1.0, total_iters=warmup_steps)
-    return SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
+    return WarmupCosineLR(optimizer, total_steps, warmup_steps, warmup_factor, min_lr)

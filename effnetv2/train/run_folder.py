@@ -1,0 +1,282 @@
+"""The run folder of ``effnetv2 train``: one writer, a resume state, the metrics, the best model, in a safe order.
+
+``DIR/.lock``         held (``fcntl.flock``) by the one process writing the run, released by the kernel when it dies
+``DIR/last_state.pt`` everything a resume needs, including every epoch's metrics row (``torch.load(weights_only=True)``)
+``DIR/metrics.jsonl`` one JSON line per finished epoch, rewritten from the state
+``DIR/model.safetensors`` + ``DIR/config.json``: the best model so far, in timm's hub format
+
+Every write is atomic, and :meth:`RunFolder.end_epoch` orders them so that a kill at any instant leaves a folder
+that ``--resume`` continues without losing or repeating an epoch: the best model first (a resume that redoes the
+epoch writes it again), then the state (the commit point), then ``metrics.jsonl`` (rebuilt from the state on resume).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from effnetv2.atomic import atomic_path
+from effnetv2.errors import CheckpointError
+
+STATE_FILE = "last_state.pt"
+METRICS_FILE = "metrics.jsonl"
+LOCK_FILE = ".lock"
+STATE_FORMAT = "effnetv2-train-state"
+STATE_VERSION = 1
+_STATE_KEYS = ("epoch", "epochs", "best_top1", "metrics", "recipe", "classes", "model", "optimizer", "scheduler", "rng")
+
+# What shapes the LR schedule, the data order or the training math: a resume must use the same values.
+# Key in the recipe → how the user sets it.
+RECIPE_OPTIONS: dict[str, str] = {
+    "model": "--model",
+    "batch_size": "--batch-size",
+    "world_size": "the number of processes (torchrun)",
+    "train_images": "the number of training images",
+    "img_size": "--img-size",
+    "lr": "--lr",
+    "momentum": "--momentum",
+    "warmup_epochs": "--warmup-epochs",
+    "weight_decay": "--weight-decay",
+    "layer_decay": "--layer-decay",
+    "agc": "--agc",
+    "label_smoothing": "--label-smoothing",
+    "mixup": "--mixup",
+    "cutmix": "--cutmix",
+    "auto_augment": "--auto-augment",
+    "drop": "--drop",
+    "drop_path": "--drop-path",
+    "ema": "--ema",
+    "freeze_backbone_epochs": "--freeze-backbone-epochs",
+    "sync_bn": "--sync-bn",
+    "seed": "--seed",
+}
+
+
+class TrainError(ValueError):
+    """A training run that cannot start or go on, for a reason the user can fix (one line)."""
+
+
+class RunFolderWriteError(OSError):
+    """A run-folder file could not be written (a full disk...); the previous state is kept."""
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "not set"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+@contextlib.contextmanager
+def _writing(path: Path, kept: str) -> Iterator[None]:
+    """An OSError while writing ``path`` (a full disk...) → one :class:`RunFolderWriteError` saying what is kept."""
+    try:
+        yield
+    except RunFolderWriteError:
+        raise
+    except OSError as e:
+        raise RunFolderWriteError(e.errno, f"cannot write {path}: {e.strerror or e}; {kept}") from e
+
+
+class RunFolder:
+    """The folder of one training run; only the process holding :meth:`lock` writes it.
+
+    Use as a context manager (``with RunFolder(path) as run: ...``) to hold the lock for the run's life.
+    """
+
+    def __init__(self, path: Union[str, os.PathLike]) -> None:
+        self.path = Path(path)
+        self._lock_fd: Optional[int] = None
+
+    @property
+    def state_path(self) -> Path:
+        return self.path / STATE_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS_FILE
+
+    def has_state(self) -> bool:
+        return self.state_path.exists()
+
+    # -- the lock ------------------------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Create the folder and take its lock; another live process holding it → :class:`TrainError`."""
+        if self._lock_fd is not None:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        # the lock file is never replaced (a new inode would be a new lock): it is opened and written in place
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise TrainError(f"{self.path} is in use by another effnetv2 train process (pid {pid})") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the lock
+            self._lock_fd = None
+
+    def __enter__(self) -> RunFolder:
+        self.lock()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.unlock()
+
+    def open(self, resume: bool) -> None:
+        """Lock the folder for a new run (``resume=False``) or a resumed one, checking that it holds what it should.
+
+        Nothing is created when the check fails before the lock (``--resume`` without a state).
+        """
+        if resume and not self.has_state():
+            raise TrainError(f"--resume: {self.state_path} does not exist; start without --resume")
+        self.lock()
+        if resume and not self.has_state():  # removed while we waited for nothing: check again under the lock
+            self.unlock()
+            raise TrainError(f"--resume: {self.state_path} does not exist; start without --resume")
+        if not resume and self.has_state():
+            self.unlock()
+            raise TrainError(
+                f"{self.path} already holds a training run; pass --resume to continue it (or, with a larger "
+                "--epochs, to extend it) or choose another --output"
+            )
+
+    # -- the resume state ----------------------------------------------------------------------------------
+    def read_state(self) -> dict[str, Any]:
+        """The saved state; a truncated, foreign or older file → :class:`~effnetv2.CheckpointError` (one line)."""
+        path = self.state_path
+        hint = "start a new run in another --output (or remove the file to start this one again)"
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # truncated zip, pickle refused by weights_only, not a torch file...
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CheckpointError(
+                f"cannot read {path} ({first[:200]}); it is damaged or not a training state; {hint}"
+            ) from None
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise CheckpointError(f"{path} is not an effnetv2 training state (written by another tool?); {hint}")
+        if state.get("version") != STATE_VERSION:
+            raise CheckpointError(
+                f"{path} is a version {state.get('version')} training state, not {STATE_VERSION}; {hint}"
+            )
+        missing = [k for k in _STATE_KEYS if k not in state]
+        if missing:
+            raise CheckpointError(f"{path} lacks {', '.join(missing)}; it is not a complete training state; {hint}")
+        return state
+
+    def write_state(self, state: Mapping[str, Any]) -> None:
+        """Replace the state atomically; a failed write leaves the previous one."""
+        state = {"format": STATE_FORMAT, "version": STATE_VERSION, **state}
+        kept = f"{self.state_path} still holds the previous epoch's state"
+        with _writing(self.state_path, kept), atomic_path(self.state_path) as tmp, open(tmp, "wb") as f:
+            torch.save(state, f)  # through a Python file: a full disk raises OSError(ENOSPC)
+
+    # -- metrics ---------------------------------------------------------------------------------------------
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The rows of ``metrics.jsonl``; a torn last line (a write cut short) is dropped, any other bad line
+        → ``ValueError`` naming the line."""
+        if not self.metrics_path.exists():
+            return []
+        lines = self.metrics_path.read_bytes().split(b"\n")
+        rows = []
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+                    raise ValueError("not an epoch row")
+            except ValueError as e:
+                if i == len(lines):  # the last line, without its newline: torn by a crash
+                    break
+                raise ValueError(f"{self.metrics_path} line {i} is not a metrics row ({e}); remove the line") from None
+            rows.append(row)
+        return rows
+
+    def write_metrics(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Rewrite ``metrics.jsonl`` atomically with ``rows``."""
+        text = "".join(json.dumps(dict(row)) + "\n" for row in rows)
+        kept = "the state holds every row; --resume rewrites the file"
+        with _writing(self.metrics_path, kept), atomic_path(self.metrics_path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+
+    # -- the best model --------------------------------------------------------------------------------------
+    def save_best(self, model: nn.Module, label_names: Sequence[str]) -> None:
+        from effnetv2.weights.saving import save_pretrained
+
+        with _writing(self.path / "model.safetensors", "the previous best model is kept"):
+            save_pretrained(model, self.path, model_config=dict(label_names=list(label_names)))
+
+    # -- one epoch's writes, in the order that keeps every instant resumable ---------------------------------
+    def end_epoch(
+        self,
+        state: Mapping[str, Any],
+        best_model: Optional[nn.Module] = None,
+        label_names: Sequence[str] = (),
+    ) -> None:
+        """Record a finished epoch: ``state["metrics"]`` holds every row up to this epoch.
+
+        1. the best model, when this epoch improved it (a kill after this redoes the epoch, which writes it again);
+        2. the state: from here on the epoch is done;
+        3. ``metrics.jsonl`` from the state's rows (a kill before this: the next ``--resume`` rewrites it).
+        """
+        if best_model is not None:
+            self.save_best(best_model, label_names)
+        self.write_state(state)
+        self.write_metrics(state["metrics"])
+
+
+def check_resume(
+    state: Mapping[str, Any], recipe: Mapping[str, Any], classes: Sequence[str], epochs: int, where: Path
+) -> str:
+    """Compare a saved state with the new run's settings: ``"continue"``, ``"extend"`` (a larger ``--epochs``) or
+    ``"done"`` (finished, same ``--epochs``). A setting that differs → :class:`TrainError` naming it."""
+    if list(state["classes"]) != list(classes):
+        raise TrainError(f"the data classes differ from those of the run in {where}; resume on the same data")
+    saved = state["recipe"]
+    for key, option in RECIPE_OPTIONS.items():
+        if key in recipe and saved.get(key) != recipe[key]:
+            raise TrainError(
+                f"{option}: the run in {where} was started with {_describe(saved.get(key))}, this one has "
+                f"{_describe(recipe[key])}; resume with the same value (only --epochs may change, to extend the run)"
+            )
+    done, planned = int(state["epoch"]), int(state["epochs"])
+    if epochs < planned:
+        raise TrainError(
+            f"--epochs {epochs}: the run in {where} is planned for {planned} epochs ({done} done); --epochs can "
+            "extend a run, not shorten it"
+        )
+    if epochs > planned:
+        return "extend"
+    return "done" if done >= planned else "continue"
+
+
+def all_finite(*modules: Optional[nn.Module]) -> bool:
+    """Whether every parameter and floating buffer of the modules is finite."""
+    for module in modules:
+        if module is None:
+            continue
+        for t in (*module.parameters(), *module.buffers()):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                return False
+    return True
