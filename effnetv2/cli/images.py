@@ -17,6 +17,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
 from effnetv2.cli import CLIError
+from effnetv2.cli.paths import encode_path
 from effnetv2.data.images import ImageTooLargeError, LargeImageWarning, NotRegularFileError, open_image
 
 
@@ -35,12 +36,13 @@ def find_images(paths: Sequence[Union[str, Path]]) -> list[Path]:
                 p for p in path.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.exists() and not p.is_dir()
             )
             if not images:
-                raise CLIError(f"{path}: no images in this folder (looked for {', '.join(IMG_EXTENSIONS)})")
+                looked_for = ", ".join(IMG_EXTENSIONS)
+                raise CLIError(f"{encode_path(path)}: no images in this folder (looked for {looked_for})")
             found.extend(images)
         elif path.exists():
             found.append(path)
         else:
-            raise CLIError(f"{path}: no such file or folder")
+            raise CLIError(f"{encode_path(path)}: no such file or folder")
     return found
 
 
@@ -125,7 +127,7 @@ class ImageRun:
                     tqdm.write(f"effnetv2: warning: {warning}", file=sys.stderr)
                 for index, error in batch.failures:
                     self.failed.append(self.files[index])
-                    tqdm.write(f"effnetv2: skipped {self.files[index]}: {error}", file=sys.stderr)
+                    tqdm.write(f"effnetv2: skipped {encode_path(self.files[index])}: {error}", file=sys.stderr)
                 bar.update(len(batch.indices) + len(batch.failures))
                 if batch.images is not None:
                     yield [self.files[i] for i in batch.indices], batch.images

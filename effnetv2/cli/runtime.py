@@ -111,7 +111,7 @@ def load_model(args: argparse.Namespace, **kwargs: Any) -> nn.Module:
     except CheckpointError as e:
         hint = "" if args.checkpoint else " On the command line: --checkpoint PATH."
         raise CLIError(f"{e}{hint}") from e
-    except (ValueError, OSError) as e:  # unknown name, missing file, bad out_indices
+    except (ValueError, TypeError, OSError) as e:  # unknown name, missing file, bad out_indices
         raise CLIError(str(e)) from e
     return model.eval()
 
