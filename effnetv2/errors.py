@@ -11,3 +11,16 @@ class CheckpointError(ValueError, RuntimeError):
 
 class ExportError(RuntimeError):
     """An export that failed, or whose outputs differ from the eager model's beyond the tolerance."""
+
+
+class ClassifierNotLoadedWarning(UserWarning):
+    """A checkpoint's classifier did not fit the model and was not loaded: the model keeps a fresh one.
+
+    ``checkpoint_classes`` and ``model_classes`` say why; the command line turns this warning into an error, since
+    predictions from a fresh classifier are meaningless.
+    """
+
+    def __init__(self, message: str, checkpoint_classes: int = 0, model_classes: int = 0) -> None:
+        super().__init__(message)
+        self.checkpoint_classes = checkpoint_classes
+        self.model_classes = model_classes

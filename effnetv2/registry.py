@@ -8,16 +8,24 @@ import fnmatch
 import os
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Optional, Union
 
 from torch import nn
 
 from effnetv2.data.config import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from effnetv2.errors import UnknownModelError
+from effnetv2.errors import CheckpointError, UnknownModelError
 from effnetv2.model import EfficientNetV2, EfficientNetV2Features
 from effnetv2.spec import EFFICIENTNETV2_RW_M, ModelSpec
-from effnetv2.weights.hub_config import load_model_config, parse_model_name
-from effnetv2.weights.loading import load_checkpoint
+from effnetv2.weights.hub_config import (
+    load_model_config,
+    parse_config,
+    parse_model_name,
+    read_config_file,
+    saved_model_files,
+)
+from effnetv2.weights.loading import load_checkpoint, load_state_dict_into
+from effnetv2.weights.reading import read_state_dict
 
 ARCHITECTURES: dict[str, ModelSpec] = {"efficientnetv2_rw_m": EFFICIENTNETV2_RW_M}
 
@@ -170,9 +178,7 @@ def create_model(
         model_name, pretrained_cfg, model_args = load_model_config(source, model_id, cache_dir)
         if model_name not in ARCHITECTURES:
             raise _unknown(f"architecture (named by {model_id}'s config.json)", model_name)
-        unsupported = sorted(set(model_args) - set(_MODEL_KWARGS))
-        if unsupported:
-            raise ValueError(f"{model_id}'s config.json has model_args effnetv2 does not support: {unsupported}")
+        _check_model_args(model_args, f"{model_id}'s config.json")
         for key, value in model_args.items():
             kwargs.setdefault(key, value)
     architecture, cfg = get_pretrained_cfg(model_name)
@@ -188,6 +194,19 @@ def create_model(
         from effnetv2.weights.hub import pretrained_file  # imports huggingface_hub only when needed
 
         weights = pretrained_file(cfg, cache_dir=cache_dir)  # before building: fail fast when it is unavailable
+
+    # A checkpoint saved with its config.json (a model folder, or a file beside one) describes the model it holds.
+    checkpoint_source = str(checkpoint_path) if checkpoint_path is not None else ""
+    if checkpoint_path is not None:
+        checkpoint_path, saved_config = saved_model_files(checkpoint_path)
+        checkpoint_source = str(checkpoint_path)
+        if saved_config is not None and not source:
+            saved_cfg, overridden = _apply_saved_config(saved_config, checkpoint_path, architecture, kwargs)
+            if overridden:
+                checkpoint_source += f" ({overridden})"
+            if pretrained_cfg is None:
+                cfg = {**saved_cfg, **(pretrained_cfg_overlay or {})}
+
     if features_only:
         model_kwargs = {k: v for k, v in kwargs.items() if k not in _FEATURES_IGNORED_KWARGS}
         model: nn.Module = EfficientNetV2Features(spec, out_indices=out_indices, **model_kwargs)
@@ -195,11 +214,50 @@ def create_model(
     else:
         kwargs.setdefault("num_classes", cfg.get("num_classes", 1000))
         model = EfficientNetV2(spec, **kwargs)
+    if not features_only and model.num_classes != cfg.get("num_classes", model.num_classes):
+        for key in ("label_names", "label_descriptions"):
+            cfg.pop(key, None)  # they name the classes of another head
     model.pretrained_cfg = cfg
 
     # Pretrained-style loading: a classifier of another size stays fresh (with a warning), the stem follows in_chans.
     if weights is not None:
         load_checkpoint(model, weights, adapt=True)
     if checkpoint_path is not None:
-        load_checkpoint(model, checkpoint_path, adapt=True)
+        state_dict = read_state_dict(checkpoint_path)
+        load_state_dict_into(model, state_dict, source=checkpoint_source, adapt=True)
     return model
+
+
+def _check_model_args(model_args: Mapping[str, Any], where: str) -> None:
+    unsupported = sorted(set(model_args) - set(_MODEL_KWARGS))
+    if unsupported:
+        raise ValueError(f"{where} has model_args effnetv2 does not support: {unsupported}")
+
+
+def _apply_saved_config(
+    config_path: Path, checkpoint_path: Path, architecture: str, kwargs: dict[str, Any]
+) -> tuple[dict[str, Any], str]:
+    """Read the ``config.json`` saved with a checkpoint: its model args fill ``kwargs`` the caller left out.
+
+    Returns its pretrained config (data config, label names) and, when the caller's arguments differ from the
+    saved ones, a note saying so (it explains the adaptation warning that follows).
+    """
+    saved_arch, saved_cfg, model_args = parse_config(
+        read_config_file(config_path), {"file": str(checkpoint_path), "source": "local-dir"}
+    )
+    if saved_arch != architecture:
+        raise CheckpointError(
+            f"{checkpoint_path}: its {config_path.name} is for {saved_arch!r}, not {architecture!r}; "
+            f"create the model it describes ({saved_arch!r}, or 'local-dir:{config_path.parent}')"
+        )
+    _check_model_args(model_args, str(config_path))
+    model_args.setdefault("num_classes", saved_cfg.get("num_classes"))
+    differ = [
+        f"{key}={kwargs[key]!r} was passed, its {config_path.name} says {value!r}"
+        for key, value in model_args.items()
+        if key in ("num_classes", "in_chans") and key in kwargs and value is not None and kwargs[key] != value
+    ]
+    for key, value in model_args.items():
+        if value is not None:
+            kwargs.setdefault(key, value)
+    return saved_cfg, "; ".join(differ)

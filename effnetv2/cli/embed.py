@@ -19,6 +19,7 @@ from effnetv2.cli.runtime import (
     exit_status,
     image_run,
     load_model,
+    model_metadata,
     resolve_device,
     run_model,
 )
@@ -43,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "-o", "--output", type=Path, required=True, metavar="FILE", help="output file: .npy or .safetensors"
     )
-    add_model_options(parser)
+    add_model_options(parser, num_classes=False)
     add_run_options(parser)
     parser.set_defaults(func=run)
 
@@ -54,11 +55,11 @@ def run(args: argparse.Namespace) -> int:
     if output.suffix.lower() == ".npy" and paths_file(output).is_dir():
         raise CLIError(f"{encode_path(paths_file(output))}: is a folder; the paths of a .npy output go there")
     device = resolve_device(args.device)
-    model = load_model(args).to(device)
+    model = load_model(args, num_classes=0).to(device)  # embeddings come before the classifier: none is needed
     images, config = image_run(files, args, model, device)
 
     def embed(x: Tensor) -> Tensor:
-        return model.forward_head(model.forward_features(x), pre_logits=True)
+        return model(x)  # num_classes=0: the pooled pre-logits
 
     paths: list[str] = []
     rows: list[Tensor] = []
@@ -73,5 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if output.suffix.lower() == ".npy":
         save_npy_with_paths(output, embeddings.numpy(), paths)
     else:
-        save_safetensors(output, {"embeddings": embeddings}, paths, model=args.model, input_size=config["input_size"])
+        save_safetensors(
+            output, {"embeddings": embeddings}, paths, **model_metadata(args, model), input_size=config["input_size"]
+        )
     return exit_status(images)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from effnetv2.cli import CLIError
-from effnetv2.cli.runtime import DEFAULT_MODEL, image_size, load_model, positive_int
+from effnetv2.cli.runtime import DEFAULT_MODEL, image_size, load_model, non_negative_int, positive_int
 from effnetv2.errors import ExportError
 from effnetv2.export import DEFAULT_ONNX_OPSET, FORMATS, check_export_options, export_model
 
@@ -32,8 +31,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="model name; its weights come from the Hugging Face Hub unless --checkpoint is given "
         "(default: %(default)s)",
     )
-    parser.add_argument("--checkpoint", metavar="PATH", help="a local timm- or effnetv2-format weights file")
-    parser.add_argument("--num-classes", type=int, metavar="N", help="classifier size (default: the model's)")
+    parser.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="local weights: a model folder (train --output, save_pretrained) or a timm/effnetv2 weights file; "
+        "a config.json in the folder or beside the file gives the classes and preprocessing",
+    )
+    parser.add_argument(
+        "--num-classes",
+        type=non_negative_int,
+        metavar="N",
+        help="classifier size (default: the checkpoint's config.json, else the model's); another size than the "
+        "weights' exports a fresh, untrained classifier (0: none, pooled features out)",
+    )
     parser.add_argument(
         "--features-only",
         action="store_true",
@@ -84,10 +94,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         raise CLIError(str(e)) from e
 
-    kwargs: dict[str, Any] = {"features_only": args.features_only}
-    if args.num_classes is not None:
-        kwargs["num_classes"] = args.num_classes
-    model = load_model(args, **kwargs)
+    # An explicit --num-classes may ask for a fresh classifier (an export template); otherwise none is swapped in.
+    model = load_model(args, fresh_head_ok=args.num_classes is not None, features_only=args.features_only)
 
     print(f"effnetv2: exporting {args.model} to {args.format}, then verifying it ...", file=sys.stderr)
     try:

@@ -18,6 +18,7 @@ from effnetv2.cli.runtime import (
     exit_status,
     image_run,
     load_model,
+    model_metadata,
     resolve_device,
     run_model,
 )
@@ -49,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="I,J,...",
         help="feature levels, 0 (stride 2) to 4 (stride 32) (default: all: 0,1,2,3,4)",
     )
-    add_model_options(parser)
+    add_model_options(parser, num_classes=False)
     add_run_options(parser)
     parser.set_defaults(func=run)
 
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         output,
         tensors,
         paths,
-        model=args.model,
+        **model_metadata(args, model),
         input_size=config["input_size"],
         out_indices=info.out_indices,
         channels=info.channels(),

@@ -6,7 +6,8 @@ import argparse
 import csv
 import json
 import sys
-from typing import Any, TextIO
+from collections.abc import Sequence
+from typing import Any, Optional, TextIO
 
 from effnetv2.cli import CLIError
 from effnetv2.cli.images import find_images
@@ -23,6 +24,8 @@ from effnetv2.cli.runtime import (
 )
 from effnetv2.data.assets import imagenet_class_names, sample_image_path
 
+DEFAULT_TOPK = 5
+
 # One result per image: {"path": str, "topk": [{"index": int, "label": str, "prob": float}, ...]}.
 Prediction = dict[str, Any]
 
@@ -30,8 +33,9 @@ Prediction = dict[str, Any]
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="classify images: top-k ImageNet classes",
-        description="Classify images with an ImageNet-1k classifier and print the top-k classes of each. "
+        help="classify images: top-k classes (ImageNet, or a fine-tuned model's)",
+        description="Classify images and print the top-k classes of each: ImageNet-1k classes, or the label_names of "
+        "a fine-tuned model (--checkpoint RUN_FOLDER). "
         "With no PATH, classifies a sample photo shipped with effnetv2. Paths are printed as UTF-8 with backslash "
         "escapes for backslashes, control characters and bytes that are not UTF-8, as embed --help says.",
     )
@@ -42,14 +46,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="image files and/or folders (searched recursively); default: the bundled sample photo",
     )
     add_model_options(parser)
-    parser.add_argument("--topk", type=positive_int, default=5, metavar="K", help="classes per image (default: 5)")
+    parser.add_argument(
+        "--topk", type=positive_int, metavar="K", help="classes per image (default: 5, or the class count if fewer)"
+    )
     add_run_options(parser)
     parser.add_argument("--format", choices=tuple(WRITERS), default="table", help="output format (default: table)")
     parser.set_defaults(func=run)
 
 
-def class_labels(num_classes: int) -> list[str]:
-    """ImageNet-1k names for a 1000-class model; the class index as text for any other head."""
+def class_labels(num_classes: int, label_names: Optional[Sequence[str]] = None) -> list[str]:
+    """The model's saved ``label_names`` when they fit its head; ImageNet-1k names for a 1000-class model; else
+    the class index as text."""
+    if label_names is not None and len(label_names) == num_classes:
+        return [str(name) for name in label_names]
     if num_classes == 1000:
         return list(imagenet_class_names())
     return [str(i) for i in range(num_classes)]
@@ -59,14 +68,17 @@ def run(args: argparse.Namespace) -> int:
     files = find_images(args.paths or [sample_image_path()])
     device = resolve_device(args.device)
     model = load_model(args)
-    if args.topk > model.num_classes:
-        raise CLIError(f"--topk {args.topk} is more than the model's {model.num_classes} classes")
-    labels = class_labels(model.num_classes)
+    if model.num_classes < 1:
+        raise CLIError("the model has no classifier (num_classes=0): use effnetv2 embed for its embeddings")
+    topk = min(DEFAULT_TOPK, model.num_classes) if args.topk is None else args.topk
+    if topk > model.num_classes:
+        raise CLIError(f"--topk {topk} is more than the model's {model.num_classes} classes")
+    labels = class_labels(model.num_classes, model.pretrained_cfg.get("label_names"))
     images, _ = image_run(files, args, model.to(device), device)
 
     predictions: list[Prediction] = []
     for paths, logits in run_model(model, images, device, args.amp):
-        probs, indices = logits.softmax(dim=1).topk(args.topk, dim=1)
+        probs, indices = logits.softmax(dim=1).topk(topk, dim=1)
         for path, prob_row, index_row in zip(paths, probs.tolist(), indices.tolist(), strict=True):
             topk = [dict(index=i, label=labels[i], prob=p) for i, p in zip(index_row, prob_row, strict=True)]
             predictions.append(dict(path=encode_path(path), topk=topk))

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -16,8 +17,9 @@ from tqdm import tqdm
 
 from effnetv2.cli import CLIError
 from effnetv2.cli.images import ImageRun
+from effnetv2.cli.paths import encode_path
 from effnetv2.data import create_transform, resolve_model_data_config
-from effnetv2.errors import CheckpointError
+from effnetv2.errors import CheckpointError, ClassifierNotLoadedWarning
 from effnetv2.registry import create_model
 from effnetv2.weights.hub import PretrainedWeightsUnavailable
 
@@ -55,15 +57,28 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
+def add_model_options(parser: argparse.ArgumentParser, num_classes: bool = True) -> None:
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help="architecture[.tag]; its pretrained weights come from the Hugging Face Hub (default: %(default)s)",
+        help="architecture[.tag]; its pretrained weights come from the Hugging Face Hub (default: %(default)s); "
+        "or local-dir:DIR / hf-hub:ORG/REPO for a saved model",
     )
     parser.add_argument(
-        "--checkpoint", metavar="PATH", help="a local timm- or effnetv2-format weights file, used instead of the hub"
+        "--checkpoint",
+        metavar="PATH",
+        help="local weights used instead of the Hub's: a model folder (a train --output folder, or one saved by "
+        "save_pretrained) or a timm/effnetv2 weights file; a config.json in the folder or beside the file gives "
+        "the classes, label names and preprocessing",
     )
+    if num_classes:
+        parser.add_argument(
+            "--num-classes",
+            type=positive_int,
+            metavar="N",
+            help="classifier size (default: the checkpoint's config.json, else the model's); must match the "
+            "checkpoint's classifier",
+        )
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -98,10 +113,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_model(args: argparse.Namespace, **kwargs: Any) -> nn.Module:
-    """``create_model`` for ``--model``/``--checkpoint``, in eval mode; a failure becomes a one-line CLIError."""
+def load_model(args: argparse.Namespace, fresh_head_ok: bool = False, **kwargs: Any) -> nn.Module:
+    """``create_model`` for ``--model``/``--checkpoint``/``--num-classes``, in eval mode; a failure becomes a
+    one-line CLIError.
+
+    Weights whose classifier does not fit the model built (another class count) are refused, since predictions
+    from a fresh classifier are meaningless, unless ``fresh_head_ok`` (``export --num-classes N`` asks for one).
+    """
+    if getattr(args, "num_classes", None) is not None:
+        kwargs.setdefault("num_classes", args.num_classes)
     try:
-        model = create_model(args.model, pretrained=args.checkpoint is None, checkpoint_path=args.checkpoint, **kwargs)
+        with warnings.catch_warnings():
+            if not fresh_head_ok:
+                warnings.simplefilter("error", ClassifierNotLoadedWarning)
+            model = create_model(
+                args.model, pretrained=args.checkpoint is None, checkpoint_path=args.checkpoint, **kwargs
+            )
+    except ClassifierNotLoadedWarning as e:
+        raise CLIError(_head_mismatch(args, e)) from e
     except PretrainedWeightsUnavailable as e:  # no network, no cached copy: the command-line way out comes first
         raise CLIError(
             f"no pretrained weights for {args.model}: pass --checkpoint PATH (a local weights file). "
@@ -114,6 +143,31 @@ def load_model(args: argparse.Namespace, **kwargs: Any) -> nn.Module:
     except (ValueError, TypeError, OSError) as e:  # unknown name, missing file, bad out_indices
         raise CLIError(str(e)) from e
     return model.eval()
+
+
+def _head_mismatch(args: argparse.Namespace, warning: ClassifierNotLoadedWarning) -> str:
+    weights = encode_path(args.checkpoint) if args.checkpoint else f"the pretrained weights of {args.model}"
+    saved, built = warning.checkpoint_classes, warning.model_classes
+    if getattr(args, "num_classes", None) is not None:
+        fix = f"pass --num-classes {saved} (or leave it out)"
+    else:
+        fix = (
+            f"pass --num-classes {saved}, or the model folder it was saved in (--checkpoint DIR) so that its "
+            "config.json describes it"
+        )
+    return (
+        f"{weights} has a {saved}-class classifier but the model built has {built} classes: refusing to use a random "
+        f"classifier; {fix}"
+    )
+
+
+def model_metadata(args: argparse.Namespace, model: nn.Module) -> dict[str, Any]:
+    """What output files record about the model: its name, and the checkpoint file actually loaded (if any)."""
+    if not args.checkpoint:
+        return {"model": args.model}
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    name = cfg.get("architecture") or args.model.partition(".")[0]
+    return {"model": name, "checkpoint": encode_path(cfg.get("file") or args.checkpoint)}
 
 
 def eval_transform(model: nn.Module, img_size: Optional[int]) -> tuple[Callable[..., Tensor], dict[str, Any]]:

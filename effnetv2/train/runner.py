@@ -188,6 +188,11 @@ def _fit(opts: TrainOptions, env, device: torch.device, folder: RunFolder, train
     data_cfg = resolve_model_data_config(model)
     size = opts.img_size or data_cfg["input_size"][-1]
     recipe["img_size"] = size
+    # The saved config.json describes this run's evaluation: predict/validate on the saved model see what val saw.
+    model.pretrained_cfg = {
+        **{k: v for k, v in model.pretrained_cfg.items() if k not in ("test_input_size", "test_crop_pct", "file")},
+        "input_size": (model.in_chans, size, size),
+    }
     if state is not None:
         check_resume(state, recipe, classes, opts.epochs, out)
 

@@ -17,6 +17,7 @@ import copy
 import json
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -114,6 +115,43 @@ def read_config_file(path: Union[str, os.PathLike]) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: expected a JSON object, found {type(config).__name__}")
     return config
+
+
+WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")  # what timm's save_for_hf writes, preferred first
+
+
+def saved_model_files(path: Union[str, os.PathLike]) -> tuple[Path, Optional[Path]]:
+    """The weights file and the ``config.json`` describing it, for a ``checkpoint_path``.
+
+    A folder (saved by ``save_pretrained``, ``effnetv2 train`` or timm's ``save_for_hf``) gives its
+    ``model.safetensors`` (else ``pytorch_model.bin``) and its ``config.json``; a file gives itself and the
+    ``config.json`` beside it when that is a timm model config (it has an ``architecture``), else ``None``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        config = path / CONFIG_NAME
+        weights = next((path / name for name in WEIGHTS_NAMES if (path / name).is_file()), None)
+        if weights is None or not config.is_file():
+            absent = " and ".join(
+                name
+                for name, there in ((" or ".join(WEIGHTS_NAMES), weights), (CONFIG_NAME, config.is_file()))
+                if not there
+            )
+            raise CheckpointError(
+                f"{path}: is a folder without {absent}; a model folder is one written by effnetv2.save_pretrained, "
+                "effnetv2 train or timm's save_for_hf (or pass the weights file itself)"
+            )
+        return weights, config
+    config = path.parent / CONFIG_NAME
+    if path.is_file() and config.is_file():
+        try:
+            content = read_config_file(config)
+        except (CheckpointError, OSError, UnicodeDecodeError) as e:
+            warnings.warn(f"{config} beside {path} is ignored: {e}", UserWarning, stacklevel=3)
+            return path, None
+        if "architecture" in content or "architecture" in (content.get("pretrained_cfg") or {}):
+            return path, config
+    return path, None
 
 
 def load_model_config(

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from effnetv2.errors import CheckpointError
+from effnetv2.errors import CheckpointError, ClassifierNotLoadedWarning
 from effnetv2.weights.key_map import KeyMap
 from effnetv2.weights.reading import PathLike, read_state_dict
 
@@ -68,13 +68,14 @@ def _drop_absent_head(state_dict: dict[str, Tensor], expected: Mapping[str, Tens
 
 def _adapt(
     state_dict: dict[str, Tensor], expected: Mapping[str, Tensor], source: str
-) -> tuple[dict[str, Tensor], list[str], set[str]]:
+) -> tuple[dict[str, Tensor], list[ClassifierNotLoadedWarning], set[str]]:
     """Pretrained-style adaptation: keep the model's classifier when resized, adapt the stem to ``in_chans``.
 
     Returns the adapted state dict, the warnings to give if it then loads, and the keys that now hold the
     model's own tensors.
     """
-    notes, kept = [], set()
+    notes: list[ClassifierNotLoadedWarning] = []
+    kept: set[str] = set()
     ckpt_fc, model_fc = state_dict.get("classifier.weight"), expected.get("classifier.weight")
     if ckpt_fc is not None and model_fc is not None and ckpt_fc.shape != model_fc.shape:
         # Keep the model's own (freshly initialised) classifier.
@@ -82,8 +83,12 @@ def _adapt(
             state_dict[key] = expected[key]
             kept.add(key)
         notes.append(
-            f"{source}: classifier not loaded: the checkpoint's is {tuple(ckpt_fc.shape)} (classes, features), "
-            f"the model's {tuple(model_fc.shape)}; it keeps its fresh initialisation"
+            ClassifierNotLoadedWarning(
+                f"{source}: classifier not loaded: the checkpoint's is {tuple(ckpt_fc.shape)} (classes, features), "
+                f"the model's {tuple(model_fc.shape)}; it keeps its fresh initialisation",
+                checkpoint_classes=ckpt_fc.shape[0],
+                model_classes=model_fc.shape[0],
+            )
         )
 
     stem, model_stem = state_dict.get("stem.0.weight"), expected["stem.0.weight"]
