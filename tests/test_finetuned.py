@@ -172,3 +172,18 @@ def test_info_shows_the_classes_and_label_names(pets, capsys):
     assert (report["num_classes"], report["label_names"], report["input_size"]) == (2, LABELS, [3, SIZE, SIZE])
     code, out, _ = _cli(capsys, ["info", "--checkpoint", str(folder)])
     assert "classes       2: cats, dogs" in out
+
+
+def test_demo_checkpoint_is_labelled_random_and_runs_offline(tmp_path, capsys):
+    from conftest import import_script
+
+    out = tmp_path / "demo-model"
+    assert import_script("make_demo_checkpoint").main([str(out), "--num-classes", "3"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["pretrained_cfg"]["tag"] == "random_demo"
+    assert "RANDOM" in config["pretrained_cfg"]["description"]
+    capsys.readouterr()
+    code, stdout, err = _cli(capsys, ["predict", "--checkpoint", str(out), "--img-size", "64", "--format", "json"])
+    assert code == 0, err
+    probs = [t["prob"] for t in json.loads(stdout)[0]["topk"]]
+    assert len(probs) == 3 and max(probs) < 0.99  # well-conditioned: logits of a few units, no saturation
