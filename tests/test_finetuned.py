@@ -187,3 +187,11 @@ def test_demo_checkpoint_is_labelled_random_and_runs_offline(tmp_path, capsys):
     assert code == 0, err
     probs = [t["prob"] for t in json.loads(stdout)[0]["topk"]]
     assert len(probs) == 3 and max(probs) < 0.99  # well-conditioned: logits of a few units, no saturation
+
+
+def test_predict_several_batches_keeps_topk(pets, photos, capsys):
+    folder, _ = pets
+    argv = ["predict", str(photos), "--checkpoint", str(folder), "--batch-size", "1", "--workers", "0", "--topk", "1"]
+    code, out, err = _cli(capsys, [*argv, "--format", "json"])
+    assert code == 0, err
+    assert [len(p["topk"]) for p in json.loads(out)] == [1, 1, 1]

@@ -80,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
     for paths, logits in run_model(model, images, device, args.amp):
         probs, indices = logits.softmax(dim=1).topk(topk, dim=1)
         for path, prob_row, index_row in zip(paths, probs.tolist(), indices.tolist(), strict=True):
-            topk = [dict(index=i, label=labels[i], prob=p) for i, p in zip(index_row, prob_row, strict=True)]
-            predictions.append(dict(path=encode_path(path), topk=topk))
+            top = [dict(index=i, label=labels[i], prob=p) for i, p in zip(index_row, prob_row, strict=True)]
+            predictions.append(dict(path=encode_path(path), topk=top))
     WRITERS[args.format](predictions, sys.stdout)
     return exit_status(images)
 
