@@ -196,7 +196,6 @@ def create_model(
         weights = pretrained_file(cfg, cache_dir=cache_dir)  # before building: fail fast when it is unavailable
 
     # A checkpoint saved with its config.json (a model folder, or a file beside one) describes the model it holds.
-    checkpoint_source = str(checkpoint_path) if checkpoint_path is not None else ""
     if checkpoint_path is not None:
         checkpoint_path, saved_config = saved_model_files(checkpoint_path)
         checkpoint_source = str(checkpoint_path)

@@ -132,14 +132,11 @@ def saved_model_files(path: Union[str, os.PathLike]) -> tuple[Path, Optional[Pat
         config = path / CONFIG_NAME
         weights = next((path / name for name in WEIGHTS_NAMES if (path / name).is_file()), None)
         if weights is None or not config.is_file():
-            absent = " and ".join(
-                name
-                for name, there in ((" or ".join(WEIGHTS_NAMES), weights), (CONFIG_NAME, config.is_file()))
-                if not there
-            )
+            absent = [" or ".join(WEIGHTS_NAMES)] if weights is None else []
+            absent += [] if config.is_file() else [CONFIG_NAME]
             raise CheckpointError(
-                f"{path}: is a folder without {absent}; a model folder is one written by effnetv2.save_pretrained, "
-                "effnetv2 train or timm's save_for_hf (or pass the weights file itself)"
+                f"{path}: is a folder without {' and '.join(absent)}; a model folder is one written by "
+                "effnetv2.save_pretrained, effnetv2 train or timm's save_for_hf (or pass the weights file itself)"
             )
         return weights, config
     config = path.parent / CONFIG_NAME
