@@ -12,7 +12,7 @@ from effnetv2.builder import build_stages
 from effnetv2.checkpointing import GRANULARITIES, checkpoint_head, checkpoint_stages, set_bn_act_recompute
 from effnetv2.features import FeatureInfo, resolve_indices
 from effnetv2.layers import GlobalPool, conv_bn_act
-from effnetv2.layers.init import init_weights
+from effnetv2.layers.init import initialised_once
 from effnetv2.spec import EFFICIENTNETV2_RW_M, ModelSpec
 
 
@@ -135,21 +135,21 @@ class EfficientNetV2(_Trunk):
         drop_path_rate: float = 0.0,
         global_pool: str = "avg",
     ) -> None:
-        super().__init__(spec, in_chans, drop_path_rate)
         if not 0.0 <= drop_rate < 1.0:
             raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
+        with initialised_once(self):
+            super().__init__(spec, in_chans, drop_path_rate)
+            self.head = conv_bn_act(spec.stages[-1].out_channels, spec.head_channels, 1)
+            self.num_features = spec.head_channels
+            self.num_classes = num_classes
+            self.global_pool, self.classifier = self._make_classifier(num_classes, global_pool)
         self.drop_rate = drop_rate
-        self.head = conv_bn_act(spec.stages[-1].out_channels, spec.head_channels, 1)
-        self.num_features = spec.head_channels
         self.feature_info = [
             dict(stage=lvl.stage, reduction=lvl.reduction, module=lvl.module, num_chs=lvl.num_chs)
             for lvl in self._levels
         ]
         self.stage_ends = [lvl.stage for lvl in self._levels]
-        self.num_classes = num_classes
-        self.global_pool, self.classifier = self._make_classifier(num_classes, global_pool)
         self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
-        init_weights(self)
 
     def _make_classifier(self, num_classes: int, global_pool: str) -> tuple[GlobalPool, nn.Module]:
         if num_classes < 0:
@@ -265,10 +265,10 @@ class EfficientNetV2Features(_Trunk):
         in_chans: int = 3,
         drop_path_rate: float = 0.0,
     ) -> None:
-        super().__init__(spec, in_chans, drop_path_rate)
+        with initialised_once(self):
+            super().__init__(spec, in_chans, drop_path_rate)
         self.feature_info = FeatureInfo(self._levels, out_indices)
         self._out_positions = [self._levels[i].stage for i in self.feature_info.out_indices]
-        init_weights(self)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         self._check_input(x)

@@ -1,7 +1,7 @@
-"""Regenerate the files shipped in ``effnetv2/data/``: the ImageNet-1k class names and the sample photo.
+"""Regenerate the files shipped in ``effnetv2/data/``: the ImageNet-1k class names and synsets, and the sample photo.
 
 Run once by a maintainer; the outputs are committed (see ``effnetv2/data/README.md`` for their sources and
-licences), so neither torchvision's private module nor scikit-image is needed at run time.
+licences), so neither torchvision's private module, timm nor scikit-image is needed at run time.
 
     pip download --no-deps scikit-image==0.26.0 -d /tmp/skimage
     unzip -o /tmp/skimage/scikit_image-*.whl skimage/data/chelsea.png -d /tmp/skimage
@@ -29,6 +29,15 @@ def write_class_names(path: Path) -> None:
     write_text(path, "\n".join(_IMAGENET_CATEGORIES) + "\n")
 
 
+def write_synsets(path: Path) -> None:
+    # timm's list (the test extra installs timm): the 1000 ILSVRC-2012 WordNet ids, sorted, i.e. in class-index order.
+    from importlib.resources import files
+
+    synsets = files("timm.data").joinpath("_info/imagenet_synsets.txt").read_text(encoding="utf-8").split()
+    assert len(synsets) == 1000 and synsets == sorted(set(synsets))
+    write_text(path, "\n".join(synsets) + "\n")
+
+
 def write_sample(source: Path, path: Path) -> None:
     # The photo is kept at its own size (451×300); only re-encoded as JPEG to stay well under the size budget.
     with Image.open(source) as img, atomic_path(path) as tmp:
@@ -42,6 +51,7 @@ def main() -> None:
     parser.add_argument("--chelsea", type=Path, help="scikit-image's skimage/data/chelsea.png")
     args = parser.parse_args()
     write_class_names(DATA / "imagenet_classes.txt")
+    write_synsets(DATA / "imagenet_synsets.txt")
     if args.chelsea:
         write_sample(args.chelsea, DATA / "sample.jpg")
 

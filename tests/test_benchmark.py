@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from benchmark import slow_bf16_profile  # noqa: E402
 
 
 def test_benchmark_smoke_json(tmp_path):
@@ -30,8 +34,11 @@ def test_benchmark_smoke_json(tmp_path):
     ]  # --smoke leaves out torch.compile
     for row in results["inference"]:
         assert row["img_per_s"] > 0 and row["latency_ms_p50"] <= row["latency_ms_p90"]
-        assert row["peak_memory_mib"] > 100  # at least the weights (bf16: 106 MB)
         assert row["img_per_s_vs_timm"] is not None
+        if row["name"] == "effnetv2 optimised bf16" and slow_bf16_profile(torch.device("cpu")):
+            assert row["peak_memory_mib"] is None  # --smoke skips the ~25 s profile of emulated bf16
+        else:
+            assert row["peak_memory_mib"] > 100  # at least the weights (bf16: 106 MB)
     train = {row["name"]: row for row in results["training"]}
     assert set(train) == {
         "timm plain",

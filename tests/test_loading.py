@@ -27,9 +27,10 @@ def test_pytorch_bin_and_our_format_load_identically(model, hub_folder, tmp_path
     save_file(model.state_dict(), ours_file)
     from_ours = effnetv2.create_model(ARCH)
     effnetv2.load_checkpoint(from_ours, ours_file)
+    bin_state, ours_state = from_bin.state_dict(), from_ours.state_dict()
     for name, value in model.state_dict().items():
-        assert torch.equal(from_bin.state_dict()[name], value)
-        assert torch.equal(from_ours.state_dict()[name], value)
+        assert torch.equal(bin_state[name], value)
+        assert torch.equal(ours_state[name], value)
 
 
 def test_training_checkpoint_wrappers_and_ddp_prefix(timm_model, model, tmp_path):

@@ -106,13 +106,16 @@ def test_resume_equals_uninterrupted_run(image_root, checkpoint, tmp_path, monke
     out = tmp_path / "full"
     config = json.loads((out / "config.json").read_text())
     assert config["architecture"] == "efficientnetv2_rw_m" and config["num_classes"] == 2
-    ours = effnetv2.create_model("efficientnetv2_rw_m", num_classes=2, checkpoint_path=out / "model.safetensors")
+    assert config["label_names"] == ["cat", "dog"]
+    ours = effnetv2.create_model("efficientnetv2_rw_m", checkpoint_path=out)  # the folder's config: 2 classes
+    n = config["num_classes"]  # timm's reload, as README shows it
     theirs = timm.create_model(
         "efficientnetv2_rw_m",
-        num_classes=2,
+        num_classes=n,
         pretrained=True,
-        pretrained_cfg_overlay=dict(file=str(out / "model.safetensors"), num_classes=2),
+        pretrained_cfg_overlay=dict(file=str(out / "model.safetensors"), num_classes=n),
     )
+    assert ours.pretrained_cfg["label_names"] == config["label_names"]
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(ours.eval()(x), theirs.eval()(x), rtol=1e-4, atol=1e-5)
@@ -232,6 +235,30 @@ def test_extend_an_interrupted_run(image_root, checkpoint, tmp_path, monkeypatch
     assert "all 3 epochs of this run are done; nothing to do" in capsys.readouterr().err
     assert "can extend a run, not shorten it" in _error(capsys, [*argv, "--epochs", "2", "--resume"])
     assert _rows(out) == rows
+
+
+def test_a_trained_run_validates_as_it_did_and_fine_tunes_further(image_root, checkpoint, tmp_path, capsys):
+    run, more = tmp_path / "pets", tmp_path / "more"
+    assert (
+        main(["train", str(image_root), "--checkpoint", str(checkpoint), "--output", str(run), "--epochs", "1", *FAST])
+        == 0
+    )
+    (last,) = _rows(run)
+    capsys.readouterr()
+    # validate on the run folder: the val split, its transform and label names come from the saved config
+    assert main(["validate", str(image_root), "--checkpoint", str(run), "--format", "json", "--workers", "0"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["class_folders_matched_by"] == "label_names" and result["img_size"] == 32
+    assert (result["top1"], result["top5"], result["num_images"]) == (last["val_top1"], last["val_top5"], 4)
+    assert result["loss"] == pytest.approx(last["val_loss"], rel=1e-5)
+
+    # continue fine-tuning from the run folder: its trained head is the starting point (no --num-classes needed)
+    trained = _state(run)["model"]["classifier.weight"]
+    argv = ["train", str(image_root), "--checkpoint", str(run), "--output", str(more), "--epochs", "1", *FAST]
+    assert main([*argv, "--lr", "1e-9"]) == 0  # a negligible step: the head must still be the trained one
+    kept = _state(more)["model"]["classifier.weight"]
+    torch.testing.assert_close(kept, trained, rtol=0, atol=1e-6)
+    assert json.loads((more / "config.json").read_text())["label_names"] == ["cat", "dog"]
 
 
 def test_full_disk_then_nan_loss_keep_the_last_good_state(image_root, checkpoint, tmp_path, monkeypatch, capsys):
@@ -367,7 +394,11 @@ def test_bad_checkpoint_and_state_files_are_one_line(image_root, tmp_path, capsy
     folder = tmp_path / "folder"
     folder.mkdir()
     err = _error(capsys, ["train", str(image_root), "--output", str(tmp_path / "b"), "--checkpoint", str(folder)])
-    assert "a folder, not a file" in err
+    assert f"{folder}: is a folder without model.safetensors or pytorch_model.bin and config.json" in err
+    err = _error(
+        capsys, ["train", str(image_root), "--output", str(tmp_path / "b"), "--checkpoint", str(tmp_path / "x")]
+    )
+    assert f"--checkpoint {tmp_path / 'x'}: no such file or folder" in err
 
     out = tmp_path / "c"
     out.mkdir()

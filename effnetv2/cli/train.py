@@ -75,7 +75,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="model name")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--pretrained", action="store_true", help="start from the published weights (hub)")
-    src.add_argument("--checkpoint", help="start from a local timm- or effnetv2-format checkpoint")
+    src.add_argument(
+        "--checkpoint",
+        help="start from local weights: a timm- or effnetv2-format file, or a model folder (an earlier train "
+        "--output, or one saved by save_pretrained); its classifier is kept when the data has as many classes",
+    )
     p.add_argument("--epochs", type=positive_int, default=10, help="total epochs; with --resume a larger value extends")
     p.add_argument("--batch-size", type=positive_int, default=32, help="per process")
     p.add_argument(
@@ -130,9 +134,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.checkpoint and not Path(args.checkpoint).is_file():
-        what = "a folder, not a file" if Path(args.checkpoint).is_dir() else "no such file"
-        raise CLIError(f"--checkpoint {args.checkpoint}: {what}")
+    if args.checkpoint and not Path(args.checkpoint).exists():
+        raise CLIError(f"--checkpoint {args.checkpoint}: no such file or folder")
 
 
 def _options(args: argparse.Namespace):

@@ -1,4 +1,5 @@
-"""Files shipped with the package: the ImageNet-1k class names and a sample photo (sources in README.md here)."""
+"""Files shipped with the package: the ImageNet-1k class names and synsets, and a sample photo (sources in README.md
+here)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,20 @@ def sample_image_path() -> Path:
     return _HERE / "sample.jpg"
 
 
+def _thousand_lines(name: str) -> tuple[str, ...]:
+    lines = tuple((_HERE / name).read_text(encoding="utf-8").splitlines())
+    if len(lines) != 1000:  # a damaged install would otherwise label predictions wrongly
+        raise RuntimeError(f"{_HERE / name} has {len(lines)} lines, expected 1000")
+    return lines
+
+
 @functools.cache
 def imagenet_class_names() -> tuple[str, ...]:
     """The 1000 ImageNet-1k class names; entry ``i`` names the classifier's output ``i``."""
-    names = tuple((_HERE / "imagenet_classes.txt").read_text(encoding="utf-8").splitlines())
-    if len(names) != 1000:  # a damaged install would otherwise label predictions wrongly
-        raise RuntimeError(f"{_HERE / 'imagenet_classes.txt'} has {len(names)} lines, expected 1000")
-    return names
+    return _thousand_lines("imagenet_classes.txt")
+
+
+@functools.cache
+def imagenet_synsets() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k WordNet ids (``n01440764``, ...), sorted; entry ``i`` is the classifier's class ``i``."""
+    return _thousand_lines("imagenet_synsets.txt")
