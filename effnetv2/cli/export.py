@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from effnetv2.cli import CLIError
+from effnetv2.cli.paths import encode_path
 from effnetv2.cli.runtime import DEFAULT_MODEL, image_size, load_model, non_negative_int, positive_int
 from effnetv2.errors import ExportError
 from effnetv2.export import DEFAULT_ONNX_OPSET, FORMATS, check_export_options, export_model
@@ -97,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     # An explicit --num-classes may ask for a fresh classifier (an export template); otherwise none is swapped in.
     model = load_model(args, fresh_head_ok=args.num_classes is not None, features_only=args.features_only)
 
-    print(f"effnetv2: exporting {args.model} to {args.format}, then verifying it ...", file=sys.stderr)
+    source = encode_path(args.checkpoint) if args.checkpoint else args.model
+    print(f"effnetv2: exporting {source} to {args.format}, then verifying it ...", file=sys.stderr)
     try:
         report = export_model(
             model,

@@ -81,6 +81,14 @@ def add_model_options(parser: argparse.ArgumentParser, num_classes: bool = True)
         )
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: a container's or taskset's share), not the host's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """Input size, batching, device and autocast options."""
     parser.add_argument(
@@ -93,7 +101,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers",
         type=non_negative_int,
-        default=min(4, os.cpu_count() or 1),
+        default=min(4, available_cpus()),
         metavar="N",
         help="image-decoding worker processes (default: %(default)s)",
     )

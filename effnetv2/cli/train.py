@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Optional
 
 from effnetv2.cli import CLIError
-from effnetv2.cli.runtime import DEFAULT_MODEL, DEVICES, non_negative_int, positive_int, resolve_device
+from effnetv2.cli.runtime import (
+    DEFAULT_MODEL,
+    DEVICES,
+    available_cpus,
+    non_negative_int,
+    positive_int,
+    resolve_device,
+)
 from effnetv2.train.run_folder import STATE_FILE
 
 
@@ -122,7 +129,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--freeze-backbone-epochs", type=non_negative_int, default=0, help="train only the classifier at first"
     )
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (DDP)")
-    p.add_argument("--workers", type=non_negative_int, default=4, help="data-loading processes per training process")
+    p.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=min(4, available_cpus()),
+        help="data-loading processes per training process",
+    )
     p.add_argument("--seed", type=int_range(0, 2**31 - 1), default=42, help="random seed (rank r uses seed + r)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda, else mps, else cpu")
     p.add_argument(
