@@ -5,16 +5,14 @@ from __future__ import annotations
 from torch import nn
 
 from effnetv2.features import FeatureLevel
-from effnetv2.layers import FusedMBConv, MBConv
+from effnetv2.layers import BLOCK_TYPES
 from effnetv2.spec import ModelSpec, StageSpec
 
 
 def _make_block(stage: StageSpec, in_channels: int, stride: int, drop_path: float) -> nn.Module:
-    if stage.block == "fused":
-        return FusedMBConv(in_channels, stage.out_channels, stage.kernel, stride, stage.expansion, drop_path)
-    if stage.block == "mbconv":
-        return MBConv(in_channels, stage.out_channels, stage.kernel, stride, stage.expansion, stage.se_ratio, drop_path)
-    raise ValueError(f"unknown block kind {stage.block!r} (expected 'fused' or 'mbconv')")
+    if stage.block not in BLOCK_TYPES:
+        raise ValueError(f"unknown block kind {stage.block!r} (expected one of {', '.join(BLOCK_TYPES)})")
+    return BLOCK_TYPES[stage.block].from_stage(stage, in_channels, stride, drop_path)
 
 
 def build_stages(spec: ModelSpec, drop_path_rate: float = 0.0) -> tuple[nn.Sequential, list[FeatureLevel]]:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from effnetv2.layers import FusedMBConv, GlobalPool, MBConv
+from effnetv2.layers import ConvResidual, FusedMBConv, GlobalPool, MBConv
 from effnetv2.model import EfficientNetV2, EfficientNetV2Features, check_input
 
 __all__ = ["InferenceEfficientNetV2", "InferenceEfficientNetV2Features", "optimize_for_inference"]
@@ -118,12 +118,30 @@ class InferenceFusedMBConv(nn.Module):
         return self.project(self.expand(x), x if self.use_residual else None)
 
 
+class InferenceConvResidual(nn.Module):
+    """:class:`~effnetv2.layers.ConvResidual` with its BatchNorm folded."""
+
+    def __init__(self, block: ConvResidual) -> None:
+        super().__init__()
+        self.conv = FoldedConv.from_conv_bn_act(block.conv)
+        self.use_residual = block.use_residual
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x, x if self.use_residual else None)
+
+
+# Each block class of effnetv2.layers.BLOCK_TYPES and its inference form.
+INFERENCE_BLOCKS: dict[type[nn.Module], type[nn.Module]] = {
+    ConvResidual: InferenceConvResidual,
+    FusedMBConv: InferenceFusedMBConv,
+    MBConv: InferenceMBConv,
+}
+
+
 def _convert_block(block: nn.Module) -> nn.Module:
-    if isinstance(block, MBConv):
-        return InferenceMBConv(block)
-    if isinstance(block, FusedMBConv):
-        return InferenceFusedMBConv(block)
-    raise TypeError(f"cannot optimise block of type {type(block).__name__}")
+    if type(block) not in INFERENCE_BLOCKS:
+        raise TypeError(f"cannot optimise block of type {type(block).__name__}")
+    return INFERENCE_BLOCKS[type(block)](block)
 
 
 class _InferenceTrunk(nn.Module):

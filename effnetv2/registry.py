@@ -16,7 +16,7 @@ from torch import nn
 from effnetv2.data.config import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from effnetv2.errors import CheckpointError, UnknownModelError
 from effnetv2.model import EfficientNetV2, EfficientNetV2Features
-from effnetv2.spec import EFFICIENTNETV2_RW_M, ModelSpec
+from effnetv2.spec import SPECS, ModelSpec
 from effnetv2.weights.hub_config import (
     load_model_config,
     parse_config,
@@ -27,19 +27,22 @@ from effnetv2.weights.hub_config import (
 from effnetv2.weights.loading import load_checkpoint, load_state_dict_into
 from effnetv2.weights.reading import read_state_dict
 
-ARCHITECTURES: dict[str, ModelSpec] = {"efficientnetv2_rw_m": EFFICIENTNETV2_RW_M}
+ARCHITECTURES: dict[str, ModelSpec] = SPECS
 
-# Pretrained configs, keyed 'architecture.tag'; the first tag of an architecture is its default.
-PRETRAINED_CFGS: dict[str, dict[str, Any]] = {
-    "efficientnetv2_rw_m.agc_in1k": dict(
-        url="https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
-        "efficientnetv2_rw_m_agc-3d90cb1e.pth",
-        hf_hub_id="timm/efficientnetv2_rw_m.agc_in1k",
-        architecture="efficientnetv2_rw_m",
-        tag="agc_in1k",
+_RELEASES = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
+
+
+def _cfg(name: str, train_size: int, test_size: int, url: str = "", **extra: Any) -> dict[str, Any]:
+    """timm's ``_cfg`` for an EfficientNetV2 tag: its sizes, ImageNet normalisation, bicubic, crop 1.0."""
+    architecture, _, tag = name.partition(".")
+    cfg = dict(
+        url=url,
+        hf_hub_id=f"timm/{name}" if url else None,
+        architecture=architecture,
+        tag=tag,
         custom_load=False,
-        input_size=(3, 320, 320),
-        test_input_size=(3, 416, 416),
+        input_size=(3, train_size, train_size),
+        test_input_size=(3, test_size, test_size),
         fixed_input_size=False,
         interpolation="bicubic",
         crop_pct=1.0,
@@ -47,11 +50,36 @@ PRETRAINED_CFGS: dict[str, dict[str, Any]] = {
         mean=IMAGENET_DEFAULT_MEAN,
         std=IMAGENET_DEFAULT_STD,
         num_classes=1000,
-        pool_size=(10, 10),
+        pool_size=(train_size // 32, train_size // 32),
         first_conv="stem.0",
         classifier="classifier",
-        license="apache-2.0",
-    ),
+    )
+    if url:
+        cfg["license"] = "apache-2.0"
+    else:
+        del cfg["hf_hub_id"]
+    return {**cfg, **extra}
+
+
+# Pretrained configs, keyed 'architecture.tag'; the first tag of an architecture is its default.
+PRETRAINED_CFGS: dict[str, dict[str, Any]] = {
+    name: _cfg(name, *sizes, url=_RELEASES + file)
+    for name, sizes, file in (
+        ("efficientnetv2_rw_t.ra2_in1k", (224, 288), "efficientnetv2_t_agc-3620981a.pth"),
+        ("efficientnetv2_rw_s.ra2_in1k", (288, 384), "efficientnet_v2s_ra2_288-a6477665.pth"),
+        ("efficientnetv2_rw_m.agc_in1k", (320, 416), "efficientnetv2_rw_m_agc-3d90cb1e.pth"),
+    )
+}
+
+# Architectures without published weights: their data config, as timm's '.untrained' tags give it.
+UNTRAINED_CFGS: dict[str, dict[str, Any]] = {
+    name.partition(".")[0]: _cfg(name, *sizes)
+    for name, sizes in (
+        ("efficientnetv2_s.untrained", (288, 384)),
+        ("efficientnetv2_m.untrained", (320, 416)),
+        ("efficientnetv2_l.untrained", (384, 480)),
+        ("efficientnetv2_xl.untrained", (384, 512)),
+    )
 }
 
 # The fields of timm's PretrainedCfg (timm/models/_pretrained.py), plus the Hub revision effnetv2 also reads.
@@ -117,7 +145,7 @@ def get_pretrained_cfg(model_name: str) -> tuple[str, dict[str, Any]]:
             raise _unknown("pretrained tag", key)
     else:
         key = next((k for k in PRETRAINED_CFGS if k.partition(".")[0] == architecture), "")
-    cfg = copy.deepcopy(PRETRAINED_CFGS.get(key, {"architecture": architecture}))
+    cfg = copy.deepcopy(PRETRAINED_CFGS.get(key) or UNTRAINED_CFGS.get(architecture, {"architecture": architecture}))
     return architecture, cfg
 
 

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
-BlockKind = Literal["fused", "mbconv"]
+BlockKind = Literal["conv", "fused", "mbconv"]
 
 
 def make_divisible(value: float, divisor: int = 8, round_limit: float = 0.9) -> int:
@@ -22,7 +22,12 @@ def make_divisible(value: float, divisor: int = 8, round_limit: float = 0.9) -> 
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One stage: ``repeats`` blocks of one kind; only the first block strides."""
+    """One stage: ``repeats`` blocks of one kind; only the first block strides.
+
+    Block kinds (timm's block-string prefixes): ``conv`` (``cn``: conv + BN + SiLU), ``fused`` (``er``: fused
+    inverted residual), ``mbconv`` (``ir``: inverted residual with squeeze-excite). A block adds its input back when
+    it keeps the shape and ``residual`` is set (timm: ``fused``/``mbconv`` unless ``noskip``; ``conv`` with ``skip``).
+    """
 
     block: BlockKind
     repeats: int
@@ -31,6 +36,7 @@ class StageSpec:
     expansion: int
     out_channels: int
     se_ratio: float = 0.0  # squeeze width as a fraction of the block's *input* channels
+    residual: bool = True
 
     def scaled(self, width: float, depth: float) -> StageSpec:
         return replace(
@@ -42,11 +48,12 @@ class StageSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A whole network: stem width, the stages and the head width, already scaled."""
+    """A whole network: stem width, the stages and the head width, already scaled; ``name`` is its timm name."""
 
     stem_channels: int
     stages: tuple[StageSpec, ...]
     head_channels: int
+    name: str = ""
 
     @property
     def num_blocks(self) -> int:
@@ -59,6 +66,7 @@ def scale_spec(
     head_channels: int,
     width: float,
     depths: tuple[float, ...],
+    name: str = "",
 ) -> ModelSpec:
     """Apply a width multiplier (round to 8) and per-stage depth multipliers (ceil) to a base table."""
     if len(depths) != len(stages):
@@ -67,27 +75,95 @@ def scale_spec(
         stem_channels=make_divisible(stem_channels * width),
         stages=tuple(stage.scaled(width, depth) for stage, depth in zip(stages, depths, strict=True)),
         head_channels=make_divisible(head_channels * width),
+        name=name,
     )
 
 
-# Ross Wightman's EfficientNetV2 "rw" base (the rw_s network), read off the paper's figure before the
-# official release: a fused first stage with expansion 1 and a residual, and a wider last stage and head.
 # fmt: off
-EFFICIENTNETV2_RW_BASE: tuple[StageSpec, ...] = (
+# The official EfficientNetV2-S table (the paper's Table 4, as the reference code and timm's efficientnetv2_s).
+EFFICIENTNETV2_S_BASE: tuple[StageSpec, ...] = (
     #          block     repeats kernel stride expansion out  se_ratio
-    StageSpec("fused",   2,      3,     1,     1,        24),
+    StageSpec("conv",    2,      3,     1,     1,        24),
     StageSpec("fused",   4,      3,     2,     4,        48),
     StageSpec("fused",   4,      3,     2,     4,        64),
     StageSpec("mbconv",  6,      3,     2,     4,        128, 0.25),
     StageSpec("mbconv",  9,      3,     1,     6,        160, 0.25),
+    StageSpec("mbconv",  15,     3,     2,     6,        256, 0.25),
+)
+
+# Ross Wightman's EfficientNetV2 "rw" base (the rw_s network), read off the paper's figure before the
+# official release: a fused first stage with expansion 1 and a residual, and a wider last stage and head.
+EFFICIENTNETV2_RW_BASE: tuple[StageSpec, ...] = (
+    StageSpec("fused",   2,      3,     1,     1,        24),
+    *EFFICIENTNETV2_S_BASE[1:5],
     StageSpec("mbconv",  15,     3,     2,     6,        272, 0.25),
+)
+
+EFFICIENTNETV2_M_BASE: tuple[StageSpec, ...] = (
+    StageSpec("conv",    3,      3,     1,     1,        24),
+    StageSpec("fused",   5,      3,     2,     4,        48),
+    StageSpec("fused",   5,      3,     2,     4,        80),
+    StageSpec("mbconv",  7,      3,     2,     4,        160, 0.25),
+    StageSpec("mbconv",  14,     3,     1,     6,        176, 0.25),
+    StageSpec("mbconv",  18,     3,     2,     6,        304, 0.25),
+    StageSpec("mbconv",  5,      3,     1,     6,        512, 0.25),
+)
+
+EFFICIENTNETV2_L_BASE: tuple[StageSpec, ...] = (
+    StageSpec("conv",    4,      3,     1,     1,        32),
+    StageSpec("fused",   7,      3,     2,     4,        64),
+    StageSpec("fused",   7,      3,     2,     4,        96),
+    StageSpec("mbconv",  10,     3,     2,     4,        192, 0.25),
+    StageSpec("mbconv",  19,     3,     1,     6,        224, 0.25),
+    StageSpec("mbconv",  25,     3,     2,     6,        384, 0.25),
+    StageSpec("mbconv",  7,      3,     1,     6,        640, 0.25),
+)
+
+EFFICIENTNETV2_XL_BASE: tuple[StageSpec, ...] = (
+    StageSpec("conv",    4,      3,     1,     1,        32),
+    StageSpec("fused",   8,      3,     2,     4,        64),
+    StageSpec("fused",   8,      3,     2,     4,        96),
+    StageSpec("mbconv",  16,     3,     2,     4,        192, 0.25),
+    StageSpec("mbconv",  24,     3,     1,     6,        256, 0.25),
+    StageSpec("mbconv",  32,     3,     2,     6,        512, 0.25),
+    StageSpec("mbconv",  8,      3,     1,     6,        640, 0.25),
 )
 # fmt: on
 
+
+def _spec(
+    name: str, stem: int, stages: tuple[StageSpec, ...], head: int, width: float = 1.0, depth: float = 1.0
+) -> ModelSpec:
+    """One width multiplier, and one depth multiplier for every stage."""
+    return scale_spec(stem, stages, head, width, (depth,) * len(stages), name=name)
+
+
+# timm's _gen_efficientnetv2_s / _m / _l / _xl, with their multipliers.
+EFFICIENTNETV2_RW_T = _spec("efficientnetv2_rw_t", 24, EFFICIENTNETV2_S_BASE, 1280, width=0.8, depth=0.9)
+EFFICIENTNETV2_RW_S = _spec("efficientnetv2_rw_s", 24, EFFICIENTNETV2_RW_BASE, 1792)
 EFFICIENTNETV2_RW_M = scale_spec(
     stem_channels=24,
     stages=EFFICIENTNETV2_RW_BASE,
     head_channels=1792,
     width=1.2,
     depths=(1.2, 1.2, 1.2, 1.2, 1.6, 1.6),
+    name="efficientnetv2_rw_m",
 )
+EFFICIENTNETV2_S = _spec("efficientnetv2_s", 24, EFFICIENTNETV2_S_BASE, 1280)
+EFFICIENTNETV2_M = _spec("efficientnetv2_m", 24, EFFICIENTNETV2_M_BASE, 1280)
+EFFICIENTNETV2_L = _spec("efficientnetv2_l", 32, EFFICIENTNETV2_L_BASE, 1280)
+EFFICIENTNETV2_XL = _spec("efficientnetv2_xl", 32, EFFICIENTNETV2_XL_BASE, 1280)
+
+# Every architecture, by its timm name (the registry adds pretrained configs).
+SPECS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        EFFICIENTNETV2_RW_T,
+        EFFICIENTNETV2_RW_S,
+        EFFICIENTNETV2_RW_M,
+        EFFICIENTNETV2_S,
+        EFFICIENTNETV2_M,
+        EFFICIENTNETV2_L,
+        EFFICIENTNETV2_XL,
+    )
+}

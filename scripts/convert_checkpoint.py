@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""Convert an efficientnetv2_rw_m checkpoint between timm's key format and effnetv2's, and check the result.
+"""Convert an EfficientNetV2 checkpoint between timm's key format and effnetv2's, and check the result.
+
+Any architecture effnetv2 registers; it is found from the checkpoint's keys and shapes.
 
     python scripts/convert_checkpoint.py timm_model.pth effnetv2_model.safetensors --to effnetv2
     python scripts/convert_checkpoint.py effnetv2_model.safetensors timm_model.safetensors --to timm

@@ -4,48 +4,63 @@ from __future__ import annotations
 
 import pytest
 import timm
+import torch
 
 import effnetv2
 
+FAMILY = [
+    "efficientnetv2_l",
+    "efficientnetv2_m",
+    "efficientnetv2_rw_m",
+    "efficientnetv2_rw_s",
+    "efficientnetv2_rw_t",
+    "efficientnetv2_s",
+    "efficientnetv2_xl",
+]
+TAGS = ["efficientnetv2_rw_m.agc_in1k", "efficientnetv2_rw_s.ra2_in1k", "efficientnetv2_rw_t.ra2_in1k"]
+
 
 def test_list_models():
-    assert effnetv2.list_models() == ["efficientnetv2_rw_m"]
-    assert effnetv2.list_models(pretrained=True) == ["efficientnetv2_rw_m.agc_in1k"]
+    assert effnetv2.list_models() == FAMILY
+    assert effnetv2.list_models(pretrained=True) == TAGS
     assert effnetv2.list_models("*rw_m*") == ["efficientnetv2_rw_m"]
     assert effnetv2.list_models("resnet*") == []
-    assert effnetv2.list_models(include_tags=True) == ["efficientnetv2_rw_m.agc_in1k"]
-    assert effnetv2.list_models(pretrained=True, include_tags=False) == ["efficientnetv2_rw_m"]
+    assert effnetv2.list_models(include_tags=True) == TAGS
+    assert effnetv2.list_models(pretrained=True, include_tags=False) == [t.partition(".")[0] for t in TAGS]
+    assert effnetv2.list_models("*rw*", exclude_filters="*_m") == ["efficientnetv2_rw_s", "efficientnetv2_rw_t"]
 
 
-def test_pretrained_cfg_matches_timm():
-    ours = effnetv2.create_model("efficientnetv2_rw_m.agc_in1k").pretrained_cfg
-    theirs = timm.create_model("efficientnetv2_rw_m.agc_in1k").pretrained_cfg
-    for key in (
-        "hf_hub_id",
-        "architecture",
-        "tag",
-        "input_size",
-        "test_input_size",
-        "interpolation",
-        "crop_pct",
-        "crop_mode",
-        "mean",
-        "std",
-        "num_classes",
-        "pool_size",
-        "url",
-        "license",
-    ):
+CFG_KEYS = ("architecture", "tag", "input_size", "test_input_size", "interpolation", "crop_pct", "crop_mode")
+CFG_KEYS += ("mean", "std", "num_classes", "pool_size")
+
+
+@pytest.mark.parametrize(
+    "name", [*TAGS, "efficientnetv2_s", "efficientnetv2_m", "efficientnetv2_l", "efficientnetv2_xl"]
+)
+def test_pretrained_cfg_matches_timm(name):
+    with torch.device("meta"):  # configs only: nothing allocated
+        ours = effnetv2.create_model(name).pretrained_cfg
+        theirs = timm.create_model(name).pretrained_cfg
+    keys = (*CFG_KEYS, "hf_hub_id", "url", "license") if "." in name else CFG_KEYS
+    for key in keys:
         assert tuple(ours[key]) == tuple(theirs[key]) if isinstance(ours[key], tuple) else ours[key] == theirs[key]
+
+
+def test_default_tag_and_features_config():
     # The bare architecture name gets its default tag's config, as in timm.
     assert effnetv2.create_model("efficientnetv2_rw_m").pretrained_cfg["tag"] == "agc_in1k"
     features = effnetv2.create_model("efficientnetv2_rw_m", features_only=True)
     assert "num_classes" not in features.pretrained_cfg and features.default_cfg is features.pretrained_cfg
 
 
+def test_pretrained_without_published_weights_is_an_error():
+    with pytest.raises(effnetv2.CheckpointError, match="no pretrained weights are published for efficientnetv2_s"):
+        effnetv2.create_model("efficientnetv2_s", pretrained=True)
+
+
 @pytest.mark.parametrize(
     ("name", "suggestion"),
-    [("efficientnetv2_rw_s", "efficientnetv2_rw_m"), ("efficientnetv2_rw_m.in1k", "efficientnetv2_rw_m.agc_in1k")],
+    [("efficientnetv2_rw_q", "efficientnetv2_rw_"), ("efficientnetv2_rw_m.in1k", "efficientnetv2_rw_m.agc_in1k")],
 )
 def test_unknown_name_suggests_close_match(name, suggestion):
     with pytest.raises(effnetv2.UnknownModelError, match=f"{name!r}.*Did you mean.*{suggestion}") as info:

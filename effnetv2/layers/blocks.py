@@ -1,7 +1,8 @@
-"""The two residual blocks of EfficientNetV2, assembled from torchvision.ops parts.
+"""The residual blocks of EfficientNetV2, assembled from torchvision.ops parts.
 
-Each block is ``[expand] -> [depthwise] -> [squeeze-excite] -> project`` with a residual add (through
-stochastic depth) when the block keeps its shape.
+:class:`MBConv` and :class:`FusedMBConv` are ``[expand] -> [depthwise] -> [squeeze-excite] -> project``,
+:class:`ConvResidual` a single conv + BN + SiLU; each adds its input back (through stochastic depth) when it keeps
+the shape and its stage asks for a residual. ``TIMM_KEYS`` maps each block's module paths to timm's.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation, SqueezeExcitation, StochasticDepth
 
 from effnetv2.layers.bn_silu import batch_norm_silu
+from effnetv2.spec import StageSpec
 
 
 class ConvBnAct(Conv2dNormActivation):
@@ -68,11 +70,44 @@ def conv_bn_act(
     )
 
 
+class ConvResidual(nn.Module):
+    """conv + BN + SiLU with an optional residual: timm's ``ConvBnAct`` block (``cn``), stage 0 of the official
+    EfficientNetV2 tables."""
+
+    TIMM_KEYS = {"conv.0": "conv", "conv.1": "bn1"}
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        residual: bool = True,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.use_residual = residual and stride == 1 and in_channels == out_channels
+        self.conv = conv_bn_act(in_channels, out_channels, kernel_size, stride)
+        self.drop_path = StochasticDepth(drop_path, "row")
+
+    @classmethod
+    def from_stage(cls, stage: StageSpec, in_channels: int, stride: int, drop_path: float) -> ConvResidual:
+        return cls(in_channels, stage.out_channels, stage.kernel, stride, stage.residual, drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv(x)
+        if self.use_residual:
+            out = self.drop_path(out) + x
+        return out
+
+
 class FusedMBConv(nn.Module):
     """Fused inverted residual ("edge residual"): k×k conv + BN + SiLU, then 1×1 conv + BN.
 
     Both convs are kept even at expansion 1, as timm's rw variant does.
     """
+
+    TIMM_KEYS = {"expand.0": "conv_exp", "expand.1": "bn1", "project.0": "conv_pwl", "project.1": "bn2"}
 
     def __init__(
         self,
@@ -82,13 +117,18 @@ class FusedMBConv(nn.Module):
         stride: int,
         expansion: int,
         drop_path: float = 0.0,
+        residual: bool = True,
     ) -> None:
         super().__init__()
         mid_channels = in_channels * expansion
-        self.use_residual = stride == 1 and in_channels == out_channels
+        self.use_residual = residual and stride == 1 and in_channels == out_channels
         self.expand = conv_bn_act(in_channels, mid_channels, kernel_size, stride)
         self.project = conv_bn_act(mid_channels, out_channels, 1, act=False)
         self.drop_path = StochasticDepth(drop_path, "row")
+
+    @classmethod
+    def from_stage(cls, stage: StageSpec, in_channels: int, stride: int, drop_path: float) -> FusedMBConv:
+        return cls(in_channels, stage.out_channels, stage.kernel, stride, stage.expansion, drop_path, stage.residual)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.project(self.expand(x))
@@ -100,6 +140,17 @@ class FusedMBConv(nn.Module):
 class MBConv(nn.Module):
     """Inverted residual: 1×1 expand, k×k depthwise, squeeze-excite, 1×1 project (no activation)."""
 
+    TIMM_KEYS = {
+        "expand.0": "conv_pw",
+        "expand.1": "bn1",
+        "depthwise.0": "conv_dw",
+        "depthwise.1": "bn2",
+        "se.fc1": "se.conv_reduce",
+        "se.fc2": "se.conv_expand",
+        "project.0": "conv_pwl",
+        "project.1": "bn3",
+    }
+
     def __init__(
         self,
         in_channels: int,
@@ -109,10 +160,11 @@ class MBConv(nn.Module):
         expansion: int,
         se_ratio: float,
         drop_path: float = 0.0,
+        residual: bool = True,
     ) -> None:
         super().__init__()
         mid_channels = in_channels * expansion
-        self.use_residual = stride == 1 and in_channels == out_channels
+        self.use_residual = residual and stride == 1 and in_channels == out_channels
         self.expand = conv_bn_act(in_channels, mid_channels, 1)
         self.depthwise = conv_bn_act(mid_channels, mid_channels, kernel_size, stride, groups=mid_channels)
         # The squeeze width follows the block's input channels, not the expanded ones.
@@ -121,8 +173,27 @@ class MBConv(nn.Module):
         self.project = conv_bn_act(mid_channels, out_channels, 1, act=False)
         self.drop_path = StochasticDepth(drop_path, "row")
 
+    @classmethod
+    def from_stage(cls, stage: StageSpec, in_channels: int, stride: int, drop_path: float) -> MBConv:
+        return cls(
+            in_channels,
+            stage.out_channels,
+            stage.kernel,
+            stride,
+            stage.expansion,
+            stage.se_ratio,
+            drop_path,
+            stage.residual,
+        )
+
     def forward(self, x: Tensor) -> Tensor:
         out = self.project(self.se(self.depthwise(self.expand(x))))
         if self.use_residual:
             out = self.drop_path(out) + x
         return out
+
+
+# The one table of block kinds: a stage's ``block`` names its module class, which knows how to build itself from
+# the stage (``from_stage``) and its timm key names (``TIMM_KEYS``). optimize.py maps each class to its inference
+# form; a test checks that every kind here has one.
+BLOCK_TYPES: dict[str, type[nn.Module]] = {"conv": ConvResidual, "fused": FusedMBConv, "mbconv": MBConv}

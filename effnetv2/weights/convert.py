@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 from torch import Tensor
@@ -12,7 +12,7 @@ from torch import Tensor
 from effnetv2.atomic import atomic_path
 from effnetv2.errors import CheckpointError
 from effnetv2.model import EfficientNetV2
-from effnetv2.spec import EFFICIENTNETV2_RW_M, ModelSpec
+from effnetv2.spec import SPECS, ModelSpec
 from effnetv2.weights.key_map import KeyMap
 from effnetv2.weights.loading import load_state_dict_into
 from effnetv2.weights.reading import PathLike, read_state_dict
@@ -21,8 +21,35 @@ from effnetv2.weights.saving import write_state_dict
 KeyFormat = Literal["timm", "effnetv2"]
 
 
-def model_for(state_dict: Mapping[str, Tensor], spec: ModelSpec = EFFICIENTNETV2_RW_M) -> EfficientNetV2:
-    """A classifier shaped like the checkpoint (its classes and input channels) holding its weights, eval mode.
+def spec_for(state_dict: Mapping[str, Tensor]) -> ModelSpec:
+    """The registered architecture the checkpoint (timm's or effnetv2's keys) is for: the one whose every tensor
+    it holds, with the same shapes (the classifier and the stem's input channels may differ).
+
+    Raises :class:`CheckpointError` when none fits.
+    """
+    timm_keys = KeyMap.is_timm_format(state_dict)
+    for spec in SPECS.values():
+        try:
+            ours = KeyMap(spec).state_dict_to_ours(state_dict) if timm_keys else dict(state_dict)
+        except KeyError:
+            continue
+        with torch.device("meta"):  # shapes only: nothing allocated
+            expected = EfficientNetV2(spec).state_dict()
+        fits = all(
+            key in ours and (key.startswith(("classifier.", "stem.0.")) or ours[key].shape == value.shape)
+            for key, value in expected.items()
+            if not key.startswith("classifier.") and not key.endswith("num_batches_tracked")
+        )
+        if fits:
+            return spec
+    raise CheckpointError(
+        f"not a checkpoint of any EfficientNetV2 effnetv2 knows ({', '.join(SPECS)}): its keys or shapes differ"
+    )
+
+
+def model_for(state_dict: Mapping[str, Tensor], spec: Optional[ModelSpec] = None) -> EfficientNetV2:
+    """A classifier shaped like the checkpoint (its architecture, classes and input channels) holding its weights,
+    eval mode. ``spec``: the architecture (default: :func:`spec_for` finds it).
 
     Raises :class:`CheckpointError` if the checkpoint is not one of ``spec``.
     """
@@ -30,13 +57,17 @@ def model_for(state_dict: Mapping[str, Tensor], spec: ModelSpec = EFFICIENTNETV2
     stem = state_dict.get("conv_stem.weight", state_dict.get("stem.0.weight"))
     if stem is None or stem.dim() != 4:
         raise CheckpointError("no stem convolution (conv_stem / stem.0 weight): not an EfficientNetV2 state dict")
+    spec = spec or spec_for(state_dict)
     model = EfficientNetV2(spec, num_classes=0 if fc is None else fc.shape[0], in_chans=stem.shape[1])
     load_state_dict_into(model, state_dict, source="checkpoint")
     return model.eval()
 
 
-def convert_state_dict(state_dict: Mapping[str, Tensor], to: KeyFormat, spec: ModelSpec = EFFICIENTNETV2_RW_M):
-    """Rename the keys of a timm- or effnetv2-format state dict to ``to``'s format; tensors are kept as they are."""
+def convert_state_dict(state_dict: Mapping[str, Tensor], to: KeyFormat, spec: Optional[ModelSpec] = None):
+    """Rename the keys of a timm- or effnetv2-format state dict to ``to``'s format; tensors are kept as they are.
+
+    ``spec``: the architecture (default: :func:`spec_for` finds it)."""
+    spec = spec or spec_for(state_dict)
     key_map = KeyMap(spec)
     try:
         if to == "timm":
@@ -44,7 +75,7 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], to: KeyFormat, spec: Mo
         if to == "effnetv2":
             return key_map.state_dict_to_ours(state_dict) if KeyMap.is_timm_format(state_dict) else dict(state_dict)
     except KeyError as e:
-        raise CheckpointError(f"key {e.args[0]!r} has no counterpart: not an efficientnetv2_rw_m checkpoint") from e
+        raise CheckpointError(f"key {e.args[0]!r} has no counterpart: not an {spec.name} checkpoint") from e
     raise ValueError(f"to must be 'timm' or 'effnetv2', got {to!r}")
 
 
@@ -58,14 +89,14 @@ def _probe(model: EfficientNetV2) -> Tensor:
 def convert_checkpoint(src: PathLike, dst: PathLike, to: KeyFormat, use_ema: bool = True) -> None:
     """Convert the checkpoint file ``src`` (``.safetensors``/``.pth``/``.bin``) to ``to``'s key format in ``dst``.
 
-    ``dst``'s extension picks the container (``.safetensors`` recommended). The input is validated as an rw_m
-    checkpoint first; the written file is read back and must hold the same tensors and give the same outputs on a
-    forward pass as the input, before it atomically replaces ``dst`` (which is otherwise left as it was).
+    ``dst``'s extension picks the container (``.safetensors`` recommended). The input is validated as a checkpoint
+    of a registered architecture first; the written file is read back and must hold the same tensors and give the
+    same outputs on a forward pass as the input, before it atomically replaces ``dst`` (otherwise left as it was).
     """
     source = read_state_dict(src, use_ema=use_ema)
     model = model_for(source)
     expected_output = _probe(model)
-    converted = convert_state_dict(source, to)
+    converted = convert_state_dict(source, to, model.spec)
     dst = Path(dst)
     with atomic_path(dst) as tmp:
         write_state_dict(converted, tmp, dst.suffix)

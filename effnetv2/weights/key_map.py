@@ -10,28 +10,11 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
+from effnetv2.layers.blocks import BLOCK_TYPES
 from effnetv2.spec import ModelSpec
 
 STEM = {"stem.0": "conv_stem", "stem.1": "bn1"}
 HEAD = {"head.0": "conv_head", "head.1": "bn2", "classifier": "classifier"}
-BLOCKS = {
-    "fused": {
-        "expand.0": "conv_exp",
-        "expand.1": "bn1",
-        "project.0": "conv_pwl",
-        "project.1": "bn2",
-    },
-    "mbconv": {
-        "expand.0": "conv_pw",
-        "expand.1": "bn1",
-        "depthwise.0": "conv_dw",
-        "depthwise.1": "bn2",
-        "se.fc1": "se.conv_reduce",
-        "se.fc2": "se.conv_expand",
-        "project.0": "conv_pwl",
-        "project.1": "bn3",
-    },
-}
 
 
 class KeyMap:
@@ -41,7 +24,7 @@ class KeyMap:
         modules = dict(STEM)
         for s, stage in enumerate(spec.stages):
             for b in range(stage.repeats):
-                for ours, theirs in BLOCKS[stage.block].items():
+                for ours, theirs in BLOCK_TYPES[stage.block].TIMM_KEYS.items():
                     modules[f"stages.{s}.{b}.{ours}"] = f"blocks.{s}.{b}.{theirs}"
         modules.update(HEAD)
         self._to_timm = modules

@@ -169,6 +169,10 @@ def _adaptable(checkpoint: Mapping[str, Tensor], expected: Mapping[str, Tensor])
     return fc_differs or fc_absent or stem_differs
 
 
+def _architecture_name(model: nn.Module) -> str:
+    return getattr(getattr(model, "spec", None), "name", "") or "EfficientNetV2"
+
+
 def load_state_dict_into(
     model: nn.Module,
     state_dict: Mapping[str, Tensor],
@@ -204,7 +208,7 @@ def load_state_dict_into(
                 "only on request: load_checkpoint(..., adapt=True), or create_model(..., checkpoint_path=...))"
             )
         raise CheckpointError(
-            f"{source} does not fit {type(model).__name__}; is it an efficientnetv2_rw_m checkpoint?\n"
+            f"{source} does not fit {type(model).__name__}; is it an {_architecture_name(model)} checkpoint?\n"
             + "\n".join(problems)
             + hint
         )

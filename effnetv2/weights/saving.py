@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from effnetv2.atomic import atomic_folder, atomic_path
+from effnetv2.spec import SPECS
 from effnetv2.weights.hub_config import CONFIG_NAME, model_config
 from effnetv2.weights.key_map import KeyMap
 
@@ -49,14 +50,9 @@ def save_state_dict(
 
 
 def _architecture(model: nn.Module) -> str:
-    from effnetv2.registry import ARCHITECTURES  # the registry imports this package: import it late
-
-    name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
-    if name in ARCHITECTURES:
+    name = getattr(getattr(model, "spec", None), "name", "")
+    if name in SPECS and SPECS[name] == model.spec:
         return name
-    for name, spec in ARCHITECTURES.items():
-        if spec == model.spec:
-            return name
     raise ValueError("the model's architecture is not a registered one; save its state_dict() instead")
 
 

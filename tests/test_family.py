@@ -1,0 +1,72 @@
+"""Every registered EfficientNetV2 is timm's (issue 13): the same parameters under the key map, the same feature
+levels, and the same outputs on well-conditioned weights, at a size that is a multiple of 32 and one that is not."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from conftest import assert_close, image_batch, import_script
+
+import effnetv2
+from effnetv2.layers import BLOCK_TYPES
+from effnetv2.optimize import INFERENCE_BLOCKS
+from effnetv2.registry import PRETRAINED_CFGS, UNTRAINED_CFGS
+from effnetv2.spec import SPECS
+from effnetv2.weights.convert import spec_for
+from effnetv2.weights.key_map import KeyMap
+from effnetv2.weights.loading import load_state_dict_into
+
+calibrated_model = import_script("calibrated_model")
+FAMILY = sorted(SPECS)
+# rw_m has the rest of the suite; the others are built here once each (XL: 208 M parameters).
+OTHERS = [name for name in FAMILY if name != "efficientnetv2_rw_m"]
+
+
+def test_registry_lists_the_family():
+    assert effnetv2.list_models() == FAMILY
+    assert effnetv2.list_models(pretrained=True) == sorted(PRETRAINED_CFGS)
+    assert set(FAMILY) == {cfg["architecture"] for cfg in [*PRETRAINED_CFGS.values(), *UNTRAINED_CFGS.values()]}
+    assert set(BLOCK_TYPES.values()) == set(INFERENCE_BLOCKS)  # every block kind has its inference form
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_parameters_keys_and_levels_are_timms(name):
+    with torch.device("meta"):  # shapes only: nothing allocated, XL included
+        ours, theirs = effnetv2.create_model(name), timm.create_model(name)
+    key_map = KeyMap(ours.spec)
+    assert {key_map.to_timm(k): v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in theirs.state_dict().items()
+    }
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
+    timm_levels = [(f["num_chs"], f["reduction"], f["module"].replace("blocks", "stages")) for f in theirs.feature_info]
+    assert [(f["num_chs"], f["reduction"], f["module"]) for f in ours.feature_info] == timm_levels
+    # convert_checkpoint finds the architecture from a checkpoint's keys and shapes, in either key format
+    assert spec_for(theirs.state_dict()).name == spec_for(ours.state_dict()).name == name
+
+
+@pytest.mark.parametrize("name", OTHERS)
+def test_outputs_equal_timms(name):
+    torch.manual_seed(0)
+    theirs = calibrated_model.condition(timm.create_model(name), calibrated_model.smooth_images(8, 96, seed=1)).eval()
+    ours = effnetv2.create_model(name).eval()
+    load_state_dict_into(ours, theirs.state_dict(), source=f"timm {name}")
+    features = effnetv2.create_model(name, features_only=True).eval()
+    load_state_dict_into(features, theirs.state_dict(), source=f"timm {name}", adapt=True)
+    fast = effnetv2.optimize_for_inference(ours)  # every block kind has its folded inference form
+    for size in (64, 72):  # 72: not a multiple of 32, the odd sizes stride-2 convs meet
+        x = image_batch(2, size, size)
+        with torch.no_grad():
+            logits, timm_logits = ours(x), theirs(x)
+            assert logits.std() > 0.5  # conditioned: logits of a few units, not saturated or vanishing
+            assert_close(logits, timm_logits)
+            assert_close(fast(x), logits)
+            assert_close(
+                ours.forward_head(ours.forward_features(x), pre_logits=True),
+                theirs.forward_head(theirs.forward_features(x), pre_logits=True),
+            )
+            _, levels = ours.forward_intermediates(x)
+            _, timm_levels = theirs.forward_intermediates(x)
+            for a, b, c in zip(levels, timm_levels, features(x), strict=True):
+                assert_close(a, b)
+                assert_close(c, b)
