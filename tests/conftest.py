@@ -7,6 +7,7 @@ in effnetv2 moves the outputs far beyond the parity tolerance (``tests/test_orac
 
 from __future__ import annotations
 
+import atexit
 import copy
 import hashlib
 import importlib.util
@@ -19,6 +20,7 @@ from pathlib import Path
 # Tests never touch the network: huggingface_hub reads these when first imported (timm imports it below),
 # so the whole session resolves hub files from a cache the `hf_cache` fixture builds.
 HF_CACHE_DIR = Path(tempfile.mkdtemp(prefix="effnetv2-hf-cache-"))
+atexit.register(shutil.rmtree, HF_CACHE_DIR, ignore_errors=True)  # ~410 MB per test process
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_CACHE"] = str(HF_CACHE_DIR)
 os.environ.pop("HF_HOME", None)
