@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from effnetv2.builder import build_stages
+from effnetv2.builder import build_stages, conv_factory
 from effnetv2.checkpointing import GRANULARITIES, checkpoint_head, checkpoint_stages, set_bn_act_recompute
 from effnetv2.features import FeatureInfo, resolve_indices
-from effnetv2.layers import GlobalPool, conv_bn_act
+from effnetv2.layers import GlobalPool
 from effnetv2.layers.init import initialised_once
 from effnetv2.spec import EFFICIENTNETV2_RW_M, ModelSpec
 
@@ -75,7 +75,7 @@ class _Trunk(nn.Module):
         self.in_chans = in_chans
         self.grad_checkpointing = False
         self.grad_checkpointing_granularity = "nested"
-        self.stem = conv_bn_act(in_chans, spec.stem_channels, 3, stride=2)
+        self.stem = conv_factory(spec)(in_chans, spec.stem_channels, 3, stride=2)
         self.stages, self._levels = build_stages(spec, drop_path_rate)
         self.pretrained_cfg = {}  # set by create_model; left unannotated for TorchScript
 
@@ -139,7 +139,7 @@ class EfficientNetV2(_Trunk):
             raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
         with initialised_once(self):
             super().__init__(spec, in_chans, drop_path_rate)
-            self.head = conv_bn_act(spec.stages[-1].out_channels, spec.head_channels, 1)
+            self.head = conv_factory(spec)(spec.stages[-1].out_channels, spec.head_channels, 1)
             self.num_features = spec.head_channels
             self.num_classes = num_classes
             self.global_pool, self.classifier = self._make_classifier(num_classes, global_pool)

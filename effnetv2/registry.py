@@ -29,56 +29,89 @@ from effnetv2.weights.reading import read_state_dict
 
 ARCHITECTURES: dict[str, ModelSpec] = SPECS
 
-_RELEASES = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
+_RELEASES = "https://github.com/rwightman/pytorch-image-models/releases/download/"
+_TF = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # the tf_ ports' normalisation (timm's Inception mean/std)
+_SQUASH = dict(crop_mode="squash")
+_IN21K = dict(num_classes=21843)
 
 
-def _cfg(name: str, train_size: int, test_size: int, url: str = "", **extra: Any) -> dict[str, Any]:
-    """timm's ``_cfg`` for an EfficientNetV2 tag: its sizes, ImageNet normalisation, bicubic, crop 1.0."""
+def _cfg(name: str, file: str = "", hub: bool = True, **kwargs: Any) -> dict[str, Any]:
+    """timm's ``_cfg`` defaults for EfficientNets, for ``architecture.tag`` (``file``: its release file, if any)."""
     architecture, _, tag = name.partition(".")
     cfg = dict(
-        url=url,
-        hf_hub_id=f"timm/{name}" if url else None,
+        url=_RELEASES + file if file else "",
+        hf_hub_id=f"timm/{name}" if hub else None,
         architecture=architecture,
         tag=tag,
         custom_load=False,
-        input_size=(3, train_size, train_size),
-        test_input_size=(3, test_size, test_size),
+        input_size=(3, 224, 224),
         fixed_input_size=False,
         interpolation="bicubic",
-        crop_pct=1.0,
+        crop_pct=0.875,
         crop_mode="center",
         mean=IMAGENET_DEFAULT_MEAN,
         std=IMAGENET_DEFAULT_STD,
         num_classes=1000,
-        pool_size=(train_size // 32, train_size // 32),
+        pool_size=(7, 7),
         first_conv="stem.0",
         classifier="classifier",
+        license="apache-2.0",
     )
-    if url:
-        cfg["license"] = "apache-2.0"
-    else:
-        del cfg["hf_hub_id"]
-    return {**cfg, **extra}
+    return {**cfg, **kwargs}
 
 
-# Pretrained configs, keyed 'architecture.tag'; the first tag of an architecture is its default.
+def _sizes(train: int, test: int, pool: int, crop_pct: float = 1.0, **kwargs: Any) -> dict[str, Any]:
+    sizes = dict(input_size=(3, train, train), test_input_size=(3, test, test), pool_size=(pool, pool))
+    return dict(sizes, crop_pct=crop_pct, **kwargs)
+
+
+_V1, _V2 = "v0.1-weights/", "v0.1-effv2-weights/"
+# fmt: off
+# Pretrained configs, keyed 'architecture.tag' as timm's, in timm's order (an architecture's first tag is its default).
 PRETRAINED_CFGS: dict[str, dict[str, Any]] = {
-    name: _cfg(name, *sizes, url=_RELEASES + file)
-    for name, sizes, file in (
-        ("efficientnetv2_rw_t.ra2_in1k", (224, 288), "efficientnetv2_t_agc-3620981a.pth"),
-        ("efficientnetv2_rw_s.ra2_in1k", (288, 384), "efficientnet_v2s_ra2_288-a6477665.pth"),
-        ("efficientnetv2_rw_m.agc_in1k", (320, 416), "efficientnetv2_rw_m_agc-3d90cb1e.pth"),
+    name: _cfg(name, file, **kwargs)
+    for name, file, kwargs in (
+        ("efficientnetv2_rw_t.ra2_in1k", _V1 + "efficientnetv2_t_agc-3620981a.pth", _sizes(224, 288, 7)),
+        ("efficientnetv2_rw_s.ra2_in1k", _V1 + "efficientnet_v2s_ra2_288-a6477665.pth", _sizes(288, 384, 9)),
+        ("efficientnetv2_rw_m.agc_in1k", _V1 + "efficientnetv2_rw_m_agc-3d90cb1e.pth", _sizes(320, 416, 10)),
+        # the official TensorFlow weights, as timm ports them
+        ("tf_efficientnetv2_s.in21k_ft_in1k", _V2 + "tf_efficientnetv2_s_21ft1k-d7dafa41.pth",
+         _sizes(300, 384, 10, **_TF)),
+        ("tf_efficientnetv2_m.in21k_ft_in1k", _V2 + "tf_efficientnetv2_m_21ft1k-bf41664a.pth",
+         _sizes(384, 480, 12, **_TF, **_SQUASH)),
+        ("tf_efficientnetv2_l.in21k_ft_in1k", _V2 + "tf_efficientnetv2_l_21ft1k-60127a9d.pth",
+         _sizes(384, 480, 12, **_TF, **_SQUASH)),
+        ("tf_efficientnetv2_xl.in21k_ft_in1k", _V2 + "tf_efficientnetv2_xl_in21ft1k-06c35c48.pth",
+         _sizes(384, 512, 12, **_TF, **_SQUASH)),
+        ("tf_efficientnetv2_s.in1k", _V2 + "tf_efficientnetv2_s-eb54923e.pth", _sizes(300, 384, 10, **_TF)),
+        ("tf_efficientnetv2_m.in1k", _V2 + "tf_efficientnetv2_m-cc09e0cd.pth", _sizes(384, 480, 12, **_TF, **_SQUASH)),
+        ("tf_efficientnetv2_l.in1k", _V2 + "tf_efficientnetv2_l-d664b728.pth", _sizes(384, 480, 12, **_TF, **_SQUASH)),
+        ("tf_efficientnetv2_s.in21k", _V2 + "tf_efficientnetv2_s_21k-6337ad01.pth",
+         _sizes(300, 384, 10, **_TF, **_IN21K)),
+        ("tf_efficientnetv2_m.in21k", _V2 + "tf_efficientnetv2_m_21k-361418a2.pth",
+         _sizes(384, 480, 12, **_TF, **_IN21K, **_SQUASH)),
+        ("tf_efficientnetv2_l.in21k", _V2 + "tf_efficientnetv2_l_21k-91a19ec9.pth",
+         _sizes(384, 480, 12, **_TF, **_IN21K, **_SQUASH)),
+        ("tf_efficientnetv2_xl.in21k", _V2 + "tf_efficientnetv2_xl_in21k-fd7e8abf.pth",
+         _sizes(384, 512, 12, **_TF, **_IN21K, **_SQUASH)),
+        ("tf_efficientnetv2_b0.in1k", _V2 + "tf_efficientnetv2_b0-c7cc451f.pth", _sizes(192, 224, 6, crop_pct=0.875)),
+        ("tf_efficientnetv2_b1.in1k", _V2 + "tf_efficientnetv2_b1-be6e41b0.pth", _sizes(192, 240, 6, crop_pct=0.882)),
+        ("tf_efficientnetv2_b2.in1k", _V2 + "tf_efficientnetv2_b2-847de54e.pth", _sizes(208, 260, 7, crop_pct=0.890)),
+        ("tf_efficientnetv2_b3.in21k_ft_in1k", "", _sizes(240, 300, 8, crop_pct=0.9, **_TF, **_SQUASH)),
+        ("tf_efficientnetv2_b3.in1k", _V2 + "tf_efficientnetv2_b3-57773f13.pth", _sizes(240, 300, 8, crop_pct=0.904)),
+        ("tf_efficientnetv2_b3.in21k", "", _sizes(240, 300, 8, crop_pct=0.904, **_TF, **_IN21K)),
     )
 }
+# fmt: on
 
 # Architectures without published weights: their data config, as timm's '.untrained' tags give it.
 UNTRAINED_CFGS: dict[str, dict[str, Any]] = {
-    name.partition(".")[0]: _cfg(name, *sizes)
+    name.partition(".")[0]: _cfg(name, hub=False, **_sizes(*sizes))
     for name, sizes in (
-        ("efficientnetv2_s.untrained", (288, 384)),
-        ("efficientnetv2_m.untrained", (320, 416)),
-        ("efficientnetv2_l.untrained", (384, 480)),
-        ("efficientnetv2_xl.untrained", (384, 512)),
+        ("efficientnetv2_s.untrained", (288, 384, 9)),
+        ("efficientnetv2_m.untrained", (320, 416, 10)),
+        ("efficientnetv2_l.untrained", (384, 480, 12)),
+        ("efficientnetv2_xl.untrained", (384, 512, 12)),
     )
 }
 

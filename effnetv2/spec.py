@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 BlockKind = Literal["conv", "fused", "mbconv"]
 
@@ -38,22 +38,28 @@ class StageSpec:
     se_ratio: float = 0.0  # squeeze width as a fraction of the block's *input* channels
     residual: bool = True
 
-    def scaled(self, width: float, depth: float) -> StageSpec:
+    def scaled(self, width: float, depth: float, round_limit: float = 0.9) -> StageSpec:
         return replace(
             self,
             repeats=math.ceil(self.repeats * depth),
-            out_channels=make_divisible(self.out_channels * width),
+            out_channels=make_divisible(self.out_channels * width, round_limit=round_limit),
         )
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A whole network: stem width, the stages and the head width, already scaled; ``name`` is its timm name."""
+    """A whole network: stem width, the stages and the head width, already scaled; ``name`` is its timm name.
+
+    ``bn_eps`` and ``same_padding`` are the conv/BatchNorm choices of every layer: PyTorch's (eps 1e-5, symmetric
+    padding) or TensorFlow's for the ``tf_`` ports (eps 1e-3, "SAME" padding on strided convs).
+    """
 
     stem_channels: int
     stages: tuple[StageSpec, ...]
     head_channels: int
     name: str = ""
+    bn_eps: float = 1e-5
+    same_padding: bool = False
 
     @property
     def num_blocks(self) -> int:
@@ -67,15 +73,18 @@ def scale_spec(
     width: float,
     depths: tuple[float, ...],
     name: str = "",
+    round_limit: float = 0.9,
+    **options: Any,
 ) -> ModelSpec:
     """Apply a width multiplier (round to 8) and per-stage depth multipliers (ceil) to a base table."""
     if len(depths) != len(stages):
         raise ValueError(f"need one depth multiplier per stage: {len(stages)} stages, {len(depths)} multipliers")
     return ModelSpec(
-        stem_channels=make_divisible(stem_channels * width),
-        stages=tuple(stage.scaled(width, depth) for stage, depth in zip(stages, depths, strict=True)),
-        head_channels=make_divisible(head_channels * width),
+        stem_channels=make_divisible(stem_channels * width, round_limit=round_limit),
+        stages=tuple(stage.scaled(width, depth, round_limit) for stage, depth in zip(stages, depths, strict=True)),
+        head_channels=make_divisible(head_channels * width, round_limit=round_limit),
         name=name,
+        **options,
     )
 
 
@@ -131,11 +140,29 @@ EFFICIENTNETV2_XL_BASE: tuple[StageSpec, ...] = (
 # fmt: on
 
 
+EFFICIENTNETV2_BASE: tuple[StageSpec, ...] = (  # the B0-B3 table (timm's _gen_efficientnetv2_base)
+    StageSpec("conv", 1, 3, 1, 1, 16),
+    StageSpec("fused", 2, 3, 2, 4, 32),
+    StageSpec("fused", 2, 3, 2, 4, 48),
+    StageSpec("mbconv", 3, 3, 2, 4, 96, 0.25),
+    StageSpec("mbconv", 5, 3, 1, 6, 112, 0.25),
+    StageSpec("mbconv", 8, 3, 2, 6, 192, 0.25),
+)
+
+TF = dict(bn_eps=1e-3, same_padding=True)  # the tf_ ports of the official TensorFlow weights
+
+
 def _spec(
-    name: str, stem: int, stages: tuple[StageSpec, ...], head: int, width: float = 1.0, depth: float = 1.0
+    name: str,
+    stem: int,
+    stages: tuple[StageSpec, ...],
+    head: int,
+    width: float = 1.0,
+    depth: float = 1.0,
+    **options: Any,
 ) -> ModelSpec:
     """One width multiplier, and one depth multiplier for every stage."""
-    return scale_spec(stem, stages, head, width, (depth,) * len(stages), name=name)
+    return scale_spec(stem, stages, head, width, (depth,) * len(stages), name=name, **options)
 
 
 # timm's _gen_efficientnetv2_s / _m / _l / _xl, with their multipliers.
@@ -153,6 +180,17 @@ EFFICIENTNETV2_S = _spec("efficientnetv2_s", 24, EFFICIENTNETV2_S_BASE, 1280)
 EFFICIENTNETV2_M = _spec("efficientnetv2_m", 24, EFFICIENTNETV2_M_BASE, 1280)
 EFFICIENTNETV2_L = _spec("efficientnetv2_l", 32, EFFICIENTNETV2_L_BASE, 1280)
 EFFICIENTNETV2_XL = _spec("efficientnetv2_xl", 32, EFFICIENTNETV2_XL_BASE, 1280)
+TF_EFFICIENTNETV2_S = _spec("tf_efficientnetv2_s", 24, EFFICIENTNETV2_S_BASE, 1280, **TF)
+TF_EFFICIENTNETV2_M = _spec("tf_efficientnetv2_m", 24, EFFICIENTNETV2_M_BASE, 1280, **TF)
+TF_EFFICIENTNETV2_L = _spec("tf_efficientnetv2_l", 32, EFFICIENTNETV2_L_BASE, 1280, **TF)
+TF_EFFICIENTNETV2_XL = _spec("tf_efficientnetv2_xl", 32, EFFICIENTNETV2_XL_BASE, 1280, **TF)
+# B0-B3 round channels to 8 without the 90 % floor (round_limit 0), as timm's base generator does.
+TF_EFFICIENTNETV2_B = {
+    f"tf_efficientnetv2_b{i}": _spec(
+        f"tf_efficientnetv2_b{i}", 32, EFFICIENTNETV2_BASE, 1280, width, depth, round_limit=0.0, **TF
+    )
+    for i, (width, depth) in enumerate(((1.0, 1.0), (1.0, 1.1), (1.1, 1.2), (1.2, 1.4)))
+}
 
 # Every architecture, by its timm name (the registry adds pretrained configs).
 SPECS: dict[str, ModelSpec] = {
@@ -165,5 +203,10 @@ SPECS: dict[str, ModelSpec] = {
         EFFICIENTNETV2_M,
         EFFICIENTNETV2_L,
         EFFICIENTNETV2_XL,
+        TF_EFFICIENTNETV2_S,
+        TF_EFFICIENTNETV2_M,
+        TF_EFFICIENTNETV2_L,
+        TF_EFFICIENTNETV2_XL,
+        *TF_EFFICIENTNETV2_B.values(),
     )
 }

@@ -7,6 +7,8 @@ the shape and its stage asks for a residual. ``TIMM_KEYS`` maps each block's mod
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -15,6 +17,7 @@ from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation, SqueezeExcitation, StochasticDepth
 
 from effnetv2.layers.bn_silu import batch_norm_silu
+from effnetv2.layers.same_padding import Conv2dSame
 from effnetv2.spec import StageSpec
 
 
@@ -55,19 +58,32 @@ def conv_bn_act(
     stride: int = 1,
     groups: int = 1,
     act: bool = True,
+    eps: float = 1e-5,
+    same_padding: bool = False,
 ) -> ConvBnAct:
-    """Bias-free conv with symmetric ``k // 2`` padding, BatchNorm (eps 1e-5, momentum 0.1), optional SiLU."""
-    return ConvBnAct(
+    """Bias-free conv, BatchNorm (``eps``, momentum 0.1), optional SiLU.
+
+    Padding: symmetric ``k // 2``; with ``same_padding`` a strided conv pads as TensorFlow's "SAME"
+    (:class:`~effnetv2.layers.same_padding.Conv2dSame`), as timm's ``pad_type='same'`` does (a stride-1 conv with an
+    odd kernel pads ``k // 2`` either way).
+    """
+    layer = ConvBnAct(
         in_channels,
         out_channels,
         kernel_size,
         stride=stride,
         padding=kernel_size // 2,
         groups=groups,
-        norm_layer=nn.BatchNorm2d,
+        norm_layer=partial(nn.BatchNorm2d, eps=eps),
         activation_layer=nn.SiLU if act else None,
         bias=False,
     )
+    if same_padding and stride > 1:
+        layer[0] = Conv2dSame(in_channels, out_channels, kernel_size, stride=stride, groups=groups, bias=False)
+    return layer
+
+
+ConvFactory = Callable[..., ConvBnAct]  # conv_bn_act with a model's BatchNorm eps and padding bound
 
 
 class ConvResidual(nn.Module):
@@ -84,15 +100,18 @@ class ConvResidual(nn.Module):
         stride: int,
         residual: bool = True,
         drop_path: float = 0.0,
+        conv: ConvFactory = conv_bn_act,
     ) -> None:
         super().__init__()
         self.use_residual = residual and stride == 1 and in_channels == out_channels
-        self.conv = conv_bn_act(in_channels, out_channels, kernel_size, stride)
+        self.conv = conv(in_channels, out_channels, kernel_size, stride)
         self.drop_path = StochasticDepth(drop_path, "row")
 
     @classmethod
-    def from_stage(cls, stage: StageSpec, in_channels: int, stride: int, drop_path: float) -> ConvResidual:
-        return cls(in_channels, stage.out_channels, stage.kernel, stride, stage.residual, drop_path)
+    def from_stage(
+        cls, stage: StageSpec, in_channels: int, stride: int, drop_path: float, conv: ConvFactory = conv_bn_act
+    ) -> ConvResidual:
+        return cls(in_channels, stage.out_channels, stage.kernel, stride, stage.residual, drop_path, conv)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.conv(x)
@@ -118,17 +137,21 @@ class FusedMBConv(nn.Module):
         expansion: int,
         drop_path: float = 0.0,
         residual: bool = True,
+        conv: ConvFactory = conv_bn_act,
     ) -> None:
         super().__init__()
         mid_channels = in_channels * expansion
         self.use_residual = residual and stride == 1 and in_channels == out_channels
-        self.expand = conv_bn_act(in_channels, mid_channels, kernel_size, stride)
-        self.project = conv_bn_act(mid_channels, out_channels, 1, act=False)
+        self.expand = conv(in_channels, mid_channels, kernel_size, stride)
+        self.project = conv(mid_channels, out_channels, 1, act=False)
         self.drop_path = StochasticDepth(drop_path, "row")
 
     @classmethod
-    def from_stage(cls, stage: StageSpec, in_channels: int, stride: int, drop_path: float) -> FusedMBConv:
-        return cls(in_channels, stage.out_channels, stage.kernel, stride, stage.expansion, drop_path, stage.residual)
+    def from_stage(
+        cls, stage: StageSpec, in_channels: int, stride: int, drop_path: float, conv: ConvFactory = conv_bn_act
+    ) -> FusedMBConv:
+        args = (stage.out_channels, stage.kernel, stride, stage.expansion, drop_path, stage.residual, conv)
+        return cls(in_channels, *args)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.project(self.expand(x))
@@ -161,20 +184,23 @@ class MBConv(nn.Module):
         se_ratio: float,
         drop_path: float = 0.0,
         residual: bool = True,
+        conv: ConvFactory = conv_bn_act,
     ) -> None:
         super().__init__()
         mid_channels = in_channels * expansion
         self.use_residual = residual and stride == 1 and in_channels == out_channels
-        self.expand = conv_bn_act(in_channels, mid_channels, 1)
-        self.depthwise = conv_bn_act(mid_channels, mid_channels, kernel_size, stride, groups=mid_channels)
+        self.expand = conv(in_channels, mid_channels, 1)
+        self.depthwise = conv(mid_channels, mid_channels, kernel_size, stride, groups=mid_channels)
         # The squeeze width follows the block's input channels, not the expanded ones.
         squeeze_channels = round(in_channels * se_ratio)
         self.se = SqueezeExcitation(mid_channels, squeeze_channels, activation=nn.SiLU)
-        self.project = conv_bn_act(mid_channels, out_channels, 1, act=False)
+        self.project = conv(mid_channels, out_channels, 1, act=False)
         self.drop_path = StochasticDepth(drop_path, "row")
 
     @classmethod
-    def from_stage(cls, stage: StageSpec, in_channels: int, stride: int, drop_path: float) -> MBConv:
+    def from_stage(
+        cls, stage: StageSpec, in_channels: int, stride: int, drop_path: float, conv: ConvFactory = conv_bn_act
+    ) -> MBConv:
         return cls(
             in_channels,
             stage.out_channels,
@@ -184,6 +210,7 @@ class MBConv(nn.Module):
             stage.se_ratio,
             drop_path,
             stage.residual,
+            conv,
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -22,23 +22,31 @@ KeyFormat = Literal["timm", "effnetv2"]
 
 
 def spec_for(state_dict: Mapping[str, Tensor]) -> ModelSpec:
-    """The registered architecture the checkpoint (timm's or effnetv2's keys) is for: the one whose every tensor
-    it holds, with the same shapes (the classifier and the stem's input channels may differ).
+    """The registered architecture the checkpoint (timm's or effnetv2's keys) is for: the one with exactly its
+    tensors and shapes (the classifier and the stem's input channels may differ).
+
+    Architectures that differ only in padding and BatchNorm eps (``efficientnetv2_s`` and ``tf_efficientnetv2_s``)
+    have the same tensors: the first registered is returned. Their key maps are the same, so a conversion is too.
 
     Raises :class:`CheckpointError` when none fits.
     """
     timm_keys = KeyMap.is_timm_format(state_dict)
     for spec in SPECS.values():
+        key_map = KeyMap(spec)
         try:
-            ours = KeyMap(spec).state_dict_to_ours(state_dict) if timm_keys else dict(state_dict)
+            ours = key_map.state_dict_to_ours(state_dict) if timm_keys else dict(state_dict)
         except KeyError:
             continue
+        if {k.rpartition(".")[0] for k in ours} - {"classifier"} != key_map.modules - {"classifier"}:
+            continue  # other blocks: no need to build the model to compare shapes
         with torch.device("meta"):  # shapes only: nothing allocated
             expected = EfficientNetV2(spec).state_dict()
-        fits = all(
-            key in ours and (key.startswith(("classifier.", "stem.0.")) or ours[key].shape == value.shape)
-            for key, value in expected.items()
-            if not key.startswith("classifier.") and not key.endswith("num_batches_tracked")
+
+        def body(keys):  # the classifier may be any size or absent; BatchNorm counters are optional
+            return {k for k in keys if not k.startswith("classifier.") and not k.endswith("num_batches_tracked")}
+
+        fits = body(ours) == body(expected) and all(
+            key.startswith("stem.0.") or ours[key].shape == expected[key].shape for key in body(expected)
         )
         if fits:
             return spec

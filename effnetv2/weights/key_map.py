@@ -30,6 +30,11 @@ class KeyMap:
         self._to_timm = modules
         self._to_ours = {theirs: ours for ours, theirs in modules.items()}
 
+    @property
+    def modules(self) -> frozenset[str]:
+        """Our module paths that hold tensors (``stem.0``, ``stages.3.0.se.fc1``, ..., ``classifier``)."""
+        return frozenset(self._to_timm)
+
     @staticmethod
     def _translate(key: str, table: Mapping[str, str]) -> str:
         module, _, leaf = key.rpartition(".")
