@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torchvision.ops import SqueezeExcitation
 
 from effnetv2.layers import ConvResidual, FusedMBConv, GlobalPool, MBConv
 from effnetv2.model import EfficientNetV2, EfficientNetV2Features, check_input
@@ -96,7 +97,8 @@ class InferenceMBConv(nn.Module):
         super().__init__()
         self.expand = FoldedConv.from_conv_bn_act(block.expand)
         self.depthwise = FoldedConv.from_conv_bn_act(block.depthwise)
-        self.se = FastSqueezeExcite(block.se)
+        # squeeze-excite on pooled vectors; global context (gc_ networks) as it is
+        self.se = FastSqueezeExcite(block.se) if isinstance(block.se, SqueezeExcitation) else copy.deepcopy(block.se)
         self.project = FoldedConv.from_conv_bn_act(block.project)
         self.use_residual = block.use_residual
 

@@ -72,6 +72,7 @@ PRETRAINED_CFGS: dict[str, dict[str, Any]] = {
     name: _cfg(name, file, **kwargs)
     for name, file, kwargs in (
         ("efficientnetv2_rw_t.ra2_in1k", _V1 + "efficientnetv2_t_agc-3620981a.pth", _sizes(224, 288, 7)),
+        ("gc_efficientnetv2_rw_t.agc_in1k", _V1 + "gc_efficientnetv2_rw_t_agc-927a0bde.pth", _sizes(224, 288, 7)),
         ("efficientnetv2_rw_s.ra2_in1k", _V1 + "efficientnet_v2s_ra2_288-a6477665.pth", _sizes(288, 384, 9)),
         ("efficientnetv2_rw_m.agc_in1k", _V1 + "efficientnetv2_rw_m_agc-3d90cb1e.pth", _sizes(320, 416, 10)),
         # the official TensorFlow weights, as timm ports them

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 BlockKind = Literal["conv", "fused", "mbconv"]
+Attention = Literal["se", "gc"]  # the mbconv stages' squeeze-excite, or global-context attention
 
 
 def make_divisible(value: float, divisor: int = 8, round_limit: float = 0.9) -> int:
@@ -51,7 +52,8 @@ class ModelSpec:
     """A whole network: stem width, the stages and the head width, already scaled; ``name`` is its timm name.
 
     ``bn_eps`` and ``same_padding`` are the conv/BatchNorm choices of every layer: PyTorch's (eps 1e-5, symmetric
-    padding) or TensorFlow's for the ``tf_`` ports (eps 1e-3, "SAME" padding on strided convs).
+    padding) or TensorFlow's for the ``tf_`` ports (eps 1e-3, "SAME" padding on strided convs). ``attention`` is
+    what the ``mbconv`` blocks with an ``se_ratio`` use: squeeze-excite, or global context (``gc``).
     """
 
     stem_channels: int
@@ -60,6 +62,7 @@ class ModelSpec:
     name: str = ""
     bn_eps: float = 1e-5
     same_padding: bool = False
+    attention: Attention = "se"
 
     @property
     def num_blocks(self) -> int:
@@ -167,6 +170,9 @@ def _spec(
 
 # timm's _gen_efficientnetv2_s / _m / _l / _xl, with their multipliers.
 EFFICIENTNETV2_RW_T = _spec("efficientnetv2_rw_t", 24, EFFICIENTNETV2_S_BASE, 1280, width=0.8, depth=0.9)
+GC_EFFICIENTNETV2_RW_T = _spec(
+    "gc_efficientnetv2_rw_t", 24, EFFICIENTNETV2_S_BASE, 1280, width=0.8, depth=0.9, attention="gc"
+)
 EFFICIENTNETV2_RW_S = _spec("efficientnetv2_rw_s", 24, EFFICIENTNETV2_RW_BASE, 1792)
 EFFICIENTNETV2_RW_M = scale_spec(
     stem_channels=24,
@@ -197,6 +203,7 @@ SPECS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
         EFFICIENTNETV2_RW_T,
+        GC_EFFICIENTNETV2_RW_T,
         EFFICIENTNETV2_RW_S,
         EFFICIENTNETV2_RW_M,
         EFFICIENTNETV2_S,

@@ -8,20 +8,21 @@ import torch
 
 import effnetv2
 
-# timm's EfficientNetV2 networks and tags, less the one with global-context attention (not built yet, issue 13)
-FAMILY = [n for n in timm.list_models("*efficientnetv2*") if not n.startswith("gc_")]
-TAGS = [n for n in timm.list_models("*efficientnetv2*", pretrained=True) if not n.startswith("gc_")]
+# timm's EfficientNetV2 networks and tags, all of them
+FAMILY = timm.list_models("*efficientnetv2*")
+TAGS = timm.list_models("*efficientnetv2*", pretrained=True)
 
 
 def test_list_models():
-    assert len(FAMILY) == 15 and len(TAGS) == 20
+    assert len(FAMILY) == 16 and len(TAGS) == 21
     assert effnetv2.list_models() == FAMILY
     assert effnetv2.list_models(pretrained=True) == TAGS
     assert effnetv2.list_models("*rw_m*") == ["efficientnetv2_rw_m"]
     assert effnetv2.list_models("resnet*") == []
     assert effnetv2.list_models(include_tags=True) == TAGS
     assert effnetv2.list_models(pretrained=True, include_tags=False) == sorted({t.partition(".")[0] for t in TAGS})
-    assert effnetv2.list_models("*rw*", exclude_filters="*_m") == ["efficientnetv2_rw_s", "efficientnetv2_rw_t"]
+    rw = ["efficientnetv2_rw_s", "efficientnetv2_rw_t", "gc_efficientnetv2_rw_t"]
+    assert effnetv2.list_models("*rw*", exclude_filters="*_m") == rw
     assert effnetv2.list_models("tf_*b?") == [f"tf_efficientnetv2_b{i}" for i in range(4)]
 
 

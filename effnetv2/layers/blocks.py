@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation, SqueezeExcitation, StochasticDepth
 
 from effnetv2.layers.bn_silu import batch_norm_silu
+from effnetv2.layers.global_context import GlobalContext
 from effnetv2.layers.same_padding import Conv2dSame
 from effnetv2.spec import StageSpec
 
@@ -168,10 +169,13 @@ class MBConv(nn.Module):
         "expand.1": "bn1",
         "depthwise.0": "conv_dw",
         "depthwise.1": "bn2",
-        "se.fc1": "se.conv_reduce",
-        "se.fc2": "se.conv_expand",
         "project.0": "conv_pwl",
         "project.1": "bn3",
+    }
+    # the attention's modules, by kind: torchvision's squeeze-excite names differ from timm's; GlobalContext's match
+    ATTENTION_TIMM_KEYS = {
+        "se": {"se.fc1": "se.conv_reduce", "se.fc2": "se.conv_expand"},
+        "gc": {f"se.{m}": f"se.{m}" for m in ("conv_attn", "mlp_scale.fc1", "mlp_scale.norm", "mlp_scale.fc2")},
     }
 
     def __init__(
@@ -185,6 +189,7 @@ class MBConv(nn.Module):
         drop_path: float = 0.0,
         residual: bool = True,
         conv: ConvFactory = conv_bn_act,
+        attention: str = "se",
     ) -> None:
         super().__init__()
         mid_channels = in_channels * expansion
@@ -192,14 +197,23 @@ class MBConv(nn.Module):
         self.expand = conv(in_channels, mid_channels, 1)
         self.depthwise = conv(mid_channels, mid_channels, kernel_size, stride, groups=mid_channels)
         # The squeeze width follows the block's input channels, not the expanded ones.
-        squeeze_channels = round(in_channels * se_ratio)
-        self.se = SqueezeExcitation(mid_channels, squeeze_channels, activation=nn.SiLU)
+        squeeze_channels = int(in_channels * se_ratio + 0.5)
+        if attention == "gc":
+            self.se: nn.Module = GlobalContext(mid_channels, squeeze_channels, activation=nn.SiLU)
+        else:
+            self.se = SqueezeExcitation(mid_channels, squeeze_channels, activation=nn.SiLU)
         self.project = conv(mid_channels, out_channels, 1, act=False)
         self.drop_path = StochasticDepth(drop_path, "row")
 
     @classmethod
     def from_stage(
-        cls, stage: StageSpec, in_channels: int, stride: int, drop_path: float, conv: ConvFactory = conv_bn_act
+        cls,
+        stage: StageSpec,
+        in_channels: int,
+        stride: int,
+        drop_path: float,
+        conv: ConvFactory = conv_bn_act,
+        attention: str = "se",
     ) -> MBConv:
         return cls(
             in_channels,
@@ -211,6 +225,7 @@ class MBConv(nn.Module):
             drop_path,
             stage.residual,
             conv,
+            attention,
         )
 
     def forward(self, x: Tensor) -> Tensor:
