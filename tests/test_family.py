@@ -82,3 +82,18 @@ def test_tf_same_padding_exports_with_dynamic_sizes(format, tmp_path):
     report = effnetv2.export_model(model, tmp_path / f"b0{suffix}", format, img_size=72, dynamic_size=True)
     assert report.max_rel_diff < 1e-4
     assert len(report.checks) >= 3, report.summary()  # batch 1, batch 3, another height and width
+
+
+@pytest.mark.parametrize("name", ["gc_efficientnetv2_rw_t", "tf_efficientnetv2_b0"])
+def test_fresh_models_are_initialised(name):
+    """Layers are built on the meta device and allocated uninitialised: every parameter and buffer must be set."""
+    model = effnetv2.create_model(name)
+    for key, value in model.state_dict().items():
+        assert torch.isfinite(value.float()).all(), key
+    norms = [m for m in model.modules() if isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm2d))]
+    assert norms and all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in norms)
+    assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in norms)
+    bns = [m for m in norms if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(m.running_var.eq(1).all() and m.running_mean.eq(0).all() and m.num_batches_tracked == 0 for m in bns)
+    with torch.no_grad():
+        assert torch.isfinite(model.eval()(image_batch(1, 64, 64))).all()

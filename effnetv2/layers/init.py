@@ -11,20 +11,27 @@ from torch import nn
 
 
 def init_weights(module: nn.Module) -> None:
-    """Conv: normal(0, sqrt(2 / fan_out)) with group-corrected fan-out; BN: 1 / 0; Linear: uniform(±1/sqrt(out))."""
+    """Conv: normal(0, sqrt(2 / fan_out)) with group-corrected fan-out; BN and LayerNorm: 1 / 0; Linear:
+    uniform(±1/sqrt(out)). Any other layer with parameters is a TypeError."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
             nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
             init_range = 1.0 / math.sqrt(m.weight.size(0))
             nn.init.uniform_(m.weight, -init_range, init_range)
             nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):  # global-context attention; timm leaves PyTorch's default
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif any(True for _ in m.parameters(recurse=False)):
+            # initialised_once allocates parameters uninitialised: a layer type nobody initialises would keep garbage
+            raise TypeError(f"init_weights does not know how to initialise {type(m).__name__}; add it here")
 
 
 @contextlib.contextmanager
