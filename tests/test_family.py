@@ -3,12 +3,16 @@ levels, and the same outputs on well-conditioned weights, at a size that is a mu
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import timm
 import torch
 from conftest import assert_close, image_batch, import_script
 
 import effnetv2
+from effnetv2.cli import main
+from effnetv2.detection import FeatureBackbone
 from effnetv2.layers import BLOCK_TYPES
 from effnetv2.optimize import INFERENCE_BLOCKS
 from effnetv2.registry import PRETRAINED_CFGS, UNTRAINED_CFGS
@@ -97,3 +101,33 @@ def test_fresh_models_are_initialised(name):
     assert all(m.running_var.eq(1).all() and m.running_mean.eq(0).all() and m.num_batches_tracked == 0 for m in bns)
     with torch.no_grad():
         assert torch.isfinite(model.eval()(image_batch(1, 64, 64))).all()
+
+
+@pytest.mark.parametrize("name", ["gc_efficientnetv2_rw_t", "tf_efficientnetv2_b0"])
+def test_the_library_follows_the_registry(name, tmp_path, capsys):
+    """Beyond the forward pass: saving in timm's format (timm reloads it), gradient checkpointing, the detection
+    backbone and the CLI work for other architectures than rw_m."""
+    torch.manual_seed(0)
+    model = calibrated_model.condition(effnetv2.create_model(name), calibrated_model.smooth_images(8, 96, seed=1))
+    x = image_batch(2, 64, 64)
+    effnetv2.save_pretrained(model, tmp_path / "saved")
+    theirs = timm.create_model(f"local-dir:{tmp_path / 'saved'}", pretrained=True).eval()
+    with torch.no_grad():
+        assert_close(model.eval()(x), theirs(x))
+
+    model.train()
+    plain = torch.autograd.grad(model(x).logsumexp(1).sum(), list(model.parameters()))
+    model.set_grad_checkpointing(True)
+    checkpointed = torch.autograd.grad(model(x).logsumexp(1).sum(), list(model.parameters()))
+    for a, b in zip(checkpointed, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+    backbone = FeatureBackbone.from_name(name, fpn_channels=64).eval()  # levels 1-4 and an FPN over them
+    with torch.no_grad():
+        maps = backbone(x)
+    assert list(maps) == ["0", "1", "2", "3", "pool"] and all(m.shape[1] == 64 for m in maps.values())
+    assert [m.shape[-1] for m in maps.values()] == [16, 8, 4, 2, 1]  # strides 4..32 of 64 px, and the pooled level
+
+    assert main(["info", "--model", name, "--format", "json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["params"] == sum(p.numel() for p in model.parameters())
