@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 from torch import nn
 
 from effnetv2.features import FeatureLevel
-from effnetv2.layers import BLOCK_TYPES, conv_bn_act
-from effnetv2.layers.blocks import ConvFactory
+from effnetv2.layers import BLOCK_TYPES
 from effnetv2.spec import ModelSpec, StageSpec
 
 
-def conv_factory(spec: ModelSpec) -> ConvFactory:
-    """``conv_bn_act`` with the spec's BatchNorm eps and padding mode."""
-    return partial(conv_bn_act, eps=spec.bn_eps, same_padding=spec.same_padding)
-
-
-def _make_block(
-    stage: StageSpec, in_channels: int, stride: int, drop_path: float, conv: ConvFactory, attention: str
-) -> nn.Module:
+def _make_block(stage: StageSpec, in_channels: int, stride: int, drop_path: float, spec: ModelSpec) -> nn.Module:
     if stage.block not in BLOCK_TYPES:
         raise ValueError(f"unknown block kind {stage.block!r} (expected one of {', '.join(BLOCK_TYPES)})")
-    if stage.block == "mbconv":  # the one kind with an attention choice
-        return BLOCK_TYPES[stage.block].from_stage(stage, in_channels, stride, drop_path, conv, attention)
-    return BLOCK_TYPES[stage.block].from_stage(stage, in_channels, stride, drop_path, conv)
+    return BLOCK_TYPES[stage.block].from_stage(stage, in_channels, stride, drop_path, spec)
 
 
 def build_stages(spec: ModelSpec, drop_path_rate: float = 0.0) -> tuple[nn.Sequential, list[FeatureLevel]]:
@@ -43,7 +31,7 @@ def build_stages(spec: ModelSpec, drop_path_rate: float = 0.0) -> tuple[nn.Seque
         for i in range(stage.repeats):
             stride = stage.stride if i == 0 else 1
             rate = drop_path_rate * block_idx / spec.num_blocks
-            blocks.append(_make_block(stage, in_channels, stride, rate, conv_factory(spec), spec.attention))
+            blocks.append(_make_block(stage, in_channels, stride, rate, spec))
             in_channels = stage.out_channels
             block_idx += 1
         stages.append(nn.Sequential(*blocks))

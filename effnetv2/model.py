@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from effnetv2.builder import build_stages, conv_factory
+from effnetv2.builder import build_stages
 from effnetv2.checkpointing import GRANULARITIES, checkpoint_head, checkpoint_stages, set_bn_act_recompute
 from effnetv2.features import FeatureInfo, resolve_indices
 from effnetv2.layers import GlobalPool
+from effnetv2.layers.blocks import conv_factory
 from effnetv2.layers.init import initialised_once
 from effnetv2.spec import EFFICIENTNETV2_RW_M, ModelSpec
 

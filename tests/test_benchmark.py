@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import torch
+from conftest import import_script
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-from benchmark import slow_bf16_profile  # noqa: E402
+slow_bf16_profile = import_script("benchmark").slow_bf16_profile
 
 
 def test_benchmark_smoke_json(tmp_path):

@@ -19,7 +19,7 @@ from torchvision.ops import Conv2dNormActivation, SqueezeExcitation, StochasticD
 from effnetv2.layers.bn_silu import batch_norm_silu
 from effnetv2.layers.global_context import GlobalContext
 from effnetv2.layers.same_padding import Conv2dSame
-from effnetv2.spec import StageSpec
+from effnetv2.spec import ModelSpec, StageSpec
 
 
 class ConvBnAct(Conv2dNormActivation):
@@ -87,7 +87,27 @@ def conv_bn_act(
 ConvFactory = Callable[..., ConvBnAct]  # conv_bn_act with a model's BatchNorm eps and padding bound
 
 
-class ConvResidual(nn.Module):
+def conv_factory(spec: ModelSpec) -> ConvFactory:
+    """``conv_bn_act`` with the spec's BatchNorm eps and padding mode."""
+    return partial(conv_bn_act, eps=spec.bn_eps, same_padding=spec.same_padding)
+
+
+class _Block(nn.Module):
+    """What every block kind gives the builder and the key map: ``from_stage`` and ``timm_keys``."""
+
+    TIMM_KEYS: dict[str, str] = {}
+
+    @classmethod
+    def from_stage(cls, stage: StageSpec, in_channels: int, stride: int, drop_path: float, spec: ModelSpec):
+        raise NotImplementedError
+
+    @classmethod
+    def timm_keys(cls, stage: StageSpec, spec: ModelSpec) -> dict[str, str]:
+        """Our module paths inside the block → timm's."""
+        return dict(cls.TIMM_KEYS)
+
+
+class ConvResidual(_Block):
     """conv + BN + SiLU with an optional residual: timm's ``ConvBnAct`` block (``cn``), stage 0 of the official
     EfficientNetV2 tables."""
 
@@ -110,9 +130,9 @@ class ConvResidual(nn.Module):
 
     @classmethod
     def from_stage(
-        cls, stage: StageSpec, in_channels: int, stride: int, drop_path: float, conv: ConvFactory = conv_bn_act
+        cls, stage: StageSpec, in_channels: int, stride: int, drop_path: float, spec: ModelSpec
     ) -> ConvResidual:
-        return cls(in_channels, stage.out_channels, stage.kernel, stride, stage.residual, drop_path, conv)
+        return cls(in_channels, stage.out_channels, stage.kernel, stride, stage.residual, drop_path, conv_factory(spec))
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.conv(x)
@@ -121,7 +141,7 @@ class ConvResidual(nn.Module):
         return out
 
 
-class FusedMBConv(nn.Module):
+class FusedMBConv(_Block):
     """Fused inverted residual ("edge residual"): k×k conv + BN + SiLU, then 1×1 conv + BN.
 
     Both convs are kept even at expansion 1, as timm's rw variant does.
@@ -149,10 +169,12 @@ class FusedMBConv(nn.Module):
 
     @classmethod
     def from_stage(
-        cls, stage: StageSpec, in_channels: int, stride: int, drop_path: float, conv: ConvFactory = conv_bn_act
+        cls, stage: StageSpec, in_channels: int, stride: int, drop_path: float, spec: ModelSpec
     ) -> FusedMBConv:
-        args = (stage.out_channels, stage.kernel, stride, stage.expansion, drop_path, stage.residual, conv)
-        return cls(in_channels, *args)
+        conv = conv_factory(spec)
+        return cls(
+            in_channels, stage.out_channels, stage.kernel, stride, stage.expansion, drop_path, stage.residual, conv
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.project(self.expand(x))
@@ -161,7 +183,7 @@ class FusedMBConv(nn.Module):
         return out
 
 
-class MBConv(nn.Module):
+class MBConv(_Block):
     """Inverted residual: 1×1 expand, k×k depthwise, squeeze-excite, 1×1 project (no activation)."""
 
     TIMM_KEYS = {
@@ -206,15 +228,11 @@ class MBConv(nn.Module):
         self.drop_path = StochasticDepth(drop_path, "row")
 
     @classmethod
-    def from_stage(
-        cls,
-        stage: StageSpec,
-        in_channels: int,
-        stride: int,
-        drop_path: float,
-        conv: ConvFactory = conv_bn_act,
-        attention: str = "se",
-    ) -> MBConv:
+    def timm_keys(cls, stage: StageSpec, spec: ModelSpec) -> dict[str, str]:
+        return {**cls.TIMM_KEYS, **cls.ATTENTION_TIMM_KEYS[spec.attention]}
+
+    @classmethod
+    def from_stage(cls, stage: StageSpec, in_channels: int, stride: int, drop_path: float, spec: ModelSpec) -> MBConv:
         return cls(
             in_channels,
             stage.out_channels,
@@ -224,8 +242,8 @@ class MBConv(nn.Module):
             stage.se_ratio,
             drop_path,
             stage.residual,
-            conv,
-            attention,
+            conv_factory(spec),
+            spec.attention,
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -238,4 +256,4 @@ class MBConv(nn.Module):
 # The one table of block kinds: a stage's ``block`` names its module class, which knows how to build itself from
 # the stage (``from_stage``) and its timm key names (``TIMM_KEYS``). optimize.py maps each class to its inference
 # form; a test checks that every kind here has one.
-BLOCK_TYPES: dict[str, type[nn.Module]] = {"conv": ConvResidual, "fused": FusedMBConv, "mbconv": MBConv}
+BLOCK_TYPES: dict[str, type[_Block]] = {"conv": ConvResidual, "fused": FusedMBConv, "mbconv": MBConv}

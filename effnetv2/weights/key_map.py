@@ -24,11 +24,7 @@ class KeyMap:
         modules = dict(STEM)
         for s, stage in enumerate(spec.stages):
             for b in range(stage.repeats):
-                block = BLOCK_TYPES[stage.block]
-                keys = dict(block.TIMM_KEYS)
-                if stage.se_ratio:
-                    keys.update(block.ATTENTION_TIMM_KEYS[spec.attention])
-                for ours, theirs in keys.items():
+                for ours, theirs in BLOCK_TYPES[stage.block].timm_keys(stage, spec).items():
                     modules[f"stages.{s}.{b}.{ours}"] = f"blocks.{s}.{b}.{theirs}"
         modules.update(HEAD)
         self._to_timm = modules
