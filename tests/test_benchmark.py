@@ -54,3 +54,22 @@ def test_benchmark_smoke_json(tmp_path):
     assert {g["goal"] for g in results["goals"]} >= {"bf16 top-1 agreement with fp32"}
     text = report.read_text()
     assert text.startswith("# Benchmarks") and "| effnetv2 optimised fp32 |" in text
+
+
+def test_benchmark_family_section(tmp_path):
+    """--family measures each architecture against timm and writes its own section, keeping the main one."""
+    report = tmp_path / "BENCH.md"
+    report.write_text("# Benchmarks\n\n<!-- benchmark:begin (x) -->\nmain results\n<!-- benchmark:end -->\n\nmethod\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--smoke", "--json", "--threads", "1"]
+    cmd += ["--family", "tf_efficientnetv2_b0", "--write-markdown", str(report)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = json.loads(out.stdout)
+    assert "inference" not in results and "training" not in results
+    (row,) = results["family"]
+    assert row["model"] == "tf_efficientnetv2_b0" and row["img_size"] == 64 and row["params"] == 7_139_704
+    assert row["timm eager × timm"] == 1.0 and row["effnetv2 eager img/s"] > 0
+    text = report.read_text()
+    assert "main results" in text and text.index("method") < text.index("<!-- family:begin")
+    assert "| `tf_efficientnetv2_b0` | 64 | 7,139,704 |" in text

@@ -8,14 +8,16 @@ import json
 import pytest
 import timm
 import torch
-from conftest import assert_close, image_batch, import_script
+from conftest import HF_CACHE_DIR, assert_close, image_batch, import_script, populate_hf_cache
+from test_train_cli import FAST, make_image_folder
+from timm.models import save_for_hf
 
 import effnetv2
 from effnetv2.cli import main
 from effnetv2.detection import FeatureBackbone
 from effnetv2.layers import BLOCK_TYPES
 from effnetv2.optimize import INFERENCE_BLOCKS
-from effnetv2.registry import PRETRAINED_CFGS, UNTRAINED_CFGS
+from effnetv2.registry import PRETRAINED_CFGS, UNTRAINED_CFGS, get_pretrained_cfg
 from effnetv2.spec import SPECS
 from effnetv2.weights.convert import spec_for
 from effnetv2.weights.key_map import KeyMap
@@ -34,6 +36,11 @@ def test_registry_lists_the_family():
     assert set(BLOCK_TYPES.values()) == set(INFERENCE_BLOCKS)  # every block kind has its inference form
 
 
+def norm_eps(model: torch.nn.Module, to_timm) -> dict[str, float]:
+    norms = (torch.nn.BatchNorm2d, torch.nn.LayerNorm)
+    return {to_timm(f"{name}.weight"): m.eps for name, m in model.named_modules() if isinstance(m, norms)}
+
+
 @pytest.mark.parametrize("name", FAMILY)
 def test_parameters_keys_and_levels_are_timms(name):
     with torch.device("meta"):  # shapes only: nothing allocated, XL included
@@ -43,6 +50,8 @@ def test_parameters_keys_and_levels_are_timms(name):
         k: v.shape for k, v in theirs.state_dict().items()
     }
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
+    # every norm's eps, by timm key: a GC LayerNorm eps off by 10x moves the outputs by only ~2e-7 relative
+    assert norm_eps(ours, key_map.to_timm) == norm_eps(theirs, lambda key: key)
     timm_levels = [(f["num_chs"], f["reduction"], f["module"].replace("blocks", "stages")) for f in theirs.feature_info]
     assert [(f["num_chs"], f["reduction"], f["module"]) for f in ours.feature_info] == timm_levels
     # convert_checkpoint finds the architecture from a checkpoint's keys and shapes, in either key format
@@ -103,13 +112,27 @@ def test_fresh_models_are_initialised(name):
         assert torch.isfinite(model.eval()(image_batch(1, 64, 64))).all()
 
 
-@pytest.mark.parametrize("name", ["gc_efficientnetv2_rw_t", "tf_efficientnetv2_b0"])
-def test_the_library_follows_the_registry(name, tmp_path, capsys):
-    """Beyond the forward pass: saving in timm's format (timm reloads it), gradient checkpointing, the detection
-    backbone and the CLI work for other architectures than rw_m."""
+@pytest.mark.parametrize("tag", ["gc_efficientnetv2_rw_t.agc_in1k", "tf_efficientnetv2_b0.in1k"])
+def test_the_library_follows_the_registry(tag, tmp_path, capsys):
+    """Beyond the forward pass: the Hub (published repo and hf-hub: name, read by timm and by us from one offline
+    cache), saving in timm's format (timm reloads it), gradient checkpointing, the detection backbone, ONNX
+    export, and the CLI's info and train work for other architectures than rw_m."""
+    name = tag.split(".")[0]
     torch.manual_seed(0)
-    model = calibrated_model.condition(effnetv2.create_model(name), calibrated_model.smooth_images(8, 96, seed=1))
+    timm_made = timm.create_model(name)
+    timm_made = calibrated_model.condition(timm_made, calibrated_model.smooth_images(8, 96, seed=1)).eval()
+    save_for_hf(timm_made, tmp_path / "published", safe_serialization=True)
+    repo = get_pretrained_cfg(tag)[1]["hf_hub_id"]
+    assert repo == f"timm/{tag}"
+    populate_hf_cache(HF_CACHE_DIR, repo, tmp_path / "published")
     x = image_batch(2, 64, 64)
+    with torch.no_grad():
+        expected = timm.create_model(tag, pretrained=True).eval()(x)
+        assert_close(timm_made(x), expected)  # timm read the cache
+        for source in (tag, name, f"hf-hub:{repo}"):  # `name`: the architecture's default tag
+            assert_close(effnetv2.create_model(source, pretrained=True).eval()(x), expected)
+
+    model = effnetv2.create_model(tag, pretrained=True)
     effnetv2.save_pretrained(model, tmp_path / "saved")
     theirs = timm.create_model(f"local-dir:{tmp_path / 'saved'}", pretrained=True).eval()
     with torch.no_grad():
@@ -128,6 +151,21 @@ def test_the_library_follows_the_registry(name, tmp_path, capsys):
     assert list(maps) == ["0", "1", "2", "3", "pool"] and all(m.shape[1] == 64 for m in maps.values())
     assert [m.shape[-1] for m in maps.values()] == [16, 8, 4, 2, 1]  # strides 4..32 of 64 px, and the pooled level
 
+    report = effnetv2.export_model(model.eval(), tmp_path / "model.onnx", "onnx", img_size=64)
+    assert report.max_rel_diff < 1e-4
+
     assert main(["info", "--model", name, "--format", "json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["params"] == sum(p.numel() for p in model.parameters())
+
+    # train --model from the published weights; the run folder is a timm model of that architecture, 2 classes
+    data, run = make_image_folder(tmp_path / "images", train=2, val=2), tmp_path / "run"
+    assert (
+        main(["train", str(data), "--model", name, "--pretrained", "--output", str(run), "--epochs", "1", *FAST]) == 0
+    )
+    assert json.loads((run / "config.json").read_text())["architecture"] == name
+    trained = effnetv2.create_model(f"local-dir:{run}", pretrained=True).eval()
+    theirs = timm.create_model(f"local-dir:{run}", pretrained=True).eval()
+    with torch.no_grad():
+        assert_close(trained(x), theirs(x))
+    assert trained(x).shape == (2, 2)
