@@ -155,7 +155,7 @@ def cpu_flags() -> list[str]:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
                 flags = line.split(":", 1)[1].split()
-                return sorted(f for f in flags if f.startswith(("avx512", "amx")))
+                return sorted(f for f in flags if f in ("avx2", "fma", "avx_vnni") or f.startswith(("avx512", "amx")))
     return []
 
 

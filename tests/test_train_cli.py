@@ -307,7 +307,7 @@ def test_diverging_run_stops_and_saves_no_model(image_root, checkpoint, tmp_path
 
 
 def test_engine_names_the_step_of_a_nan_loss():
-    from effnetv2.train.distributed import DistEnv
+    from effnetv2.distributed import DistEnv
     from effnetv2.train.engine import StepConfig, train_one_epoch
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))

@@ -23,6 +23,7 @@ from effnetv2.cli.runtime import (
     resolve_device,
     run_model,
 )
+from effnetv2.cli.shards import FOLDER_HELP, add_shard_options, check_file_output_options, is_folder_output, run_sharded
 
 SUFFIXES = (".npy", ".safetensors")
 
@@ -38,19 +39,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "ever exists beside its matching FILE.paths.txt, a crash included (no FILE.npy: no complete output). "
         "Paths are written as UTF-8 with backslash escapes: \\\\ for a backslash, \\n \\r \\t, and \\xHH for "
         "each byte that is not valid UTF-8 or belongs to a control character; other paths are unchanged "
-        "(effnetv2.cli.paths.decode_path reverses it). Images that fail are skipped.",
+        "(effnetv2.cli.paths.decode_path reverses it). Images that fail are skipped. A folder (OUTPUT without a "
+        "suffix) gets shards written as the images are read: " + FOLDER_HELP,
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
     parser.add_argument(
-        "-o", "--output", type=Path, required=True, metavar="FILE", help="output file: .npy or .safetensors"
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="OUTPUT",
+        help="output file (.npy or .safetensors), or a folder for sharded output",
     )
     add_model_options(parser, num_classes=False)
     add_run_options(parser)
+    add_shard_options(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     files = find_images(args.paths)
+    if is_folder_output(args.output):
+        return run_sharded(
+            args,
+            files,
+            "embed",
+            load=lambda device: load_model(args, num_classes=0).to(device),
+            forward=lambda model: model,  # num_classes=0: the pooled pre-logits
+            to_tensors=lambda model, rows: {"embeddings": torch.cat(rows)},
+            describe=lambda model, config: {**model_metadata(args, model), "input_size": config["input_size"]},
+        )
+    check_file_output_options(args)
     output = check_output(args.output, SUFFIXES)
     if output.suffix.lower() == ".npy" and paths_file(output).is_dir():
         raise CLIError(f"{encode_path(paths_file(output))}: is a folder; the paths of a .npy output go there")

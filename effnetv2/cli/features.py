@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -22,6 +24,7 @@ from effnetv2.cli.runtime import (
     resolve_device,
     run_model,
 )
+from effnetv2.cli.shards import FOLDER_HELP, add_shard_options, check_file_output_options, is_folder_output, run_sharded
 
 
 def index_list(text: str) -> tuple[int, ...]:
@@ -38,11 +41,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="multi-scale feature maps to .safetensors",
         description="Save the feature maps of the selected levels (timm's features_only=True) to a .safetensors "
         "file: tensor 'features.{level}' of shape (N, C, H/stride, W/stride) per level, images in the order of "
-        "the JSON list under the header metadata key 'paths' (escaped as embed --help says). All maps are held "
-        "in memory until written. Images that fail are skipped.",
+        "the JSON list under the header metadata key 'paths' (escaped as embed --help says). A .safetensors file "
+        "holds all maps in memory until written; a folder (OUTPUT without a suffix) gets shards written as the "
+        "images are read: " + FOLDER_HELP + " Images that fail are skipped.",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
-    parser.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help="output .safetensors file")
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="OUTPUT", help="output .safetensors file, or a folder"
+    )
     parser.add_argument(
         "--out-indices",
         type=index_list,
@@ -52,11 +58,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_options(parser, num_classes=False)
     add_run_options(parser)
+    add_shard_options(parser)
     parser.set_defaults(func=run)
+
+
+def describe(args: argparse.Namespace, model: torch.nn.Module, config: dict[str, Any]) -> dict[str, Any]:
+    """What the output records beside the maps: the model, input size and the levels' indices, channels, strides."""
+    info = model.feature_info
+    return {
+        **model_metadata(args, model),
+        "input_size": config["input_size"],
+        "out_indices": info.out_indices,
+        "channels": info.channels(),
+        "reductions": info.reduction(),
+    }
+
+
+def level_tensors(out_indices: Sequence[int], rows: list[list[Tensor]]) -> dict[str, Tensor]:
+    """``features.{level}`` tensors from the per-batch lists of maps."""
+    return {f"features.{level}": torch.cat([maps[i] for maps in rows]) for i, level in enumerate(out_indices)}
 
 
 def run(args: argparse.Namespace) -> int:
     files = find_images(args.paths)
+    if is_folder_output(args.output):
+        return run_sharded(
+            args,
+            files,
+            "features",
+            load=lambda device: load_model(args, features_only=True, out_indices=args.out_indices).to(device),
+            forward=lambda model: model,
+            to_tensors=lambda model, rows: level_tensors(model.feature_info.out_indices, rows),
+            describe=lambda model, config: describe(args, model, config),
+        )
+    check_file_output_options(args)
     output = check_output(args.output, (".safetensors",))
     device = resolve_device(args.device)
     model = load_model(args, features_only=True, out_indices=args.out_indices).to(device)
@@ -64,25 +99,12 @@ def run(args: argparse.Namespace) -> int:
     images, config = image_run(files, args, model, device)
 
     paths: list[str] = []
-    maps: list[list[Tensor]] = [[] for _ in info.out_indices]
+    rows: list[list[Tensor]] = []
     for batch_paths, features in run_model(model, images, device, args.amp):
         paths.extend(map(str, batch_paths))
-        for level_maps, feature in zip(maps, features, strict=True):
-            level_maps.append(feature)
+        rows.append(features)
     if not paths:
         print(f"effnetv2: no image could be read; {encode_path(output)} not written", file=sys.stderr)
         return 1
-
-    levels = zip(info.out_indices, maps, strict=True)
-    tensors = {f"features.{level}": torch.cat(level_maps) for level, level_maps in levels}
-    save_safetensors(
-        output,
-        tensors,
-        paths,
-        **model_metadata(args, model),
-        input_size=config["input_size"],
-        out_indices=info.out_indices,
-        channels=info.channels(),
-        reductions=info.reduction(),
-    )
+    save_safetensors(output, level_tensors(info.out_indices, rows), paths, **describe(args, model, config))
     return exit_status(images)

@@ -100,28 +100,40 @@ class ImageRun:
     Iterating yields ``(paths, images)`` batches of the files that decoded; each file that did not is
     reported on stderr by path and recorded in :attr:`failed`. Warnings about decoded files (above Pillow's
     decompression-bomb warning limit) are reported on stderr as ``effnetv2: warning: PATH: ...``.
+    ``batches`` (lists of positions in ``files``) replaces the consecutive batches of ``batch_size``.
     """
 
     def __init__(
-        self, files: Sequence[Path], transform: Callable[..., Tensor], batch_size: int, workers: int, pin_memory=False
+        self,
+        files: Sequence[Path],
+        transform: Callable[..., Tensor],
+        batch_size: int,
+        workers: int,
+        pin_memory: bool = False,
+        batches: Optional[Sequence[Sequence[int]]] = None,
     ) -> None:
         self.files = list(files)
         self.transform = transform
         self.batch_size = batch_size
+        if batches is None:
+            batches = [range(i, min(i + batch_size, len(self.files))) for i in range(0, len(self.files), batch_size)]
+        self.plan = [list(b) for b in batches]
+        self.total = sum(map(len, self.plan))
         # One batch gains nothing from worker processes but pays for starting them.
-        self.workers = workers if len(self.files) > batch_size else 0
+        self.workers = workers if len(self.plan) > 1 else 0
         self.pin_memory = pin_memory
         self.failed: list[Path] = []
 
-    def __iter__(self) -> Iterator[tuple[list[Path], Tensor]]:
+    def batches(self) -> Iterator[Batch]:
+        """Every batch, including those in which no image decoded (``images`` None), after reporting its failures."""
         loader = DataLoader(
             ImageFiles(self.files, self.transform),
-            batch_size=self.batch_size,
+            batch_sampler=self.plan,
             num_workers=self.workers,
             collate_fn=collate,
             pin_memory=self.pin_memory,
         )
-        with tqdm(total=len(self.files), unit="img", file=sys.stderr, disable=not progress_enabled(sys.stderr)) as bar:
+        with tqdm(total=self.total, unit="img", file=sys.stderr, disable=not progress_enabled(sys.stderr)) as bar:
             for batch in loader:
                 for warning in batch.warnings:
                     tqdm.write(f"effnetv2: warning: {warning}", file=sys.stderr)
@@ -129,5 +141,9 @@ class ImageRun:
                     self.failed.append(self.files[index])
                     tqdm.write(f"effnetv2: skipped {encode_path(self.files[index])}: {error}", file=sys.stderr)
                 bar.update(len(batch.indices) + len(batch.failures))
-                if batch.images is not None:
-                    yield [self.files[i] for i in batch.indices], batch.images
+                yield batch
+
+    def __iter__(self) -> Iterator[tuple[list[Path], Tensor]]:
+        for batch in self.batches():
+            if batch.images is not None:
+                yield [self.files[i] for i in batch.indices], batch.images

@@ -7,9 +7,9 @@ import contextlib
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, TypeVar, Union
 
 import torch
 from torch import Tensor, nn
@@ -193,14 +193,25 @@ def image_run(
     return ImageRun(files, transform, args.batch_size, args.workers, pin_memory=device.type == "cuda"), config
 
 
+K = TypeVar("K")
+
+
 def run_model(
-    forward: Callable[[Tensor], Output], run: ImageRun, device: torch.device, amp: Optional[str]
-) -> Iterator[tuple[list[Path], Output]]:
-    """``forward`` over every batch of ``run`` on ``device``; outputs come back as float32 CPU tensors."""
+    forward: Callable[[Tensor], Output],
+    run: Iterable[tuple[K, Optional[Tensor]]],
+    device: torch.device,
+    amp: Optional[str],
+) -> Iterator[tuple[K, Optional[Output]]]:
+    """``forward`` over every ``(key, images)`` batch of ``run`` (an :class:`ImageRun`: key = the paths) on
+    ``device``; outputs come back as float32 CPU tensors, with the key. A batch without images (None) passes
+    through as ``(key, None)``."""
     autocast = torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if amp else contextlib.nullcontext()
     warned = False
     with torch.inference_mode():
         for paths, images in run:
+            if images is None:
+                yield paths, None
+                continue
             with autocast:
                 out = forward(images.to(device, non_blocking=True))
             outputs = [o.float().cpu() for o in ([out] if isinstance(out, Tensor) else out)]

@@ -15,8 +15,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from effnetv2.distributed import DistEnv, all_reduce_sum
 from effnetv2.train.agc import clip_model_grads_
-from effnetv2.train.distributed import DistEnv, all_reduce_sum
 
 
 class NonFiniteLossError(FloatingPointError):

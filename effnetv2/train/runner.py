@@ -119,14 +119,12 @@ _RECIPE_FROM_OPTIONS = (
 
 def fit(opts: TrainOptions) -> TrainResult:
     """Run (or resume, or extend) the training that ``opts`` describes; rank 0 writes ``opts.output``."""
+    from effnetv2.distributed import init_distributed, rank_device
     from effnetv2.train.data import image_folders
-    from effnetv2.train.distributed import init_distributed
 
     device = torch.device(opts.device)
     env = init_distributed(device)
-    if device.type == "cuda" and env.enabled:
-        device = torch.device("cuda", env.local_rank)
-        torch.cuda.set_device(device)
+    device = rank_device(device, env)
     try:
         train_set, val_set = image_folders(Path(opts.data))  # a wrong layout stops here, before any write
         folder = RunFolder(opts.output)
@@ -146,6 +144,7 @@ def fit(opts: TrainOptions) -> TrainResult:
 def _fit(opts: TrainOptions, env, device: torch.device, folder: RunFolder, train_set, val_set) -> TrainResult:
     from effnetv2 import create_model
     from effnetv2.data import create_transform, resolve_model_data_config
+    from effnetv2.distributed import ShardSampler, broadcast_buffers
     from effnetv2.train import (
         apply_lr_scale,
         cosine_with_warmup,
@@ -157,7 +156,6 @@ def _fit(opts: TrainOptions, env, device: torch.device, folder: RunFolder, train
         seed_everything,
         set_rng_state,
     )
-    from effnetv2.train.distributed import ShardSampler, broadcast_buffers
     from effnetv2.train.engine import StepConfig, evaluate, train_one_epoch
 
     stop_after = int(os.environ.get(STOP_AFTER_ENV) or 0)

@@ -1,10 +1,11 @@
-"""DistributedDataParallel set-up from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR...)."""
+"""torchrun's process group (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR...), for training and the command line."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -34,6 +35,34 @@ def init_distributed(device: torch.device) -> DistEnv:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def rank_device(device: torch.device, env: DistEnv) -> torch.device:
+    """This process's device: under torchrun on CUDA, the GPU of its LOCAL_RANK (made current)."""
+    if device.type == "cuda" and env.enabled:
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def broadcast_object(obj: Any, env: DistEnv) -> Any:
+    """Rank 0's ``obj`` on every rank (identity in one process)."""
+    if not env.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def close_distributed(env: DistEnv) -> None:
+    """Leave the process group (torch warns at exit when a process did not)."""
+    if env.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.enabled:
+        dist.barrier()
 
 
 def all_reduce_sum(values: list[float], env: DistEnv, device: torch.device) -> list[float]:

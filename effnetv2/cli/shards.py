@@ -1,0 +1,319 @@
+"""Sharded output folders of ``embed`` and ``features``: written as the images are read, resumable, split over
+torchrun's processes.
+
+``OUT/run.json`` (the run's settings) is written first; then ``OUT/shard-00000.safetensors``, ... each holding
+the rows of ``shard_size`` consecutive input files (fewer where images were skipped), with their paths under the
+header metadata key ``paths`` and the skipped ones under ``skipped``; ``OUT/index.json`` last, once every shard is
+there. Every file is written atomically, so a crash at any instant leaves whole shards and no index that lists a
+missing one. Shard ``k`` always holds the same files, whatever the number of processes: process ``r`` of ``K``
+writes shards ``r, r + K, ...`` and the folder is the same as one process writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import Tensor
+
+from effnetv2.atomic import write_text
+from effnetv2.cli import CLIError
+from effnetv2.cli.images import Batch, ImageRun
+from effnetv2.cli.outputs import save_safetensors
+from effnetv2.cli.paths import encode_path
+from effnetv2.cli.runtime import eval_transform, positive_int, resolve_device, run_model
+
+SHARD_SIZE = 4096
+RUN_FILE = "run.json"
+INDEX_FILE = "index.json"
+FORMAT = "effnetv2-shards/1"
+
+
+def shard_name(number: int) -> str:
+    return f"shard-{number:05d}.safetensors"
+
+
+def digest(paths: Iterable[Path]) -> str:
+    """sha256 of the escaped paths, one per line: what identifies a shard's (or a run's) inputs."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(encode_path(path).encode("utf-8") + b"\n")
+    return h.hexdigest()
+
+
+@dataclass
+class Shard:
+    number: int
+    positions: range  # of its files in the run's input list
+    inputs: str  # digest of its files
+    rows: list[Any] = field(default_factory=list)  # model outputs of the batches read so far
+    paths: list[Path] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)  # positions of the files that could not be read
+    done: int = 0  # files read so far, skipped ones included
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.number)
+
+
+class ShardedOutput:
+    """The folder ``OUT`` of one run over ``files``: which shards exist, which this process writes, and the index.
+
+    ``settings`` (model, checkpoint, input size, levels...) are stored in ``run.json``; ``--resume`` continues only
+    a folder whose settings and input list are the same, so that the shards of two different runs never mix.
+    """
+
+    def __init__(
+        self, folder: Path, files: Sequence[Path], shard_size: int, settings: dict[str, Any], rank: int, world: int
+    ) -> None:
+        self.folder = folder
+        self.files = list(files)
+        self.shard_size = shard_size
+        self.rank, self.world = rank, world
+        settings = {
+            **settings,
+            "shard_size": shard_size,
+            "inputs": len(self.files),
+            "inputs_sha256": digest(self.files),
+        }
+        self.settings = json.loads(json.dumps(settings))  # as run.json gives them back: tuples become lists
+        self.shards = [
+            Shard(n, range(start, min(start + shard_size, len(self.files))), "")
+            for n, start in enumerate(range(0, len(self.files), shard_size))
+        ]
+        for shard in self.shards:
+            shard.inputs = digest(self.files[i] for i in shard.positions)
+
+    # --- the folder ---------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def check_target(folder: Path, resume: bool) -> None:
+        """Before any model is loaded: a folder to create, or (``resume``) one an earlier run made."""
+        if folder.exists() and not folder.is_dir():
+            raise CLIError(
+                f"{encode_path(folder)}: is a file; give a folder for sharded output (or a .npy/.safetensors)"
+            )
+        if not folder.parent.is_dir():
+            raise CLIError(f"{encode_path(folder.parent)}: output folder does not exist")
+        started = folder.is_dir() and any(folder.iterdir())
+        if started and not resume:
+            raise CLIError(
+                f"{encode_path(folder)}: exists and is not empty; --resume finishes the run that wrote it, or give "
+                "a new folder"
+            )
+        if resume and started and not (folder / RUN_FILE).is_file():
+            raise CLIError(f"{encode_path(folder)}: has no {RUN_FILE}, so it is not an effnetv2 output folder")
+
+    def open(self) -> None:
+        """Rank 0: create the folder and ``run.json``, or check that the one there describes this run."""
+        run_file = self.folder / RUN_FILE
+        if run_file.is_file():
+            try:
+                saved = json.loads(run_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise CLIError(f"{encode_path(run_file)}: unreadable ({e}); give a new folder") from e
+            changed = sorted(k for k in {*saved, *self.settings} if saved.get(k) != self.settings.get(k))
+            if changed:
+                details = "; ".join(f"{k}: {saved.get(k)!r} then, {self.settings.get(k)!r} now" for k in changed)
+                raise CLIError(
+                    f"{encode_path(self.folder)}: --resume with other settings or inputs than the run that wrote it "
+                    f"({details}); give the same ones, or a new folder"
+                )
+            return
+        self.folder.mkdir(exist_ok=True)
+        write_text(run_file, json.dumps(self.settings, indent=2) + "\n")
+
+    def complete(self, shard: Shard) -> bool:
+        """The shard's file is there, readable, and made from the shard's inputs (else it is written again)."""
+        path = self.folder / shard.name
+        if not path.is_file():
+            return False
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return (f.metadata() or {}).get("inputs_sha256") == json.dumps(shard.inputs)
+        except (OSError, SafetensorError, ValueError):
+            print(f"effnetv2: {encode_path(path)}: unreadable; writing it again", file=sys.stderr)
+            return False
+
+    def pending(self) -> list[Shard]:
+        """This process's shards that are not complete yet."""
+        return [s for s in self.shards[self.rank :: self.world] if not self.complete(s)]
+
+    # --- writing ------------------------------------------------------------------------------------------------
+
+    def batch_plan(self, shards: Sequence[Shard], batch_size: int) -> list[list[int]]:
+        """Batches of positions in the input list that never cross a shard boundary."""
+        return [
+            list(shard.positions[i : i + batch_size])
+            for shard in shards
+            for i in range(0, len(shard.positions), batch_size)
+        ]
+
+    def write(
+        self,
+        shards: Sequence[Shard],
+        outputs: Iterator[tuple[Batch, Optional[Any]]],
+        to_tensors: Callable[[list[Any]], dict[str, Tensor]],
+        metadata: dict[str, Any],
+    ) -> None:
+        """Collect the model's ``outputs`` (one per batch of :meth:`batch_plan`) and write each shard when whole."""
+        by_position = {p: shard for shard in shards for p in shard.positions}
+        for batch, out in outputs:
+            positions = [*batch.indices, *(i for i, _ in batch.failures)]
+            shard = by_position[positions[0]]
+            if out is not None:
+                shard.rows.append(out)
+                shard.paths += [self.files[i] for i in batch.indices]
+            shard.skipped += [i for i, _ in batch.failures]
+            shard.done += len(positions)
+            if shard.done == len(shard.positions):
+                self._save(shard, to_tensors, metadata)
+
+    def _save(
+        self, shard: Shard, to_tensors: Callable[[list[Any]], dict[str, Tensor]], metadata: dict[str, Any]
+    ) -> None:
+        tensors = to_tensors(shard.rows) if shard.rows else {}
+        save_safetensors(
+            self.folder / shard.name,
+            tensors,
+            shard.paths,
+            **metadata,
+            skipped=[encode_path(self.files[i]) for i in sorted(shard.skipped)],
+            inputs_sha256=shard.inputs,
+        )
+        shard.rows.clear()  # what bounds the memory: one shard's rows at a time
+
+    def finish(self, metadata: dict[str, Any]) -> dict[str, Any]:
+        """Rank 0, when every process is done: check every shard and write ``index.json``; return it."""
+        entries, skipped, count = [], [], 0
+        for shard in self.shards:
+            path = self.folder / shard.name
+            if not self.complete(shard):
+                raise CLIError(f"{encode_path(path)}: missing after every process finished; run again with --resume")
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata()
+                rows = len(json.loads(meta["paths"]))
+                skipped += json.loads(meta["skipped"])
+            entries.append({"file": shard.name, "count": rows})
+            count += rows
+        index = {
+            "format": FORMAT,
+            **metadata,
+            "count": count,
+            "skipped": skipped,
+            "shard_size": self.shard_size,
+            "shards": entries,
+        }
+        write_text(self.folder / INDEX_FILE, json.dumps(index, indent=2) + "\n")
+        return index
+
+
+FOLDER_HELP = (
+    "OUTPUT/shard-00000.safetensors, ... (--shard-size consecutive input files each: the same tensors, 'paths' "
+    "metadata, and the files skipped under 'skipped'), then OUTPUT/index.json (model, count, shards and their "
+    "row counts) once all are there. Memory holds one shard. --resume finishes an interrupted run; under torchrun "
+    "(torchrun --nproc_per_node K -m effnetv2 ...) the processes share the shards and the folder is the same as "
+    "one process writes."
+)
+
+
+def add_shard_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--shard-size",
+        type=positive_int,
+        default=SHARD_SIZE,
+        metavar="N",
+        help="folder output: input images per shard (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="folder output: keep the complete shards there and write the rest"
+    )
+
+
+def check_file_output_options(args: argparse.Namespace) -> None:
+    """--resume, --shard-size and torchrun need a folder output."""
+    if args.resume or args.shard_size != SHARD_SIZE:
+        option = "--resume" if args.resume else "--shard-size"
+        raise CLIError(f"{option} is for folder output (-o OUTPUT without a suffix), not {encode_path(args.output)}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise CLIError(
+            f"under torchrun every process would write {encode_path(args.output)}: give a folder (-o OUTPUT without "
+            "a suffix) for sharded output"
+        )
+
+
+def is_folder_output(path: Path) -> bool:
+    """``-o`` names a folder (sharded output) when it has no suffix, or is a folder already."""
+    return path.is_dir() or not path.suffix
+
+
+def run_sharded(
+    args: Any,
+    files: Sequence[Path],
+    kind: str,
+    load: Callable[[torch.device], Any],
+    forward: Callable[[Any], Callable[[Tensor], Any]],
+    to_tensors: Callable[[Any, list[Any]], dict[str, Tensor]],
+    describe: Callable[[Any, dict[str, Any]], dict[str, Any]],
+) -> int:
+    """``embed``/``features`` into the folder ``args.output``, in this process or as one of torchrun's.
+
+    ``load(device)`` builds the model, ``forward(model)`` the function run on each batch, ``to_tensors(model, rows)``
+    a shard's tensors from its batches' outputs, ``describe(model, data_config)`` the metadata every file carries.
+    """
+    from effnetv2.distributed import barrier, broadcast_object, close_distributed, init_distributed, rank_device
+
+    device = resolve_device(args.device)
+    env = init_distributed(device)
+    device = rank_device(device, env)
+
+    def on_main(step: Callable[[], None]) -> None:
+        """Run ``step`` on rank 0; its CLIError stops every rank with the same message."""
+        error = None
+        if env.is_main:
+            try:
+                step()
+            except CLIError as e:
+                error = str(e)
+        error = broadcast_object(error, env)
+        if error is not None:
+            raise CLIError(error)
+
+    folder = Path(args.output)
+    on_main(lambda: ShardedOutput.check_target(folder, args.resume))
+    model = load(device)
+    transform, config = eval_transform(model, args.img_size)
+    metadata = describe(model, config)
+    out = ShardedOutput(
+        folder, files, args.shard_size, {"kind": kind, **metadata, "amp": args.amp}, env.rank, env.world_size
+    )
+    on_main(out.open)
+    barrier(env)  # the folder and run.json exist before any rank looks at its shards
+    shards = out.pending()
+    plan = out.batch_plan(shards, args.batch_size)
+    images = ImageRun(files, transform, args.batch_size, args.workers, device.type == "cuda", batches=plan)
+
+    def batches() -> Iterator[tuple[Batch, Optional[Tensor]]]:
+        for batch in images.batches():
+            yield batch, batch.images
+
+    outputs = run_model(forward(model), batches(), device, args.amp)
+    out.write(shards, outputs, lambda rows: to_tensors(model, rows), metadata)
+    barrier(env)  # every shard is written
+    index: dict[str, Any] = {}
+    on_main(lambda: index.update(out.finish({"kind": kind, **metadata})))
+    if index and index["count"] == 0:
+        print(f"effnetv2: no image could be read; {encode_path(folder)} holds no rows", file=sys.stderr)
+    # One status for all ranks, decided after the index is written: torchrun stops the others when one fails.
+    status = broadcast_object(1 if index.get("skipped") else 0, env)
+    close_distributed(env)
+    return status
