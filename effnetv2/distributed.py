@@ -54,6 +54,15 @@ def broadcast_object(obj: Any, env: DistEnv) -> Any:
     return box[0]
 
 
+def gather_to_main(obj: Any, env: DistEnv) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on rank 0 (``[obj]`` in one process; ``[]`` on the other ranks)."""
+    if not env.enabled:
+        return [obj]
+    gathered: list[Any] = [None] * env.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered if env.is_main else []
+
+
 def close_distributed(env: DistEnv) -> None:
     """Leave the process group (torch warns at exit when a process did not)."""
     if env.enabled and dist.is_initialized():

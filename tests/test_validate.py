@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from importlib.resources import files
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from effnetv2.data.assets import imagenet_synsets
 from effnetv2.data.class_map import ClassMapError, folder_class_indices
 
 SIZE = 96
+REPO = Path(__file__).resolve().parents[1]
 # The rank, in the oracle's logits, of the class each image's folder names: 3 of 8 are top-1, 6 of 8 top-5.
 RANKS = [0, 0, 0, 1, 2, 4, 6, 50]
 
@@ -117,3 +121,27 @@ def test_bad_data_folders_are_one_line_errors(tmp_path, hub_folder, capsys):
         assert main(["validate", str(data), "--checkpoint", str(hub_folder)]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+def test_torchrun_and_optimize_give_the_same_numbers(imagenet_folder, hub_folder, tmp_path, capsys):
+    """Two torchrun processes (each scores every 2nd image, the counts summed) and --optimize (the folded model)
+    report what one plain process does; the predictions CSV keeps the folder's order."""
+    args = [str(imagenet_folder), "--checkpoint", str(hub_folder), "--img-size", str(SIZE), "--workers", "0"]
+    args += ["--batch-size", "3", "--format", "json"]
+    assert main(["validate", *args, "--predictions-out", str(tmp_path / "one.csv")]) == 0
+    single = json.loads(capsys.readouterr().out)
+    assert main(["validate", *args, "--optimize"]) == 0
+    optimized = json.loads(capsys.readouterr().out)
+    assert (optimized["top1"], optimized["top5"]) == (single["top1"], single["top5"]) == (37.5, 75.0)
+    assert optimized["loss"] == pytest.approx(single["loss"], rel=1e-5)
+    assert optimized["param_count"] == single["param_count"]  # the model's, not the folded copy's
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
+    cmd = [*torchrun, "effnetv2", "validate", *args, "--predictions-out", str(tmp_path / "two.csv")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pair = json.loads(proc.stdout)  # printed once, by rank 0
+    assert pair.pop("loss") == pytest.approx(single.pop("loss"), rel=1e-6) and pair == single
+    one, two = (list(csv.reader((tmp_path / name).open())) for name in ("one.csv", "two.csv"))
+    assert [r[:5] for r in two] == [r[:5] for r in one] and len(one) == 9  # header and 8 images

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from effnetv2.cli import CLIError
-from effnetv2.cli.images import find_images
+from effnetv2.cli.images import add_input_options, input_images
 from effnetv2.cli.outputs import check_output, paths_file, save_npy_with_paths, save_safetensors
 from effnetv2.cli.paths import encode_path
 from effnetv2.cli.runtime import (
@@ -18,6 +18,7 @@ from effnetv2.cli.runtime import (
     add_run_options,
     exit_status,
     image_run,
+    inference_model,
     load_model,
     model_metadata,
     resolve_device,
@@ -42,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(effnetv2.cli.paths.decode_path reverses it). Images that fail are skipped. A folder (OUTPUT without a "
         "suffix) gets shards written as the images are read: " + FOLDER_HELP,
     )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
+    add_input_options(parser)
     parser.add_argument(
         "-o",
         "--output",
@@ -58,13 +59,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    files = find_images(args.paths)
+    files = input_images(args)
     if is_folder_output(args.output):
         return run_sharded(
             args,
             files,
             "embed",
-            load=lambda device: load_model(args, num_classes=0).to(device),
+            load=lambda: load_model(args, num_classes=0),
             forward=lambda model: model,  # num_classes=0: the pooled pre-logits
             to_tensors=lambda model, rows: {"embeddings": torch.cat(rows)},
             describe=lambda model, config: {**model_metadata(args, model), "input_size": config["input_size"]},
@@ -74,15 +75,13 @@ def run(args: argparse.Namespace) -> int:
     if output.suffix.lower() == ".npy" and paths_file(output).is_dir():
         raise CLIError(f"{encode_path(paths_file(output))}: is a folder; the paths of a .npy output go there")
     device = resolve_device(args.device)
-    model = load_model(args, num_classes=0).to(device)  # embeddings come before the classifier: none is needed
+    model = load_model(args, num_classes=0)  # embeddings come before the classifier: none is needed
     images, config = image_run(files, args, model, device)
-
-    def embed(x: Tensor) -> Tensor:
-        return model(x)  # num_classes=0: the pooled pre-logits
+    runner, amp = inference_model(model, args, device)  # num_classes=0: its output is the pooled pre-logits
 
     paths: list[str] = []
     rows: list[Tensor] = []
-    for batch_paths, batch in run_model(embed, images, device, args.amp):
+    for batch_paths, batch in run_model(runner, images, device, amp):
         paths.extend(map(str, batch_paths))
         rows.append(batch)
     if not paths:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from effnetv2.cli.images import find_images
+from effnetv2.cli.images import add_input_options, input_images
 from effnetv2.cli.outputs import check_output, save_safetensors
 from effnetv2.cli.paths import encode_path
 from effnetv2.cli.runtime import (
@@ -19,6 +19,7 @@ from effnetv2.cli.runtime import (
     add_run_options,
     exit_status,
     image_run,
+    inference_model,
     load_model,
     model_metadata,
     resolve_device,
@@ -45,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "holds all maps in memory until written; a folder (OUTPUT without a suffix) gets shards written as the "
         "images are read: " + FOLDER_HELP + " Images that fail are skipped.",
     )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
+    add_input_options(parser)
     parser.add_argument(
         "-o", "--output", type=Path, required=True, metavar="OUTPUT", help="output .safetensors file, or a folder"
     )
@@ -80,13 +81,13 @@ def level_tensors(out_indices: Sequence[int], rows: list[list[Tensor]]) -> dict[
 
 
 def run(args: argparse.Namespace) -> int:
-    files = find_images(args.paths)
+    files = input_images(args)
     if is_folder_output(args.output):
         return run_sharded(
             args,
             files,
             "features",
-            load=lambda device: load_model(args, features_only=True, out_indices=args.out_indices).to(device),
+            load=lambda: load_model(args, features_only=True, out_indices=args.out_indices),
             forward=lambda model: model,
             to_tensors=lambda model, rows: level_tensors(model.feature_info.out_indices, rows),
             describe=lambda model, config: describe(args, model, config),
@@ -94,13 +95,14 @@ def run(args: argparse.Namespace) -> int:
     check_file_output_options(args)
     output = check_output(args.output, (".safetensors",))
     device = resolve_device(args.device)
-    model = load_model(args, features_only=True, out_indices=args.out_indices).to(device)
+    model = load_model(args, features_only=True, out_indices=args.out_indices)
     info = model.feature_info
     images, config = image_run(files, args, model, device)
+    runner, amp = inference_model(model, args, device)
 
     paths: list[str] = []
     rows: list[list[Tensor]] = []
-    for batch_paths, features in run_model(model, images, device, args.amp):
+    for batch_paths, features in run_model(runner, images, device, amp):
         paths.extend(map(str, batch_paths))
         rows.append(features)
     if not paths:

@@ -10,19 +10,21 @@ from collections.abc import Sequence
 from typing import Any, Optional, TextIO
 
 from effnetv2.cli import CLIError
-from effnetv2.cli.images import find_images
+from effnetv2.cli.images import add_input_options, input_images
 from effnetv2.cli.paths import encode_path
 from effnetv2.cli.runtime import (
     add_model_options,
     add_run_options,
-    exit_status,
     image_run,
+    inference_model,
     load_model,
     positive_int,
     resolve_device,
     run_model,
+    strided_batches,
 )
 from effnetv2.data.assets import imagenet_class_names, sample_image_path
+from effnetv2.distributed import broadcast_object, close_distributed, gather_to_main, init_distributed, rank_device
 
 DEFAULT_TOPK = 5
 
@@ -39,12 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "With no PATH, classifies a sample photo shipped with effnetv2. Paths are printed as UTF-8 with backslash "
         "escapes for backslashes, control characters and bytes that are not UTF-8, as embed --help says.",
     )
-    parser.add_argument(
-        "paths",
-        nargs="*",
-        metavar="PATH",
-        help="image files and/or folders (searched recursively); default: the bundled sample photo",
-    )
+    add_input_options(parser, default="the bundled sample photo")
     add_model_options(parser)
     parser.add_argument(
         "--topk", type=positive_int, metavar="K", help="classes per image (default: 5, or the class count if fewer)"
@@ -65,8 +62,10 @@ def class_labels(num_classes: int, label_names: Optional[Sequence[str]] = None) 
 
 
 def run(args: argparse.Namespace) -> int:
-    files = find_images(args.paths or [sample_image_path()])
+    files = input_images(args, default=sample_image_path())
     device = resolve_device(args.device)
+    env = init_distributed(device)  # under torchrun each process classifies every K-th image; rank 0 prints all
+    device = rank_device(device, env)
     model = load_model(args)
     if model.num_classes < 1:
         raise CLIError("the model has no classifier (num_classes=0): use effnetv2 embed for its embeddings")
@@ -74,16 +73,24 @@ def run(args: argparse.Namespace) -> int:
     if topk > model.num_classes:
         raise CLIError(f"--topk {topk} is more than the model's {model.num_classes} classes")
     labels = class_labels(model.num_classes, model.pretrained_cfg.get("label_names"))
-    images, _ = image_run(files, args, model.to(device), device)
+    plan = strided_batches(len(files), args.batch_size, env.rank, env.world_size)
+    images, _ = image_run(files, args, model, device, batches=plan)
+    runner, amp = inference_model(model, args, device)
 
-    predictions: list[Prediction] = []
-    for paths, logits in run_model(model, images, device, args.amp):
+    predictions: list[tuple[int, Prediction]] = []  # (position in files, prediction)
+    decoded = ((batch.indices, batch.images) for batch in images.batches() if batch.images is not None)
+    for positions, logits in run_model(runner, decoded, device, amp):
         probs, indices = logits.softmax(dim=1).topk(topk, dim=1)
-        for path, prob_row, index_row in zip(paths, probs.tolist(), indices.tolist(), strict=True):
+        for position, prob_row, index_row in zip(positions, probs.tolist(), indices.tolist(), strict=True):
             top = [dict(index=i, label=labels[i], prob=p) for i, p in zip(index_row, prob_row, strict=True)]
-            predictions.append(dict(path=encode_path(path), topk=top))
-    WRITERS[args.format](predictions, sys.stdout)
-    return exit_status(images)
+            predictions.append((position, dict(path=encode_path(files[position]), topk=top)))
+    shares = gather_to_main((predictions, len(images.failed)), env)
+    status = broadcast_object(1 if any(failed for _, failed in shares) else 0, env)
+    if env.is_main:
+        merged = sorted((item for share, _ in shares for item in share), key=lambda item: item[0])
+        WRITERS[args.format]([prediction for _, prediction in merged], sys.stdout)
+    close_distributed(env)
+    return status
 
 
 def write_table(predictions: list[Prediction], out: TextIO) -> None:

@@ -109,6 +109,33 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--amp", choices=sorted(AMP_DTYPES), help="autocast dtype (default: off; fp16 is for GPUs, slow on CPUs)"
     )
+    parser.add_argument(
+        "--optimize",
+        action="store_true",
+        help="run optimize_for_inference's copy of the model (BatchNorm folded into the convs, channels_last); "
+        "with --amp, the copy's own bf16/fp16 weights instead of autocast",
+    )
+
+
+def inference_model(
+    model: nn.Module, args: argparse.Namespace, device: torch.device
+) -> tuple[nn.Module, Optional[str]]:
+    """The module to run on ``device`` (``--optimize``: the folded copy) and the autocast dtype to run it under."""
+    model = model.to(device)
+    if not args.optimize:
+        return model, args.amp
+    from effnetv2.optimize import optimize_for_inference
+
+    try:
+        return optimize_for_inference(model, AMP_DTYPES[args.amp] if args.amp else torch.float32), None
+    except ValueError as e:  # float16 on a CPU
+        raise CLIError(f"--optimize --amp {args.amp}: {e}") from None
+
+
+def strided_batches(count: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
+    """Batches of the positions ``rank, rank + world_size, ...`` below ``count``: one process's share of the inputs."""
+    mine = range(rank, count, world_size)
+    return [list(mine[i : i + batch_size]) for i in range(0, len(mine), batch_size)]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -185,12 +212,17 @@ def eval_transform(model: nn.Module, img_size: Optional[int]) -> tuple[Callable[
 
 
 def image_run(
-    files: Sequence[Path], args: argparse.Namespace, model: nn.Module, device: torch.device
+    files: Sequence[Path],
+    args: argparse.Namespace,
+    model: nn.Module,
+    device: torch.device,
+    batches: Optional[Sequence[Sequence[int]]] = None,
 ) -> tuple[ImageRun, dict[str, Any]]:
     """The batches of ``files`` (from :func:`~effnetv2.cli.images.find_images`) through ``model``'s eval transform,
-    and the data config that transform follows."""
+    and the data config that transform follows. ``batches``: positions in ``files`` (default: all, in order)."""
     transform, config = eval_transform(model, args.img_size)
-    return ImageRun(files, transform, args.batch_size, args.workers, pin_memory=device.type == "cuda"), config
+    cuda = device.type == "cuda"
+    return ImageRun(files, transform, args.batch_size, args.workers, pin_memory=cuda, batches=batches), config
 
 
 K = TypeVar("K")

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
@@ -30,7 +29,7 @@ from effnetv2.cli import CLIError
 from effnetv2.cli.images import Batch, ImageRun
 from effnetv2.cli.outputs import save_safetensors
 from effnetv2.cli.paths import encode_path
-from effnetv2.cli.runtime import eval_transform, positive_int, resolve_device, run_model
+from effnetv2.cli.runtime import eval_transform, inference_model, positive_int, resolve_device, run_model
 
 SHARD_SIZE = 4096
 RUN_FILE = "run.json"
@@ -260,15 +259,16 @@ def run_sharded(
     args: Any,
     files: Sequence[Path],
     kind: str,
-    load: Callable[[torch.device], Any],
+    load: Callable[[], Any],
     forward: Callable[[Any], Callable[[Tensor], Any]],
     to_tensors: Callable[[Any, list[Any]], dict[str, Tensor]],
     describe: Callable[[Any, dict[str, Any]], dict[str, Any]],
 ) -> int:
     """``embed``/``features`` into the folder ``args.output``, in this process or as one of torchrun's.
 
-    ``load(device)`` builds the model, ``forward(model)`` the function run on each batch, ``to_tensors(model, rows)``
-    a shard's tensors from its batches' outputs, ``describe(model, data_config)`` the metadata every file carries.
+    ``load()`` builds the model (run as ``--optimize`` asks), ``forward(model)`` the function run on each batch,
+    ``to_tensors(model, rows)`` a shard's tensors from its batches' outputs, ``describe(model, data_config)`` the
+    metadata every file carries.
     """
     from effnetv2.distributed import barrier, broadcast_object, close_distributed, init_distributed, rank_device
 
@@ -290,12 +290,12 @@ def run_sharded(
 
     folder = Path(args.output)
     on_main(lambda: ShardedOutput.check_target(folder, args.resume))
-    model = load(device)
+    model = load()
     transform, config = eval_transform(model, args.img_size)
     metadata = describe(model, config)
-    out = ShardedOutput(
-        folder, files, args.shard_size, {"kind": kind, **metadata, "amp": args.amp}, env.rank, env.world_size
-    )
+    settings = {"kind": kind, **metadata, "amp": args.amp, "optimize": args.optimize}
+    out = ShardedOutput(folder, files, args.shard_size, settings, env.rank, env.world_size)
+
     on_main(out.open)
     barrier(env)  # the folder and run.json exist before any rank looks at its shards
     shards = out.pending()
@@ -306,7 +306,8 @@ def run_sharded(
         for batch in images.batches():
             yield batch, batch.images
 
-    outputs = run_model(forward(model), batches(), device, args.amp)
+    runner, amp = inference_model(model, args, device)
+    outputs = run_model(forward(runner), batches(), device, amp)
     out.write(shards, outputs, lambda rows: to_tensors(model, rows), metadata)
     barrier(env)  # every shard is written
     index: dict[str, Any] = {}

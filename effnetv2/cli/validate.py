@@ -22,14 +22,16 @@ from effnetv2.cli.predict import class_labels
 from effnetv2.cli.runtime import (
     add_model_options,
     add_run_options,
-    exit_status,
     image_run,
+    inference_model,
     load_model,
     model_metadata,
     resolve_device,
     run_model,
+    strided_batches,
 )
 from effnetv2.data.class_map import ClassMapError, folder_class_indices
+from effnetv2.distributed import close_distributed, gather_to_main, init_distributed, rank_device
 
 SPLITS = ("val", "validation")  # the split folders looked for inside DATA, as train's DATA/{train,val} layout has
 
@@ -76,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     if args.predictions_out is not None:
         check_output(args.predictions_out, (".csv",))
     device = resolve_device(args.device)
+    env = init_distributed(device)  # under torchrun each process scores every K-th image; the counts are summed
+    device = rank_device(device, env)
     model = load_model(args)
     if model.num_classes < 1:
         raise CLIError("the model has no classifier (num_classes=0): nothing to validate")
@@ -84,26 +88,36 @@ def run(args: argparse.Namespace) -> int:
         indices, scheme = folder_class_indices(folders, model.num_classes, label_names)
     except ClassMapError as e:
         raise CLIError(f"{encode_path(root)}: {e}") from None
-    targets = {Path(path): indices[position] for path, position in samples}
-    images, config = image_run(list(targets), args, model.to(device), device)
+    files = [Path(path) for path, _ in samples]
+    targets = [indices[position] for _, position in samples]
+    plan = strided_batches(len(files), args.batch_size, env.rank, env.world_size)
+    images, config = image_run(files, args, model, device, batches=plan)
+    runner, amp = inference_model(model, args, device)
 
     labels = class_labels(model.num_classes, label_names)
     counts = Counts(k=min(5, model.num_classes))
-    rows: list[list[Any]] = []
-    for paths, logits in run_model(model, images, device, args.amp):
-        target = torch.tensor([targets[p] for p in paths])
+    rows: list[tuple[int, list[Any]]] = []  # (position, CSV row)
+    decoded = ((batch.indices, batch.images) for batch in images.batches() if batch.images is not None)
+    for positions, logits in run_model(runner, decoded, device, amp):
+        target = torch.tensor([targets[i] for i in positions])
         counts.add(logits, target)
         if args.predictions_out is not None:
             probs, preds = logits.softmax(dim=1).max(dim=1)
-            for path, t, p, prob in zip(paths, target.tolist(), preds.tolist(), probs.tolist(), strict=True):
-                rows.append([encode_path(path), t, labels[t], p, labels[p], prob])
+            for i, t, p, prob in zip(positions, target.tolist(), preds.tolist(), probs.tolist(), strict=True):
+                rows.append((i, [encode_path(files[i]), t, labels[t], p, labels[p], prob]))
+    shares = gather_to_main((counts, rows, len(images.failed)), env)
+    close_distributed(env)
+    if not env.is_main:
+        return 0  # rank 0 reports, and its exit status is the run's
+    counts = Counts.total([share[0] for share in shares])
+    skipped = sum(share[2] for share in shares)
     if counts.n == 0:
         raise CLIError(f"{encode_path(root)}: no image could be read")
 
     results = dict(
         counts.summary(),
         num_images=counts.n,
-        skipped=len(images.failed),
+        skipped=skipped,
         num_classes=model.num_classes,
         class_folders=len(folders),
         class_folders_matched_by=scheme,
@@ -115,9 +129,9 @@ def run(args: argparse.Namespace) -> int:
         interpolation=config["interpolation"],
     )
     if args.predictions_out is not None:
-        write_predictions(args.predictions_out, rows)
+        write_predictions(args.predictions_out, [row for _, row in sorted(r for share in shares for r in share[1])])
     (write_json if args.format == "json" else write_table)(results, sys.stdout)
-    return exit_status(images)
+    return 1 if skipped else 0
 
 
 class Counts:
@@ -134,6 +148,15 @@ class Counts:
         self.top1 += int(hits[:, 0].sum())
         self.topk += int(hits.any(dim=1).sum())
         self.n += len(target)
+
+    @classmethod
+    def total(cls, parts: list[Counts]) -> Counts:
+        """The sums of several processes' counts."""
+        total = cls(parts[0].k)
+        for part in parts:
+            total.loss_sum += part.loss_sum
+            total.top1, total.topk, total.n = total.top1 + part.top1, total.topk + part.topk, total.n + part.n
+        return total
 
     def summary(self) -> dict[str, float]:
         top1, top5 = 100.0 * self.top1 / self.n, 100.0 * self.topk / self.n

@@ -1,0 +1,112 @@
+"""The command line's inputs and runs beyond one folder (issue 14): --files-from (a file or standard input),
+--optimize (the folded model gives the plain model's outputs), and predict under torchrun (printed once, in order)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import assert_close
+from PIL import Image
+from safetensors import safe_open
+
+from effnetv2.cli import main
+from effnetv2.data import sample_image_path
+
+SIZE = 64
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    with Image.open(sample_image_path()) as img:
+        for i in range(3):
+            img.crop((60 * i, 20 * i, 60 * i + 240, 20 * i + 220)).save(folder / f"{i}.png")
+    return folder
+
+
+def common(checkpoint) -> list:
+    return ["--checkpoint", checkpoint, "--img-size", SIZE, "--workers", "0"]
+
+
+def test_files_from_a_list_and_from_stdin(checkpoint, images, tmp_path, capsys, monkeypatch):
+    listed = [images / "2.png", tmp_path / "gone.png", images / "0.png"]
+    list_file = tmp_path / "list.txt"
+    list_file.write_bytes(b"".join(os.fsencode(p) + b"\n" for p in listed) + b"\n")  # and a blank line
+    base = ["predict", *common(checkpoint), "--format", "json"]
+    rc, out, err = cli(capsys, *base, "--files-from", list_file)
+    assert rc == 1 and f"skipped {tmp_path / 'gone.png'}: FileNotFoundError" in err  # reported, the rest goes on
+    from_list = json.loads(out)
+    rc, out, _ = cli(capsys, *base, images / "2.png", images / "0.png")
+    assert rc == 0 and json.loads(out) == from_list  # the list's order, not sorted
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(list_file.read_bytes())))
+    rc, out, _ = cli(capsys, *base, images / "1.png", "--files-from", "-")  # named paths first, then the list
+    assert rc == 1 and [r["path"] for r in json.loads(out)] == [str(images / n) for n in ("1.png", "2.png", "0.png")]
+
+    (tmp_path / "empty.txt").write_text("\n\n")
+    for argv, message in [
+        (
+            ["--files-from", tmp_path / "missing.txt"],
+            "--files-from " + str(tmp_path / "missing.txt") + ": No such file",
+        ),
+        (["--files-from", tmp_path / "empty.txt"], "empty.txt: no paths in it"),
+    ]:
+        rc, _, err = cli(capsys, "embed", *argv, "-o", tmp_path / "e.npy", *common(checkpoint))
+        assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
+    rc, _, err = cli(capsys, "embed", "-o", tmp_path / "e.npy", *common(checkpoint))
+    assert rc == 2 and "no images: give image files or folders, or --files-from LIST" in err
+
+
+def read(path: Path) -> dict:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+
+
+def test_optimize_gives_the_plain_models_outputs(checkpoint, images, tmp_path, capsys):
+    for command, extra in (("embed", []), ("features", ["--out-indices", "1,4"])):
+        for optimize in ([], ["--optimize"]):
+            out = tmp_path / f"{command}{len(optimize)}.safetensors"
+            assert main([command, str(images), "-o", str(out), *map(str, common(checkpoint)), *extra, *optimize]) == 0
+        plain, fast = read(tmp_path / f"{command}0.safetensors"), read(tmp_path / f"{command}1.safetensors")
+        assert plain.keys() == fast.keys()
+        for key in plain:
+            assert_close(fast[key], plain[key])
+    predictions = []
+    for optimize in ([], ["--optimize"]):
+        rc, out, _ = cli(capsys, "predict", images, *common(checkpoint), "--format", "json", *optimize)
+        predictions.append(json.loads(out))
+    for plain, fast in zip(*predictions, strict=True):
+        assert [t["index"] for t in fast["topk"]] == [t["index"] for t in plain["topk"]]
+        assert [t["prob"] for t in fast["topk"]] == pytest.approx([t["prob"] for t in plain["topk"]], abs=2e-5)
+    rc, _, err = cli(capsys, "predict", images, *common(checkpoint), "--optimize", "--amp", "fp16", "--device", "cpu")
+    assert rc == 2 and "--optimize --amp fp16: float16 inference is for CUDA" in err
+
+
+def test_predict_under_torchrun_prints_once_in_input_order(checkpoint, images, tmp_path, capsys):
+    args = ["predict", images, *common(checkpoint), "--format", "csv", "--batch-size", "1", "--topk", "2"]
+    rc, single, _ = cli(capsys, *args)
+    assert rc == 0
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
+    proc = subprocess.run(
+        [*torchrun, "effnetv2", *map(str, args)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = list(csv.reader(io.StringIO(single))), list(csv.reader(io.StringIO(proc.stdout)))
+    assert [r[:4] for r in two] == [r[:4] for r in one] and len(one) == 7  # header, 3 images × 2 classes
+    # probabilities to 2e-5 (one thread per process there, two here: another summation order)
+    assert [float(r[4]) for r in two[1:]] == pytest.approx([float(r[4]) for r in one[1:]], abs=2e-5)
