@@ -21,10 +21,12 @@ from tqdm import tqdm
 from effnetv2.cli import CLIError
 from effnetv2.cli.paths import encode_path
 from effnetv2.data.images import ImageTooLargeError, LargeImageWarning, NotRegularFileError, open_image
+from effnetv2.data.tar_images import IMAGE_EXTENSIONS, TarFormatError, TarMember, tar_images
 
 
-def find_images(paths: Sequence[Union[str, Path]]) -> list[Path]:
-    """The image files named by ``paths``, in order; folders are searched recursively and sorted.
+def find_images(paths: Sequence[Union[str, Path]]) -> list[Union[Path, TarMember]]:
+    """The image files named by ``paths``, in order; folders are searched recursively and sorted; a ``.tar`` file
+    gives its sample images, WebDataset style (:mod:`effnetv2.data.tar_images`).
 
     A file named explicitly is taken whatever its extension (a bad one is reported when decoded); inside a
     folder only torchvision's ``IMG_EXTENSIONS`` count. Non-regular files (FIFOs, sockets, devices) are kept, to be
@@ -41,6 +43,13 @@ def find_images(paths: Sequence[Union[str, Path]]) -> list[Path]:
                 looked_for = ", ".join(IMG_EXTENSIONS)
                 raise CLIError(f"{encode_path(path)}: no images in this folder (looked for {looked_for})")
             found.extend(images)
+        elif path.suffix.lower() == ".tar" and path.is_file():
+            found.extend(images_in_tar(path))
+        elif path.name.lower().endswith(COMPRESSED_TARS) and path.is_file():
+            raise CLIError(
+                f"{encode_path(path)}: a compressed tar file: decompress it to a .tar first (images inside are read "
+                "by offset, which a compressed stream does not allow)"
+            )
         elif path.exists():
             found.append(path)
         else:
@@ -48,20 +57,37 @@ def find_images(paths: Sequence[Union[str, Path]]) -> list[Path]:
     return found
 
 
-def read_file_list(source: str) -> list[Path]:
+COMPRESSED_TARS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
+
+
+def images_in_tar(path: Path) -> list[TarMember]:
+    try:
+        images = tar_images(path)
+    except (TarFormatError, OSError) as e:
+        raise CLIError(f"{encode_path(path)}: {e}") from None
+    if not images:
+        raise CLIError(f"{encode_path(path)}: no images in this tar file (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return images
+
+
+def read_file_list(source: str) -> list[Union[Path, TarMember]]:
     """``--files-from``: the image files listed in ``source``, one per line (``-``: standard input).
 
-    Lines are taken as they are (no escapes; bytes that are not UTF-8 kept as the file system gives them), blank
-    lines skipped; a relative path is relative to the current folder. Entries are not looked at here: a missing or
-    unreadable file is reported and skipped when read, as a bad image is, so a list of millions costs no stat calls.
+    A listed ``.tar`` file gives its sample images. Lines are taken as they are (no escapes; bytes that are not
+    UTF-8 kept as the file system gives them), blank lines skipped; a relative path is relative to the current
+    folder. Other entries are not looked at here: a missing or unreadable file is reported and skipped when read,
+    as a bad image is, so a list of millions costs no stat calls.
     """
     try:
         data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
     except OSError as e:
         raise CLIError(f"--files-from {encode_path(source)}: {e.strerror or e}") from None
-    files = [Path(os.fsdecode(line)) for line in data.splitlines() if line.strip()]
-    if not files:
+    listed = [Path(os.fsdecode(line)) for line in data.splitlines() if line.strip()]
+    if not listed:
         raise CLIError(f"--files-from {encode_path(source)}: no paths in it")
+    files: list[Union[Path, TarMember]] = []
+    for path in listed:
+        files.extend(images_in_tar(path) if path.suffix.lower() == ".tar" else [path])
     return files
 
 

@@ -20,13 +20,16 @@ What :func:`open_image` does beyond timm's ``Image.open(f).convert('RGB')``:
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import warnings
-from typing import Union
+from typing import BinaryIO, Union
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from effnetv2.data.tar_images import TarMember
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
@@ -82,7 +85,20 @@ def to_8bit(image: Image.Image) -> Image.Image:
     return image
 
 
-def open_image(path: Union[str, os.PathLike]) -> Image.Image:
+def _open_regular_file(path: Union[str, os.PathLike]) -> BinaryIO:
+    # O_NONBLOCK: opening a FIFO without a writer returns at once instead of blocking; regular files ignore it.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(f"not a regular file but {_file_kind(mode)}; skipped without reading it")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_image(path: Union[str, os.PathLike, TarMember]) -> Image.Image:
     """The image at ``path``, upright (EXIF orientation applied), as 8-bit RGB.
 
     Raises :class:`NotRegularFileError` (an ``OSError``) for FIFOs, sockets, devices and folders,
@@ -90,16 +106,10 @@ def open_image(path: Union[str, os.PathLike]) -> Image.Image:
     ``PIL.UnidentifiedImageError`` for files Pillow cannot read, and ``ValueError`` for integer or float images
     whose values are out of range. Warns with :class:`LargeImageWarning` above Pillow's warning limit.
     """
-    # O_NONBLOCK: opening a FIFO without a writer returns at once instead of blocking; regular files ignore it.
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise NotRegularFileError(f"not a regular file but {_file_kind(mode)}; skipped without reading it")
-        f = os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+    if isinstance(path, TarMember):  # an image inside a tar file (WebDataset)
+        f = io.BytesIO(path.read_bytes())
+    else:
+        f = _open_regular_file(path)
     limit = Image.MAX_IMAGE_PIXELS
     # Pillow checks sizes on opening and, for some formats, again while decoding: both are reported here instead.
     with f, warnings.catch_warnings():

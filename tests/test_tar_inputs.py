@@ -1,0 +1,104 @@
+"""WebDataset tar shards as inputs (issue 14): tars written by webdataset's own TarWriter give the samples
+webdataset's reader gives, in its order, and embed to the rows of the same images as separate files."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from conftest import assert_close
+from PIL import Image
+from safetensors import safe_open
+
+from effnetv2.cli import main
+from effnetv2.cli.images import find_images
+from effnetv2.data.images import open_image
+
+
+def jpeg_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> tuple[list[Path], Path]:
+    """Two WebDataset shards of 3 samples (jpg + cls, one sample a png), and the same images as loose files."""
+    root = tmp_path_factory.mktemp("wds")
+    loose = root / "loose"
+    loose.mkdir()
+    rng = np.random.default_rng(0)
+    tars = [root / f"shard-{n:03d}.tar" for n in range(2)]
+    for n, tar in enumerate(tars):
+        with wds.TarWriter(str(tar)) as sink:
+            for i in range(3):
+                pixels = rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)
+                image = Image.fromarray(pixels).resize((80, 64), Image.BILINEAR)
+                key, ext = f"sample{n}{i}", "png" if i == 1 else "jpg"
+                data = jpeg_bytes(image) if ext == "jpg" else None
+                if data is None:
+                    buffer = io.BytesIO()
+                    image.save(buffer, format="PNG")
+                    data = buffer.getvalue()
+                sink.write({"__key__": key, ext: data, "cls": str(i).encode()})
+                (loose / f"{n}-{i}.{ext}").write_bytes(data)
+    return tars, loose
+
+
+def test_samples_are_the_ones_webdatasets_reader_gives(shards):
+    tars, _ = shards
+    ours = find_images(tars)
+    theirs = list(wds.WebDataset([str(t) for t in tars], shardshuffle=False))
+    assert [m.key for m in ours] == [s["__key__"] for s in theirs] and len(ours) == 6
+    for member, sample in zip(ours, theirs, strict=True):
+        ext = "png" if "png" in sample else "jpg"
+        assert member.member == f"{sample['__key__']}.{ext}" and member.read_bytes() == sample[ext]
+        expected = Image.open(io.BytesIO(sample[ext])).convert("RGB")
+        np.testing.assert_array_equal(np.asarray(open_image(member)), np.asarray(expected))
+
+
+def read(path: Path) -> tuple[dict, list[str]]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["paths"])  # noqa: SIM118
+
+
+def test_embed_tars_as_the_same_images_in_files(shards, checkpoint, tmp_path, capsys):
+    tars, loose = shards
+    # two decoding workers: the tar members travel to worker processes and are read there by offset
+    common = ["--checkpoint", str(checkpoint), "--img-size", "64", "--batch-size", "2", "--workers", "2"]
+    assert main(["embed", *map(str, sorted(loose.iterdir())), "-o", str(tmp_path / "loose.safetensors"), *common]) == 0
+    assert main(["embed", *map(str, tars), "-o", str(tmp_path / "tars"), "--shard-size", "4", *common]) == 0
+    expected, _ = read(tmp_path / "loose.safetensors")
+    index = json.loads((tmp_path / "tars" / "index.json").read_text())
+    assert index["count"] == 6 and [s["count"] for s in index["shards"]] == [4, 2]
+    parts = [read(tmp_path / "tars" / s["file"]) for s in index["shards"]]
+    paths = [p for _, shard_paths in parts for p in shard_paths]
+    assert paths[:2] == [f"{tars[0]}/sample00.jpg", f"{tars[0]}/sample01.png"]
+    assert_close(torch.cat([tensors["embeddings"] for tensors, _ in parts]), expected["embeddings"])
+
+    (tmp_path / "list.txt").write_text(f"{tars[1]}\n")  # a tar named in --files-from gives its samples too
+    assert main(["embed", "--files-from", str(tmp_path / "list.txt"), "-o", str(tmp_path / "one.npy"), *common]) == 0
+    assert (tmp_path / "one.paths.txt").read_text().splitlines() == [str(p) for p in paths[3:]]
+
+
+def test_tars_that_cannot_be_indexed_are_one_line_errors(tmp_path, capsys):
+    (tmp_path / "junk.tar").write_bytes(b"not a tar" * 100)
+    with tarfile.open(tmp_path / "packed.tar.gz", "w:gz") as tar:
+        tar.add(__file__, arcname="x.jpg")
+    empty = tmp_path / "empty.tar"
+    with tarfile.open(empty, "w") as tar:
+        tar.add(__file__, arcname="notes.txt")
+    for path, message in [
+        ("junk.tar", "not an uncompressed tar file"),
+        ("packed.tar.gz", "a compressed tar file: decompress it"),
+        ("empty.tar", "no images in this tar file"),
+    ]:
+        assert main(["embed", str(tmp_path / path), "-o", str(tmp_path / "e.npy")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
