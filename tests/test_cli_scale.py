@@ -110,3 +110,24 @@ def test_predict_under_torchrun_prints_once_in_input_order(checkpoint, images, t
     assert [r[:4] for r in two] == [r[:4] for r in one] and len(one) == 7  # header, 3 images × 2 classes
     # probabilities to 2e-5 (one thread per process there, two here: another summation order)
     assert [float(r[4]) for r in two[1:]] == pytest.approx([float(r[4]) for r in one[1:]], abs=2e-5)
+
+
+def test_optimize_with_amp_runs_the_reduced_precision_copy(checkpoint, images, tmp_path):
+    """--optimize --amp bf16 is optimize_for_inference(model, torch.bfloat16): the same numbers as that copy run
+    here on the same preprocessed image (bfloat16's distance from float32 is the library's, tested elsewhere)."""
+    import torch
+
+    import effnetv2
+
+    out = tmp_path / "bf16.safetensors"
+    argv = ["embed", str(images / "0.png"), "-o", str(out), "--checkpoint", str(checkpoint), "--img-size", "32"]
+    assert main([*argv, "--workers", "0", "--optimize", "--amp", "bf16"]) == 0
+    model = effnetv2.create_model("efficientnetv2_rw_m", num_classes=0, checkpoint_path=checkpoint).eval()
+    config = effnetv2.data.resolve_model_data_config(model, args={"img_size": 32}, use_test_size=True)
+    x = effnetv2.data.create_transform(**config)(Image.open(images / "0.png").convert("RGB"))[None]
+    with torch.inference_mode():
+        expected = effnetv2.optimize_for_inference(model, torch.bfloat16)(x)
+        plain = model(x)
+    got = read(out)["embeddings"]
+    assert_close(got, expected, tol=1e-6)
+    assert not torch.equal(got, plain)  # reduced precision did run

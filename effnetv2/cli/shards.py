@@ -165,10 +165,10 @@ class ShardedOutput:
         metadata: dict[str, Any],
     ) -> None:
         """Collect the model's ``outputs`` (one per batch of :meth:`batch_plan`) and write each shard when whole."""
-        by_position = {p: shard for shard in shards for p in shard.positions}
+        by_number = {shard.number: shard for shard in shards}
         for batch, out in outputs:
             positions = [*batch.indices, *(i for i, _ in batch.failures)]
-            shard = by_position[positions[0]]
+            shard = by_number[positions[0] // self.shard_size]
             if out is not None:
                 shard.rows.append(out)
                 shard.paths += [self.files[i] for i in batch.indices]
@@ -189,7 +189,10 @@ class ShardedOutput:
             skipped=[encode_path(self.files[i]) for i in sorted(shard.skipped)],
             inputs_sha256=shard.inputs,
         )
-        shard.rows.clear()  # what bounds the memory: one shard's rows at a time
+        # what bounds the memory: one shard's rows and paths at a time
+        shard.rows.clear()
+        shard.paths.clear()
+        shard.skipped.clear()
 
     def finish(self, metadata: dict[str, Any]) -> dict[str, Any]:
         """Rank 0, when every process is done: check every shard and write ``index.json``; return it."""
