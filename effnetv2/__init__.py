@@ -1,6 +1,7 @@
 """effnetv2: timm's EfficientNetV2 networks in plain PyTorch, with timm's numbers and API and no timm at run time."""
 
 from effnetv2 import data
+from effnetv2.cam import Explanation, explain
 from effnetv2.errors import CheckpointError, ExportError, UnknownModelError
 from effnetv2.export import export_model
 from effnetv2.model import EfficientNetV2, EfficientNetV2Features
@@ -17,6 +18,7 @@ __all__ = [
     "CheckpointError",
     "EfficientNetV2",
     "EfficientNetV2Features",
+    "Explanation",
     "ExportError",
     "KeyMap",
     "ModelSpec",
@@ -25,6 +27,7 @@ __all__ = [
     "convert_checkpoint",
     "create_model",
     "data",
+    "explain",
     "export_model",
     "get_pretrained_cfg",
     "list_models",

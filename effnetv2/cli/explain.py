@@ -1,0 +1,162 @@
+"""``effnetv2 explain``: class activation maps over images, as PNGs (and optionally the raw maps)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from PIL import Image, ImageDraw
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from effnetv2.atomic import atomic_path
+from effnetv2.cam import METHODS, explain, overlay, resolve_layer
+from effnetv2.cli import CLIError
+from effnetv2.cli.images import add_input_options, input_images, progress_enabled
+from effnetv2.cli.outputs import save_safetensors
+from effnetv2.cli.paths import encode_path
+from effnetv2.cli.predict import class_labels
+from effnetv2.cli.runtime import add_model_options, image_size, load_model, positive_int, resolve_device
+from effnetv2.data import resolve_model_data_config
+from effnetv2.data.images import open_image
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "explain",
+        help="class activation maps (Grad-CAM and kin) over images, as PNGs",
+        description="For each image, OUT_DIR/<name>.png: the image with the class activation map of its top-1 class "
+        "(or --class, or one panel per class of --topk) overlaid, each panel labelled with the class and its "
+        "probability. The whole image is used, resized so its shorter side is the model's test size (or "
+        "--img-size) and not cropped, so the map covers all of it and the PNG keeps its aspect ratio; probabilities "
+        "can differ a little from predict's, which center-crops. Maps come from TorchCAM (pip install "
+        "'effnetv2[explain]').",
+    )
+    add_input_options(parser, default="the bundled sample photo")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR", help="folder for the PNGs")
+    add_model_options(parser)
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--class", dest="target", metavar="INDEX|LABEL", help="the class to explain (default: top-1)")
+    target.add_argument("--topk", type=positive_int, default=1, metavar="K", help="one panel per top-K class")
+    parser.add_argument("--method", choices=tuple(METHODS), default="gradcam", help="CAM method (default: gradcam)")
+    parser.add_argument(
+        "--layer",
+        default=None,
+        metavar="LEVEL|NAME",
+        help="feature level 0-4, or a module name (default: 'head', the last convolution, which the classifier pools)",
+    )
+    parser.add_argument(
+        "--save-maps", action="store_true", help="also write OUT_DIR/maps.safetensors: the raw maps, floats in [0, 1]"
+    )
+    parser.add_argument("--img-size", type=image_size, metavar="N", help="shorter side (default: the test size)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    parser.set_defaults(func=run)
+
+
+def parse_target(text: Optional[str], labels: list[str]) -> Optional[int]:
+    """``--class``: an index, or a label (case-insensitive)."""
+    if text is None:
+        return None
+    if text.isdigit():
+        index = int(text)
+        if index >= len(labels):
+            raise CLIError(f"--class {index}: the model has {len(labels)} classes (0 to {len(labels) - 1})")
+        return index
+    lowered = [label.lower() for label in labels]
+    if text.lower() not in lowered:
+        raise CLIError(f"--class {text!r}: not one of the model's labels (give an index, or a label exactly)")
+    return lowered.index(text.lower())
+
+
+def unique_name(stem: str, taken: set[str]) -> str:
+    name, n = f"{stem}.png", 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}.png"
+    taken.add(name)
+    return name
+
+
+def panel(image: Image.Image, heat_map: torch.Tensor, title: str) -> Image.Image:
+    """The overlay with its title on a dark band at the top (inside the image: the aspect ratio stays)."""
+    shown = overlay(image, heat_map)
+    draw = ImageDraw.Draw(shown)
+    box = draw.textbbox((4, 3), title)
+    draw.rectangle((0, 0, box[2] + 4, box[3] + 3), fill=(0, 0, 0))
+    draw.text((4, 3), title, fill=(255, 255, 255))
+    return shown
+
+
+def run(args: argparse.Namespace) -> int:
+    from effnetv2.data.assets import sample_image_path
+
+    files = input_images(args, default=sample_image_path())
+    if args.output.exists() and not args.output.is_dir():
+        raise CLIError(f"{encode_path(args.output)}: is a file; give a folder for the PNGs")
+    if not args.output.parent.is_dir():
+        raise CLIError(f"{encode_path(args.output.parent)}: output folder does not exist")
+    device = resolve_device(args.device)
+    model = load_model(args).to(device)
+    if model.num_classes < 1:
+        raise CLIError("the model has no classifier (num_classes=0): nothing to explain")
+    labels = class_labels(model.num_classes, model.pretrained_cfg.get("label_names"))
+    target = parse_target(args.target, labels)
+    layer: Any = args.layer
+    try:
+        resolve_layer(model, layer)
+    except ValueError as e:
+        raise CLIError(f"--layer: {e}") from None
+    config = resolve_model_data_config(model, args={"img_size": args.img_size}, use_test_size=True)
+    transform = v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.Resize(config["input_size"][-1], interpolation=v2.InterpolationMode(config["interpolation"])),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
+    normalize = v2.Normalize(config["mean"], config["std"])
+    args.output.mkdir(exist_ok=True)
+
+    taken: set[str] = set()
+    failed, saved_maps, records, paths = 0, {}, [], []
+    for path in tqdm(files, unit="img", file=sys.stderr, disable=not progress_enabled(sys.stderr)):
+        try:
+            pixels = transform(open_image(path))
+        except Exception as e:  # any decoder error: reported, skipped (as predict does)
+            tqdm.write(f"effnetv2: skipped {encode_path(path)}: {type(e).__name__}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        try:
+            result = explain(model, normalize(pixels)[None].to(device), target, args.topk, args.method, layer)
+        except ImportError as e:
+            raise CLIError(str(e)) from None
+        shown = v2.functional.to_pil_image(pixels)
+        panels = [
+            panel(shown, result.maps[0, k].cpu(), f"{labels[c]} {100 * p:.1f} %")
+            for k, (c, p) in enumerate(zip(result.classes[0].tolist(), result.probs[0].tolist(), strict=True))
+        ]
+        picture = Image.new("RGB", (shown.width * len(panels), shown.height))
+        for k, image in enumerate(panels):
+            picture.paste(image, (k * shown.width, 0))
+        name = unique_name(Path(path).stem, taken)
+        with atomic_path(args.output / name) as tmp:
+            picture.save(tmp, format="PNG")
+        saved_maps[f"maps.{len(records)}"] = result.maps[0].cpu()
+        records.append(dict(png=name, classes=result.classes[0].tolist(), probs=result.probs[0].tolist()))
+        paths.append(path)
+    if args.save_maps and records:
+        save_safetensors(
+            args.output / "maps.safetensors",
+            saved_maps,
+            paths,
+            images=records,
+            method=args.method,
+            layer=result.layer,
+        )
+    if not records:
+        print("effnetv2: no image could be read", file=sys.stderr)
+        return 1
+    return 1 if failed else 0

@@ -1,0 +1,92 @@
+"""Class activation maps (issue 15): effnetv2.explain is TorchCAM's CAM on the equivalent timm layer, and
+`effnetv2 explain` draws it as a person would look at it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+from conftest import import_script
+from PIL import Image
+from safetensors import safe_open
+from torchcam.methods import GradCAM, GradCAMpp
+
+import effnetv2
+from effnetv2.cli import main
+from effnetv2.data import sample_image_path
+from effnetv2.weights.loading import load_state_dict_into
+
+calibrated_model = import_script("calibrated_model")
+
+
+@pytest.fixture(scope="module")
+def pair():
+    torch.manual_seed(0)
+    theirs = timm.create_model("tf_efficientnetv2_b0")
+    theirs = calibrated_model.condition(theirs, calibrated_model.smooth_images(8, 96, seed=1)).eval()
+    ours = effnetv2.create_model("tf_efficientnetv2_b0")
+    load_state_dict_into(ours, theirs.state_dict(), source="timm")
+    return ours.eval(), theirs
+
+
+@pytest.mark.parametrize(
+    "method, torchcam_method, layer, timm_layer",
+    [("gradcam", GradCAM, None, "bn2"), ("gradcam++", GradCAMpp, 3, "blocks.4")],
+)
+def test_maps_are_torchcams_on_the_equivalent_timm_layer(pair, method, torchcam_method, layer, timm_layer):
+    ours, theirs = pair
+    x = calibrated_model.smooth_images(2, 96, seed=5)
+    result = effnetv2.explain(ours, x, topk=2, method=method, layer=layer)
+    assert result.maps.shape == (2, 2, *(torch.Size([3, 3]) if layer is None else torch.Size([6, 6])))
+    with torch.no_grad():
+        probs = theirs(x).softmax(1)
+    top2 = probs.topk(2, dim=1)
+    assert torch.equal(result.classes, top2.indices)
+    torch.testing.assert_close(result.probs, top2.values, rtol=1e-4, atol=1e-6)
+    extractor = torchcam_method(theirs, target_layer=timm_layer)
+    scores = theirs(x)
+    for k in range(2):
+        expected = extractor(top2.indices[:, k].tolist(), scores, retain_graph=True)[0]
+        torch.testing.assert_close(result.maps[:, k], expected, rtol=1e-4, atol=1e-4)
+    extractor.remove_hooks()
+    assert result.maps.amin() >= 0 and result.maps.amax() <= 1
+    assert (result.maps[:, 0] - result.maps[:, 1]).abs().max() > 0.1  # two classes, two different maps
+    one = effnetv2.explain(ours, x[:1], classes=7)
+    assert one.classes.tolist() == [[7]] and not ours.training
+
+
+def test_explain_command_draws_pngs_with_the_inputs_aspect_ratio(checkpoint, tmp_path, capsys):
+    with Image.open(sample_image_path()) as img:
+        img.crop((0, 0, 300, 200)).save(tmp_path / "wide.png")
+        img.crop((0, 0, 150, 240)).save(tmp_path / "tall.jpg")
+    out = tmp_path / "cams"
+    common = ["--checkpoint", str(checkpoint), "--img-size", "64", "-o", str(out)]
+    assert main(["explain", str(tmp_path / "wide.png"), str(tmp_path / "tall.jpg"), *common, "--save-maps"]) == 0
+    for name, (w, h) in (("wide.png", (300, 200)), ("tall.png", (150, 240))):
+        with Image.open(out / name) as picture:
+            pixels = np.asarray(picture.convert("RGB"), dtype=np.float32)
+            assert picture.width / picture.height == pytest.approx(w / h, rel=0.03)
+            assert min(picture.size) == 64 and pixels.std() > 20  # decodes, the size asked, not blank
+    with safe_open(str(out / "maps.safetensors"), framework="pt") as f:
+        maps = [f.get_tensor(k) for k in sorted(f.keys())]
+        images = json.loads(f.metadata()["images"])
+    assert [m.shape[0] for m in maps] == [1, 1] and all(m.min() >= 0 and m.max() <= 1 for m in maps)
+    assert [r["png"] for r in images] == ["wide.png", "tall.png"]
+
+    # --class by label, and --topk: one panel per class, side by side
+    label = effnetv2.data.imagenet_class_names()[images[0]["classes"][0]]
+    assert main(["explain", str(tmp_path / "wide.png"), *common, "--class", label.upper()]) == 0  # replaces
+    argv = ["explain", str(tmp_path / "wide.png"), *common[:-1], str(tmp_path / "top3"), "--topk", "3"]
+    assert main([*argv, "--method", "layercam"]) == 0
+    with Image.open(out / "wide.png") as one, Image.open(tmp_path / "top3" / "wide.png") as three:
+        assert three.width == 3 * one.width and three.height == one.height
+    capsys.readouterr()
+    for argv, message in (
+        (["--class", "no such thing"], "not one of the model's labels"),
+        (["--layer", "9"], "--layer: feature level 9 out of range"),
+    ):
+        assert main(["explain", str(tmp_path / "wide.png"), *common, *argv]) == 2
+        assert message in capsys.readouterr().err
