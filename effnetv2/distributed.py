@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
+
+# The command line's collectives wait for the slowest process's share of the images (a slow disk, a slow decoder).
+COMMAND_TIMEOUT = timedelta(hours=6)
 
 
 @dataclass(frozen=True)
@@ -27,13 +31,17 @@ class DistEnv:
         return self.world_size > 1
 
 
-def init_distributed(device: torch.device) -> DistEnv:
-    """Join torchrun's process group when launched by it (NCCL on CUDA, gloo otherwise); else a 1-process env."""
+def init_distributed(device: torch.device, timeout: Optional[timedelta] = None) -> DistEnv:
+    """Join torchrun's process group when launched by it (NCCL on CUDA, gloo otherwise); else a 1-process env.
+
+    ``timeout``: how long a collective (a barrier) may wait for the other processes; torch's default (10 minutes
+    for NCCL) suits training steps, not a process that has finished its share and waits for the others'.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistEnv()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
@@ -58,9 +66,9 @@ def gather_to_main(obj: Any, env: DistEnv) -> list[Any]:
     """Every rank's ``obj``, in rank order, on rank 0 (``[obj]`` in one process; ``[]`` on the other ranks)."""
     if not env.enabled:
         return [obj]
-    gathered: list[Any] = [None] * env.world_size
-    dist.all_gather_object(gathered, obj)
-    return gathered if env.is_main else []
+    gathered: list[Any] = [None] * env.world_size if env.is_main else []
+    dist.gather_object(obj, gathered if env.is_main else None, dst=0)
+    return gathered
 
 
 def close_distributed(env: DistEnv) -> None:

@@ -3,8 +3,10 @@ resumable after kill -9, the same folder from two torchrun processes as from one
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,11 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_close
+from conftest import ARCH, assert_close
 from PIL import Image
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from effnetv2.cli import main
+from effnetv2.cli.features import map_bytes
+from effnetv2.cli.shards import ShardedOutput, default_shard_size
 from effnetv2.data import sample_image_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +67,8 @@ def test_embed_folder_holds_the_rows_of_one_file(photos, checkpoint, tmp_path, c
     one, out = tmp_path / "one.safetensors", tmp_path / "out"
     assert main(["embed", str(photos), "-o", str(one), *common(checkpoint)]) == 1  # 1: an image was skipped
     assert main(["embed", str(photos), "-o", str(out), "--shard-size", "3", *common(checkpoint)]) == 1
-    assert capsys.readouterr().err.count("skipped") == 2
+    err = capsys.readouterr().err
+    assert err.count("effnetv2: skipped ") == 2 and "effnetv2: 1 image(s) skipped (listed under 'skipped'" in err
     index, tensors, paths = read_folder(out)
     expected, expected_paths, meta = read_file(one)
     assert paths == expected_paths and len(paths) == 7
@@ -170,3 +176,50 @@ def test_folder_output_refusals(photos, checkpoint, tmp_path, capsys):
     (tmp_path / "other" / "notes.txt").write_text("mine")
     assert "has no run.json" in error([*args, "-o", str(tmp_path / "other"), "--resume"])
     assert "output folder does not exist" in error([*args, "-o", str(tmp_path / "no" / "out")])
+
+
+def test_resume_checks_and_failed_starts(photos, checkpoint, tmp_path, capsys):
+    """--resume with nothing left says why it exits 1; another checkpoint under the same name is refused; a start
+    that fails (fp16 on a CPU) leaves no folder behind."""
+    weights = tmp_path / "weights.safetensors"
+    shutil.copy(checkpoint, weights)
+    out = tmp_path / "out"
+    args = ["embed", str(photos), "--shard-size", "4", *common(weights), "-o", str(out)]
+    assert main(args) == 1
+    run = json.loads((out / "run.json").read_text())
+    assert run["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 1  # nothing to do: the skipped image of the first run is why it is 1
+    assert f"1 image(s) skipped (listed under 'skipped' in {out / 'index.json'})" in capsys.readouterr().err
+
+    tensors = load_file(weights)
+    tensors["conv_stem.weight"] = tensors["conv_stem.weight"] * 2
+    save_file(tensors, weights, metadata={"format": "pt"})
+    assert main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume with other settings or inputs" in err and "checkpoint_sha256" in err
+
+    fresh = tmp_path / "fresh"
+    assert main(["embed", str(photos), *common(checkpoint), "-o", str(fresh), "--optimize", "--amp", "fp16"]) == 2
+    assert "--optimize --amp fp16" in capsys.readouterr().err and not fresh.exists()
+
+
+def test_default_shard_size_follows_the_size_of_a_row(checkpoint):
+    """4096 images per shard, fewer where a row is large: rw_m's five levels at 416 px are 9.6 MB an image."""
+    import timm
+
+    theirs = timm.create_model(ARCH, features_only=True).eval()
+    with torch.no_grad():
+        maps = theirs(torch.zeros(1, 3, 96, 80))
+    assert map_bytes(theirs.feature_info, (3, 96, 80)) == sum(4 * m.numel() for m in maps)
+    assert map_bytes(theirs.feature_info, (3, 416, 416)) == 9_566_752
+    assert default_shard_size(9_566_752) == 112 and default_shard_size(4 * 2152) == 4096
+    assert default_shard_size(2 << 30) == 1
+
+
+def test_processes_share_the_shards_still_to_write():
+    """After a --resume the shards left are dealt out again, so that no process waits for the others' whole share."""
+    files = [Path(f"{i}.jpg") for i in range(10)]
+    outs = [ShardedOutput(Path("out"), files, 2, {}, rank, 2) for rank in range(2)]
+    assert [[s.number for s in out.share([1, 3, 4])] for out in outs] == [[1, 4], [3]]
+    assert outs[0].batch_plan(outs[0].share([1, 3, 4]), 1) == [range(2, 3), range(3, 4), range(8, 9), range(9, 10)]

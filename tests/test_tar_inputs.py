@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -102,3 +104,68 @@ def test_tars_that_cannot_be_indexed_are_one_line_errors(tmp_path, capsys):
         assert main(["embed", str(tmp_path / path), "-o", str(tmp_path / "e.npy")]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_hard_links_duplicates_and_sparse_members(tmp_path):
+    """A hard link reads its target's bytes; of two members named alike the later counts (as tar -x leaves it)."""
+    first, second = (jpeg_bytes(Image.new("RGB", (40, 30), colour)) for colour in ("red", "blue"))
+    tar_path = tmp_path / "links.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        for name, data in [("a.jpg", first), ("c.jpg", first), ("c.jpg", second)]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("b.jpg")
+        link.type, link.linkname = tarfile.LNKTYPE, "a.jpg"
+        tar.addfile(link)
+    members = find_images([tar_path])
+    assert [(m.member, m.read_bytes()) for m in members] == [("a.jpg", first), ("c.jpg", second), ("b.jpg", first)]
+
+
+def test_sparse_members_are_reported_and_skipped(tmp_path, checkpoint, capsys):
+    """GNU tar's sparse members do not store their bytes in one piece: reported when read, like a bad image."""
+    gnu_tar = shutil.which("tar")
+    if gnu_tar is None:
+        pytest.skip("needs GNU tar to write a sparse member")
+    folder = tmp_path / "src"
+    folder.mkdir()
+    Image.new("RGB", (40, 30), "green").save(folder / "good.png")
+    with open(folder / "holes.jpg", "wb") as f:  # a file with a hole: tar --sparse stores only the data
+        f.write(b"\xff\xd8" + b"x" * 4096)
+        f.seek(1 << 20)
+        f.write(b"y" * 4096)
+    tar_path = tmp_path / "sparse.tar"
+    subprocess.run(
+        [gnu_tar, "--sparse", "--format=gnu", "-cf", str(tar_path), "-C", str(folder), "good.png", "holes.jpg"],
+        check=True,
+    )
+    with tarfile.open(tar_path) as tar:
+        if not tar.getmember("holes.jpg").issparse():
+            pytest.skip("this file system keeps no holes, so tar wrote no sparse member")
+    out = tmp_path / "e.npy"
+    args = ["--checkpoint", str(checkpoint), "--img-size", "64", "--workers", "0"]
+    assert main(["embed", str(tar_path), "-o", str(out), *args]) == 1
+    assert "holes.jpg: a sparse tar member, which is not read" in capsys.readouterr().err
+    assert (tmp_path / "e.paths.txt").read_text().splitlines() == [f"{tar_path}/good.png"]
+
+
+def test_listed_compressed_tars_and_folders_of_tars(tmp_path, capsys, monkeypatch):
+    with tarfile.open(tmp_path / "packed.tar.gz", "w:gz") as tar:
+        tar.add(__file__, arcname="x.jpg")
+    (tmp_path / "list.txt").write_text(f"{tmp_path / 'packed.tar.gz'}\n")
+    tars = tmp_path / "tars"
+    tars.mkdir()
+    with tarfile.open(tars / "000.tar", "w") as tar:
+        tar.add(__file__, arcname="x.jpg")
+
+    def error(*argv) -> str:
+        assert main(["embed", *argv, "-o", str(tmp_path / "e.npy")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        return err
+
+    assert "packed.tar.gz: a compressed tar file: decompress it" in error("--files-from", str(tmp_path / "list.txt"))
+    assert "no images in this folder (looked for .jpg" in error(str(tars))
+    assert f"tar files are read when named: give them (e.g. {tars / '000.tar'})" in error(str(tars))
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun, each process would read its own copy of stdin
+    assert "under torchrun every process would read standard input" in error("--files-from", "-")

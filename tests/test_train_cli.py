@@ -13,9 +13,12 @@ import pytest
 import timm
 import torch
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
 
 import effnetv2
 from effnetv2.cli import main
+from effnetv2.pictures import curves_size
 from effnetv2.train.engine import NonFiniteLossError
 from effnetv2.train.run_folder import RunFolder
 from effnetv2.train.runner import CHECKSUMS_ENV, STOP_AFTER_ENV, weights_checksum
@@ -78,6 +81,7 @@ def test_resume_equals_uninterrupted_run(image_root, checkpoint, tmp_path, monke
         "0.2",
         "--drop-path",
         "0.1",
+        "--tensorboard",
         *FAST,
     ]
     assert main(["train", *common, "--output", str(tmp_path / "full")]) == 0
@@ -85,6 +89,8 @@ def test_resume_equals_uninterrupted_run(image_root, checkpoint, tmp_path, monke
     assert main(["train", *common, "--output", str(tmp_path / "split")]) == 0
     monkeypatch.delenv(STOP_AFTER_ENV)
     assert _state(tmp_path / "split")["epoch"] == 1
+    with SummaryWriter(tmp_path / "split" / "tensorboard") as writer:  # as if killed during epoch 2, after a step
+        writer.add_scalar("train/loss", 123.0, 2)
     assert main(["train", *common, "--output", str(tmp_path / "split"), "--resume"]) == 0
 
     full, split = _state(tmp_path / "full"), _state(tmp_path / "split")
@@ -97,10 +103,26 @@ def test_resume_equals_uninterrupted_run(image_root, checkpoint, tmp_path, monke
     lines = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     full_lines = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [1, 2]
-    assert set(lines[0]) >= {"epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s"}
+    assert set(lines[0]) >= {"epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr"}
     for a, b in zip(lines, full_lines, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)
-        assert a["val_top1"] == b["val_top1"]
+        assert a["val_top1"] == b["val_top1"] and a["train_top1"] == b["train_top1"]
+
+    # TensorBoard: one step per epoch here; the resumed run hid the killed run's step 2 (purge_step)
+    for run in ("full", "split"):
+        events = EventAccumulator(str(tmp_path / run / "tensorboard"))
+        events.Reload()
+        scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+        assert [step for step, _ in scalars["train/loss"]] == [1, 2], run
+        for (_, loss), row in zip(scalars["train/loss"], full_lines, strict=True):  # one step: the epoch's mean
+            assert loss == pytest.approx(row["train_loss"], rel=1e-5)
+        assert [v for _, v in scalars["epoch/val_top1"]] == pytest.approx([r["val_top1"] for r in full_lines])
+        assert [v for _, v in scalars["epoch/val_loss"]] == pytest.approx([r["val_loss"] for r in full_lines], 1e-5)
+        assert all(v > 0 and np.isfinite(v) for _, v in scalars["train/grad_norm"])
+        assert {"train/lr", "epoch/val_top5", "epoch/images_per_s", "epoch/train_top1"} <= scalars.keys()
+        with Image.open(tmp_path / run / "curves.png") as curves:  # redrawn after every epoch
+            pixels = np.asarray(curves.convert("RGB"), dtype=np.float32)
+            assert curves.size == curves_size() and pixels.std() > 20
 
     # the best model is saved in timm's hub format: timm and create_model(checkpoint_path=) load it alike
     out = tmp_path / "full"

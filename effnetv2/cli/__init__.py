@@ -10,7 +10,17 @@ from collections.abc import Sequence
 from typing import NoReturn, Optional
 
 # Subcommand modules, in the order ``effnetv2 --help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("predict", "validate", "embed", "features", "explain", "info", "export", "train")
+COMMAND_MODULES: tuple[str, ...] = (
+    "predict",
+    "validate",
+    "embed",
+    "features",
+    "explain",
+    "info",
+    "export",
+    "train",
+    "plot",
+)
 
 
 class CLIError(Exception):

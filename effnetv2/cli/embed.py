@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
             forward=lambda model: model,  # num_classes=0: the pooled pre-logits
             to_tensors=lambda model, rows: {"embeddings": torch.cat(rows)},
             describe=lambda model, config: {**model_metadata(args, model), "input_size": config["input_size"]},
+            row_bytes=lambda model, config: 4 * model.head_hidden_size,
         )
     check_file_output_options(args)
     output = check_output(args.output, SUFFIXES)

@@ -11,17 +11,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from effnetv2.cli import CLIError
 from effnetv2.cli.images import add_input_options, input_images
 from effnetv2.cli.outputs import check_output, save_safetensors
 from effnetv2.cli.paths import encode_path
 from effnetv2.cli.runtime import (
     add_model_options,
     add_run_options,
+    eval_transform,
     exit_status,
     image_run,
     inference_model,
     load_model,
     model_metadata,
+    positive_int,
     resolve_device,
     run_model,
 )
@@ -44,11 +47,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "file: tensor 'features.{level}' of shape (N, C, H/stride, W/stride) per level, images in the order of "
         "the JSON list under the header metadata key 'paths' (escaped as embed --help says). A .safetensors file "
         "holds all maps in memory until written; a folder (OUTPUT without a suffix) gets shards written as the "
-        "images are read: " + FOLDER_HELP + " Images that fail are skipped.",
+        "images are read: " + FOLDER_HELP + " Images that fail are skipped. --mosaic draws one image's strongest "
+        "channels per level as a PNG (needs pip install 'effnetv2[plots]').",
     )
-    add_input_options(parser)
+    add_input_options(parser, default="the bundled sample photo")
+    parser.add_argument("-o", "--output", type=Path, metavar="OUTPUT", help="output .safetensors file, or a folder")
     parser.add_argument(
-        "-o", "--output", type=Path, required=True, metavar="OUTPUT", help="output .safetensors file, or a folder"
+        "--mosaic",
+        type=Path,
+        metavar="OUT.png",
+        help="draw the strongest channels of each selected level of the (one) image as a grid, one row per level",
+    )
+    parser.add_argument(
+        "--mosaic-channels",
+        type=positive_int,
+        default=8,
+        metavar="K",
+        help="channels per level in the mosaic, strongest mean activation first (default: %(default)s)",
     )
     parser.add_argument(
         "--out-indices",
@@ -75,13 +90,63 @@ def describe(args: argparse.Namespace, model: torch.nn.Module, config: dict[str,
     }
 
 
+def map_bytes(info: Any, input_size: Sequence[int]) -> int:
+    """fp32 bytes of one image's maps at ``input_size`` (C, H, W): what sets the default shard size."""
+    _, height, width = input_size
+    return sum(4 * c * -(-height // r) * -(-width // r) for c, r in zip(info.channels(), info.reduction(), strict=True))
+
+
 def level_tensors(out_indices: Sequence[int], rows: list[list[Tensor]]) -> dict[str, Tensor]:
     """``features.{level}`` tensors from the per-batch lists of maps."""
     return {f"features.{level}": torch.cat([maps[i] for maps in rows]) for i, level in enumerate(out_indices)}
 
 
+def draw_feature_mosaic(args: argparse.Namespace, files: Sequence[Path]) -> None:
+    """``--mosaic``: the strongest channels of each selected level of the one input image, as a PNG."""
+    from effnetv2.data.images import open_image
+    from effnetv2.pictures import MATPLOTLIB_HINT, draw_mosaic
+
+    if len(files) != 1:
+        raise CLIError(f"--mosaic draws the maps of one image; {len(files)} images were given")
+    output = check_output(args.mosaic, (".png",))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise CLIError(f"--mosaic needs matplotlib: {MATPLOTLIB_HINT}") from None
+    device = resolve_device(args.device)
+    model = load_model(args, features_only=True, out_indices=args.out_indices).to(device)
+    transform, config = eval_transform(model, args.img_size)
+    try:
+        pixels = transform(open_image(files[0]))
+    except Exception as e:  # any decoder error: the one image cannot be drawn
+        raise CLIError(f"{encode_path(files[0])}: cannot be read: {type(e).__name__}: {e}") from None
+    with torch.no_grad():
+        maps = model(pixels[None].to(device))
+    mean, std = (torch.tensor(config[k]).view(3, 1, 1) for k in ("mean", "std"))
+    info = model.feature_info
+    name = encode_path(Path(files[0]).name)  # a long path would not fit
+    title = f"{model_metadata(args, model)['model']} on {name} at {config['input_size'][-1]} px"
+    draw_mosaic(
+        pixels * std + mean,
+        [m[0] for m in maps],
+        info.out_indices,
+        info.reduction(),
+        output,
+        k=args.mosaic_channels,
+        title=title,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
-    files = input_images(args)
+    if args.output is None and args.mosaic is None:
+        raise CLIError("give -o OUTPUT (the maps), --mosaic OUT.png (a picture of them), or both")
+    from effnetv2.data.assets import sample_image_path
+
+    files = input_images(args, default=sample_image_path())
+    if args.mosaic is not None:
+        draw_feature_mosaic(args, files)
+        if args.output is None:
+            return 0
     if is_folder_output(args.output):
         return run_sharded(
             args,
@@ -91,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
             forward=lambda model: model,
             to_tensors=lambda model, rows: level_tensors(model.feature_info.out_indices, rows),
             describe=lambda model, config: describe(args, model, config),
+            row_bytes=lambda model, config: map_bytes(model.feature_info, config["input_size"]),
         )
     check_file_output_options(args)
     output = check_output(args.output, (".safetensors",))

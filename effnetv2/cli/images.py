@@ -41,15 +41,14 @@ def find_images(paths: Sequence[Union[str, Path]]) -> list[Union[Path, TarMember
             )
             if not images:
                 looked_for = ", ".join(IMG_EXTENSIONS)
-                raise CLIError(f"{encode_path(path)}: no images in this folder (looked for {looked_for})")
+                tars = next(path.rglob("*.tar"), None)
+                hint = f"; tar files are read when named: give them (e.g. {encode_path(tars)})" if tars else ""
+                raise CLIError(f"{encode_path(path)}: no images in this folder (looked for {looked_for}){hint}")
             found.extend(images)
         elif path.suffix.lower() == ".tar" and path.is_file():
             found.extend(images_in_tar(path))
         elif path.name.lower().endswith(COMPRESSED_TARS) and path.is_file():
-            raise CLIError(
-                f"{encode_path(path)}: a compressed tar file: decompress it to a .tar first (images inside are read "
-                "by offset, which a compressed stream does not allow)"
-            )
+            refuse_compressed_tar(path)
         elif path.exists():
             found.append(path)
         else:
@@ -58,6 +57,13 @@ def find_images(paths: Sequence[Union[str, Path]]) -> list[Union[Path, TarMember
 
 
 COMPRESSED_TARS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
+
+
+def refuse_compressed_tar(path: Path) -> None:
+    raise CLIError(
+        f"{encode_path(path)}: a compressed tar file: decompress it to a .tar first (images inside are read "
+        "by offset, which a compressed stream does not allow)"
+    )
 
 
 def images_in_tar(path: Path) -> list[TarMember]:
@@ -73,11 +79,17 @@ def images_in_tar(path: Path) -> list[TarMember]:
 def read_file_list(source: str) -> list[Union[Path, TarMember]]:
     """``--files-from``: the image files listed in ``source``, one per line (``-``: standard input).
 
-    A listed ``.tar`` file gives its sample images. Lines are taken as they are (no escapes; bytes that are not
-    UTF-8 kept as the file system gives them), blank lines skipped; a relative path is relative to the current
-    folder. Other entries are not looked at here: a missing or unreadable file is reported and skipped when read,
-    as a bad image is, so a list of millions costs no stat calls.
+    A listed ``.tar`` file gives its sample images: it is indexed here, so a missing or damaged one is an error, as
+    on the command line. Lines are taken as they are (no escapes; bytes that are not UTF-8 kept as the file system
+    gives them), blank lines skipped; a relative path is relative to the current folder. Other entries are not
+    looked at here: a missing or unreadable image is reported and skipped when read, as a bad image is, so a list of
+    millions costs no stat calls. Under torchrun every process reads the list, so it must be a file, not ``-``.
     """
+    if source == "-" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise CLIError(
+            "--files-from -: under torchrun every process would read standard input; write the list to a file and "
+            "give --files-from FILE"
+        )
     try:
         data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
     except OSError as e:
@@ -87,6 +99,8 @@ def read_file_list(source: str) -> list[Union[Path, TarMember]]:
         raise CLIError(f"--files-from {encode_path(source)}: no paths in it")
     files: list[Union[Path, TarMember]] = []
     for path in listed:
+        if path.name.lower().endswith(COMPRESSED_TARS):
+            refuse_compressed_tar(path)
         files.extend(images_in_tar(path) if path.suffix.lower() == ".tar" else [path])
     return files
 
@@ -102,8 +116,8 @@ def add_input_options(parser: argparse.ArgumentParser, default: str = "") -> Non
     parser.add_argument(
         "--files-from",
         metavar="LIST",
-        help="also read the image files listed in LIST, one path per line ('-': standard input); a missing one is "
-        "reported and skipped",
+        help="also read the image files listed in LIST, one path per line ('-': standard input, not under "
+        "torchrun); a missing image is reported and skipped; a listed .tar file gives its images and must be readable",
     )
 
 
@@ -140,7 +154,8 @@ class ImageFiles(Dataset):
             # Decoders raise many types (OSError, SyntaxError, ValueError...): any is a bad file.
             except Exception as e:
                 image, error = None, f"{type(e).__name__}: {e}"
-        warning = "; ".join(str(w.message) for w in caught if issubclass(w.category, LargeImageWarning))
+        path = encode_path(self.files[index])  # the message's own path is not escaped for output
+        warning = "; ".join(f"{path}: {w.message.detail}" for w in caught if isinstance(w.message, LargeImageWarning))
         return index, image, error, warning
 
 
@@ -188,7 +203,7 @@ class ImageRun:
         self.batch_size = batch_size
         if batches is None:
             batches = [range(i, min(i + batch_size, len(self.files))) for i in range(0, len(self.files), batch_size)]
-        self.plan = [list(b) for b in batches]
+        self.plan = list(batches)  # ranges stay ranges: the plan for millions of images stays small
         self.total = sum(map(len, self.plan))
         # One batch gains nothing from worker processes but pays for starting them.
         self.workers = workers if len(self.plan) > 1 else 0

@@ -24,7 +24,14 @@ from effnetv2.cli.runtime import (
     strided_batches,
 )
 from effnetv2.data.assets import imagenet_class_names, sample_image_path
-from effnetv2.distributed import broadcast_object, close_distributed, gather_to_main, init_distributed, rank_device
+from effnetv2.distributed import (
+    COMMAND_TIMEOUT,
+    broadcast_object,
+    close_distributed,
+    gather_to_main,
+    init_distributed,
+    rank_device,
+)
 
 DEFAULT_TOPK = 5
 
@@ -64,7 +71,9 @@ def class_labels(num_classes: int, label_names: Optional[Sequence[str]] = None) 
 def run(args: argparse.Namespace) -> int:
     files = input_images(args, default=sample_image_path())
     device = resolve_device(args.device)
-    env = init_distributed(device)  # under torchrun each process classifies every K-th image; rank 0 prints all
+    env = init_distributed(
+        device, COMMAND_TIMEOUT
+    )  # under torchrun each process classifies every K-th image; rank 0 prints all
     device = rank_device(device, env)
     model = load_model(args)
     if model.num_classes < 1:

@@ -132,10 +132,10 @@ def inference_model(
         raise CLIError(f"--optimize --amp {args.amp}: {e}") from None
 
 
-def strided_batches(count: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
+def strided_batches(count: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[range]:
     """Batches of the positions ``rank, rank + world_size, ...`` below ``count``: one process's share of the inputs."""
     mine = range(rank, count, world_size)
-    return [list(mine[i : i + batch_size]) for i in range(0, len(mine), batch_size)]
+    return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
 def resolve_device(name: str) -> torch.device:

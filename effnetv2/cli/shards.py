@@ -31,7 +31,8 @@ from effnetv2.cli.outputs import save_safetensors
 from effnetv2.cli.paths import encode_path
 from effnetv2.cli.runtime import eval_transform, inference_model, positive_int, resolve_device, run_model
 
-SHARD_SIZE = 4096
+SHARD_SIZE = 4096  # images per shard by default, unless their outputs would pass SHARD_BYTES
+SHARD_BYTES = 1 << 30  # a default shard's tensors stay under about 1 GiB (feature maps at 416 px: ~9.6 MB a row)
 RUN_FILE = "run.json"
 INDEX_FILE = "index.json"
 FORMAT = "effnetv2-shards/1"
@@ -39,6 +40,19 @@ FORMAT = "effnetv2-shards/1"
 
 def shard_name(number: int) -> str:
     return f"shard-{number:05d}.safetensors"
+
+
+def default_shard_size(row_bytes: int) -> int:
+    """Images per shard when ``--shard-size`` is not given: :data:`SHARD_SIZE`, fewer for large rows."""
+    return max(1, min(SHARD_SIZE, SHARD_BYTES // max(1, row_bytes)))
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def digest(paths: Iterable[Path]) -> str:
@@ -143,18 +157,22 @@ class ShardedOutput:
             print(f"effnetv2: {encode_path(path)}: unreadable; writing it again", file=sys.stderr)
             return False
 
-    def pending(self) -> list[Shard]:
-        """This process's shards that are not complete yet."""
-        return [s for s in self.shards[self.rank :: self.world] if not self.complete(s)]
+    def incomplete(self) -> list[int]:
+        """Rank 0: the numbers of the shards still to write (all of them in a new folder)."""
+        return [shard.number for shard in self.shards if not self.complete(shard)]
+
+    def share(self, incomplete: Sequence[int]) -> list[Shard]:
+        """This process's part of the shards still to write: every ``world``-th from ``rank``, so that after a
+        ``--resume`` the processes still have equal shares (each shard holds the same files whoever writes it)."""
+        return [self.shards[n] for n in incomplete[self.rank :: self.world]]
 
     # --- writing ------------------------------------------------------------------------------------------------
 
-    def batch_plan(self, shards: Sequence[Shard], batch_size: int) -> list[list[int]]:
-        """Batches of positions in the input list that never cross a shard boundary."""
+    def batch_plan(self, shards: Sequence[Shard], batch_size: int) -> list[range]:
+        """Batches of positions in the input list that never cross a shard boundary (ranges: a plan for millions
+        of images stays small)."""
         return [
-            list(shard.positions[i : i + batch_size])
-            for shard in shards
-            for i in range(0, len(shard.positions), batch_size)
+            shard.positions[i : i + batch_size] for shard in shards for i in range(0, len(shard.positions), batch_size)
         ]
 
     def write(
@@ -222,8 +240,10 @@ class ShardedOutput:
 FOLDER_HELP = (
     "OUTPUT/shard-00000.safetensors, ... (--shard-size consecutive input files each: the same tensors, 'paths' "
     "metadata, and the files skipped under 'skipped'), then OUTPUT/index.json (model, count, shards and their "
-    "row counts) once all are there. Memory holds one shard. --resume finishes an interrupted run; under torchrun "
-    "(torchrun --nproc_per_node K -m effnetv2 ...) the processes share the shards and the folder is the same as "
+    "row counts) once all are there. Memory holds about one shard's outputs (by default at most 4096 images and "
+    "about 1 GiB of tensors: fewer images per shard for large feature maps). --resume finishes an interrupted run; "
+    "under torchrun (torchrun --nproc_per_node K -m effnetv2 ...) the processes share the shards still to write and "
+    "the folder is the same as "
     "one process writes."
 )
 
@@ -232,9 +252,9 @@ def add_shard_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--shard-size",
         type=positive_int,
-        default=SHARD_SIZE,
         metavar="N",
-        help="folder output: input images per shard (default: %(default)s)",
+        help=f"folder output: input images per shard (default: {SHARD_SIZE}, or fewer so that a shard's tensors stay "
+        "under about 1 GiB)",
     )
     parser.add_argument(
         "--resume", action="store_true", help="folder output: keep the complete shards there and write the rest"
@@ -243,7 +263,7 @@ def add_shard_options(parser: argparse.ArgumentParser) -> None:
 
 def check_file_output_options(args: argparse.Namespace) -> None:
     """--resume, --shard-size and torchrun need a folder output."""
-    if args.resume or args.shard_size != SHARD_SIZE:
+    if args.resume or args.shard_size is not None:
         option = "--resume" if args.resume else "--shard-size"
         raise CLIError(f"{option} is for folder output (-o OUTPUT without a suffix), not {encode_path(args.output)}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -266,17 +286,26 @@ def run_sharded(
     forward: Callable[[Any], Callable[[Tensor], Any]],
     to_tensors: Callable[[Any, list[Any]], dict[str, Tensor]],
     describe: Callable[[Any, dict[str, Any]], dict[str, Any]],
+    row_bytes: Callable[[Any, dict[str, Any]], int],
 ) -> int:
     """``embed``/``features`` into the folder ``args.output``, in this process or as one of torchrun's.
 
     ``load()`` builds the model (run as ``--optimize`` asks), ``forward(model)`` the function run on each batch,
     ``to_tensors(model, rows)`` a shard's tensors from its batches' outputs, ``describe(model, data_config)`` the
-    metadata every file carries.
+    metadata every file carries, ``row_bytes(model, data_config)`` the size of one image's outputs (what the default
+    shard size follows).
     """
-    from effnetv2.distributed import barrier, broadcast_object, close_distributed, init_distributed, rank_device
+    from effnetv2.distributed import (
+        COMMAND_TIMEOUT,
+        barrier,
+        broadcast_object,
+        close_distributed,
+        init_distributed,
+        rank_device,
+    )
 
     device = resolve_device(args.device)
-    env = init_distributed(device)
+    env = init_distributed(device, COMMAND_TIMEOUT)
     device = rank_device(device, env)
 
     def on_main(step: Callable[[], None]) -> None:
@@ -296,12 +325,19 @@ def run_sharded(
     model = load()
     transform, config = eval_transform(model, args.img_size)
     metadata = describe(model, config)
+    runner, amp = inference_model(model, args, device)  # may refuse the settings: before the folder is made
     settings = {"kind": kind, **metadata, "amp": args.amp, "optimize": args.optimize}
-    out = ShardedOutput(folder, files, args.shard_size, settings, env.rank, env.world_size)
+    if args.checkpoint:  # a file replaced under the same name is another model: --resume must not mix the two
+        weights = Path((getattr(model, "pretrained_cfg", None) or {}).get("file") or args.checkpoint)
+        if weights.is_file():
+            settings["checkpoint_sha256"] = file_sha256(weights)
+    shard_size = args.shard_size or default_shard_size(row_bytes(model, config))
+    out = ShardedOutput(folder, files, shard_size, settings, env.rank, env.world_size)
 
     on_main(out.open)
-    barrier(env)  # the folder and run.json exist before any rank looks at its shards
-    shards = out.pending()
+    incomplete: list[int] = []
+    on_main(lambda: incomplete.extend(out.incomplete()))
+    shards = out.share(broadcast_object(incomplete, env))
     plan = out.batch_plan(shards, args.batch_size)
     images = ImageRun(files, transform, args.batch_size, args.workers, device.type == "cuda", batches=plan)
 
@@ -309,7 +345,6 @@ def run_sharded(
         for batch in images.batches():
             yield batch, batch.images
 
-    runner, amp = inference_model(model, args, device)
     outputs = run_model(forward(runner), batches(), device, amp)
     out.write(shards, outputs, lambda rows: to_tensors(model, rows), metadata)
     barrier(env)  # every shard is written
@@ -317,6 +352,12 @@ def run_sharded(
     on_main(lambda: index.update(out.finish({"kind": kind, **metadata})))
     if index and index["count"] == 0:
         print(f"effnetv2: no image could be read; {encode_path(folder)} holds no rows", file=sys.stderr)
+    elif index.get("skipped"):  # a --resume may have read none of them itself
+        print(
+            f"effnetv2: {len(index['skipped'])} image(s) skipped (listed under 'skipped' in "
+            f"{encode_path(folder / INDEX_FILE)})",
+            file=sys.stderr,
+        )
     # One status for all ranks, decided after the index is written: torchrun stops the others when one fails.
     status = broadcast_object(1 if index.get("skipped") else 0, env)
     close_distributed(env)

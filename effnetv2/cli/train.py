@@ -77,7 +77,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("data", help="folder holding train/<class>/<image> and val/<class>/<image>")
     p.add_argument(
-        "--output", "-o", required=True, help="run folder: model.safetensors, config.json, metrics.jsonl, last_state.pt"
+        "--output",
+        "-o",
+        required=True,
+        help="run folder: model.safetensors, config.json, metrics.jsonl, last_state.pt, curves.png",
     )
     p.add_argument("--model", default=DEFAULT_MODEL, help="model name")
     src = p.add_mutually_exclusive_group()
@@ -138,6 +141,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int_range(0, 2**31 - 1), default=42, help="random seed (rank r uses seed + r)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda, else mps, else cpu")
     p.add_argument(
+        "--tensorboard",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="DIR",
+        help="write TensorBoard event files (loss, LR and gradient norm per step; val loss/top-1/top-5 and images/s "
+        "per epoch) to DIR (--tensorboard alone: OUTPUT/tensorboard); needs pip install 'effnetv2[tensorboard]'",
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help=f"continue the run in --output from its {STATE_FILE}; a larger --epochs extends it",
@@ -148,6 +160,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _check_args(args: argparse.Namespace) -> None:
     if args.checkpoint and not Path(args.checkpoint).exists():
         raise CLIError(f"--checkpoint {args.checkpoint}: no such file or folder")
+    if args.tensorboard is not None:
+        from effnetv2.train.reporting import tensorboard_writer_class
+
+        try:
+            tensorboard_writer_class()
+        except ImportError as e:
+            raise CLIError(str(e)) from None
 
 
 def _options(args: argparse.Namespace):

@@ -31,7 +31,7 @@ from effnetv2.cli.runtime import (
     strided_batches,
 )
 from effnetv2.data.class_map import ClassMapError, folder_class_indices
-from effnetv2.distributed import close_distributed, gather_to_main, init_distributed, rank_device
+from effnetv2.distributed import COMMAND_TIMEOUT, close_distributed, gather_to_main, init_distributed, rank_device
 
 SPLITS = ("val", "validation")  # the split folders looked for inside DATA, as train's DATA/{train,val} layout has
 
@@ -78,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
     if args.predictions_out is not None:
         check_output(args.predictions_out, (".csv",))
     device = resolve_device(args.device)
-    env = init_distributed(device)  # under torchrun each process scores every K-th image; the counts are summed
+    env = init_distributed(
+        device, COMMAND_TIMEOUT
+    )  # under torchrun each process scores every K-th image; the counts are summed
     device = rank_device(device, env)
     model = load_model(args)
     if model.num_classes < 1:

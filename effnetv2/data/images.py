@@ -51,7 +51,14 @@ class ImageTooLargeError(Image.DecompressionBombError, ValueError):
 
 
 class LargeImageWarning(Image.DecompressionBombWarning):
-    """An image above Pillow's decompression-bomb warning limit (``PIL.Image.MAX_IMAGE_PIXELS``), decoded anyway."""
+    """An image above Pillow's decompression-bomb warning limit (``PIL.Image.MAX_IMAGE_PIXELS``), decoded anyway.
+
+    ``detail`` is the message without the path, for callers that print paths their own way.
+    """
+
+    def __init__(self, path: Union[str, os.PathLike, TarMember], detail: str) -> None:
+        super().__init__(f"{os.fsdecode(path)}: {detail}")
+        self.detail = detail
 
 
 def _file_kind(mode: int) -> str:
@@ -126,8 +133,9 @@ def open_image(path: Union[str, os.PathLike, TarMember]) -> Image.Image:
     if limit and width * height > limit:
         warnings.warn(
             LargeImageWarning(
-                f"{os.fsdecode(path)}: {_size_text(width, height)}, above Pillow's decompression-bomb warning limit "
-                f"of {limit:,} pixels (PIL.Image.MAX_IMAGE_PIXELS); decoded anyway"
+                path,
+                f"{_size_text(width, height)}, above Pillow's decompression-bomb warning limit of {limit:,} pixels "
+                "(PIL.Image.MAX_IMAGE_PIXELS); decoded anyway",
             ),
             stacklevel=2,
         )

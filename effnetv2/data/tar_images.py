@@ -29,6 +29,7 @@ class TarMember:
     member: str
     offset: int  # of the data in the tar file
     size: int
+    sparse: bool = False  # GNU sparse member: its bytes are not stored in one piece, so it is not read
 
     def __fspath__(self) -> str:
         return f"{os.fspath(self.tar)}/{self.member}"
@@ -41,6 +42,8 @@ class TarMember:
         return self.member.rsplit(".", 1)[0] if "." in self.member.rsplit("/", 1)[-1] else self.member
 
     def read_bytes(self) -> bytes:
+        if self.sparse:
+            raise OSError(f"{self.member}: a sparse tar member, which is not read (write the tar without --sparse)")
         with open(self.tar, "rb") as f:
             f.seek(self.offset)
             data = f.read(self.size)
@@ -54,21 +57,37 @@ class TarFormatError(ValueError):
 
 
 def tar_images(path: Path) -> list[TarMember]:
-    """The sample images of the tar file ``path``, in the tar's order (one per sample key)."""
+    """The sample images of the tar file ``path``, in the tar's order (one per sample key).
+
+    A hard link reads as its target; of two members with the same name the later one counts (as ``tar -x`` leaves
+    it); a sparse member is listed and fails when read (:meth:`TarMember.read_bytes`), so it is reported, not lost.
+    """
     try:
         with tarfile.open(path, mode="r:") as tar:  # "r:": uncompressed only, no silent gunzip of the whole file
-            members = [m for m in tar if m.isfile()]
+            members = [m for m in tar if m.isfile() or m.islnk()]
     except tarfile.ReadError as e:
         raise TarFormatError(
             f"not an uncompressed tar file ({e}); WebDataset shards are plain .tar, decompress a .tar.gz first"
         ) from None
-    chosen: dict[str, tuple[int, tarfile.TarInfo]] = {}
+    files: dict[str, tarfile.TarInfo] = {}  # name -> the regular member holding its bytes, the last one wins
+    chosen: dict[str, tuple[int, str]] = {}  # key -> (extension's rank, member name)
     for m in members:
+        if m.islnk():
+            target = files.get(m.linkname)
+            if target is None:  # a link to a member that is not (yet) a regular file: nothing to read
+                continue
+            files[m.name] = target
+        else:
+            files[m.name] = m
         match = _KEY_EXT.match(m.name)
         if match is None or match.group(2).lower() not in IMAGE_EXTENSIONS:
             continue
         rank = IMAGE_EXTENSIONS.index(match.group(2).lower())
         key = match.group(1)
-        if key not in chosen or rank < chosen[key][0]:
-            chosen[key] = (rank, m)
-    return [TarMember(path, m.name, m.offset_data, m.size) for _, m in chosen.values()]
+        if key not in chosen or rank <= chosen[key][0]:
+            chosen[key] = (rank, m.name)
+    found = []
+    for _, name in chosen.values():
+        data = files[name]
+        found.append(TarMember(path, name, data.offset_data, data.size, sparse=data.issparse()))
+    return found

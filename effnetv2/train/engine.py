@@ -70,22 +70,27 @@ def train_one_epoch(
     ema: Optional[torch.optim.swa_utils.AveragedModel] = None,
     clip_target: Optional[nn.Module] = None,
     desc: str = "train",
+    on_step: Optional[Callable[[int, dict[str, float]], None]] = None,
 ) -> dict[str, float]:
-    """Train over ``loader`` once; returns the mean loss over all ranks and images/s (all ranks together).
+    """Train over ``loader`` once; returns the mean loss and top-1 (in %, against the augmented batches' labels,
+    the largest share under MixUp/CutMix) over all ranks, and images/s (all ranks together).
 
     ``clip_target`` is the unwrapped model (its ``get_classifier`` is excluded from AGC); ``model`` may be DDP.
+    ``on_step(step, {"loss", "lr", "grad_norm"})`` is called after each optimizer step (this rank's loss; the norm
+    of the whole gradient before clipping).
     A non-finite loss on any rank stops every rank before that step changes the weights
     (:class:`NonFiniteLossError`, whose ``step`` counts from 1 within the epoch).
     """
     model.train()
-    loss_sum, count, start = 0.0, 0, time.perf_counter()
+    loss_sum, hits, count, start = 0.0, 0.0, 0, time.perf_counter()
     bar = _bar(loader, cfg.progress, desc)
     for step, (images, targets) in enumerate(bar, 1):
         images, targets = _to_device(images, cfg), targets.to(cfg.device, non_blocking=True)
         if cfg.batch_transform is not None:  # MixUp / CutMix on the device, after the move
             images, targets = cfg.batch_transform(images, targets)
         with _autocast(cfg):
-            loss = loss_fn(model(images), targets)
+            logits = model(images)
+            loss = loss_fn(logits, targets)
         value = loss.item()
         bad = not math.isfinite(value)
         if env.enabled:  # every rank stops at the same step (a lone rank leaving would hang the others)
@@ -98,6 +103,10 @@ def train_one_epoch(
             scaler.unscale_(optimizer)  # AGC compares true gradient norms with weight norms
         else:
             loss.backward()
+        grad_norm = None
+        if on_step is not None:
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads).item() if grads else 0.0
         if cfg.agc > 0:
             clip_model_grads_(clip_target if clip_target is not None else model, cfg.agc)
         if scaler is not None:
@@ -111,7 +120,10 @@ def train_one_epoch(
             ema.update_parameters(clip_target if clip_target is not None else model)
         n = images.shape[0]
         loss_sum += value * n
+        hits += (logits.detach().argmax(1) == (targets.argmax(1) if targets.ndim == 2 else targets)).sum().item()
         count += n
+        if on_step is not None:
+            on_step(step, {"loss": value, "lr": optimizer.param_groups[-1]["lr"], "grad_norm": grad_norm})
         if bar is not loader:
             elapsed = time.perf_counter() - start
             bar.set_postfix(
@@ -120,8 +132,12 @@ def train_one_epoch(
                 img_s=f"{count * env.world_size / elapsed:.1f}",
             )
     elapsed = time.perf_counter() - start
-    loss_sum, count, elapsed_max = all_reduce_sum([loss_sum, count, elapsed], env, cfg.device)
-    return {"train_loss": loss_sum / max(count, 1), "images_per_s": count / max(elapsed_max / env.world_size, 1e-9)}
+    loss_sum, hits, count, elapsed_max = all_reduce_sum([loss_sum, hits, count, elapsed], env, cfg.device)
+    return {
+        "train_loss": loss_sum / max(count, 1),
+        "train_top1": 100.0 * hits / max(count, 1),
+        "images_per_s": count / max(elapsed_max / env.world_size, 1e-9),
+    }
 
 
 @torch.no_grad()

@@ -5,6 +5,9 @@
 ``DIR/metrics.jsonl`` one JSON line per finished epoch, rewritten from the state
 ``DIR/model.safetensors`` + ``DIR/config.json``: the best model so far, in timm's hub format
 
+(``DIR/curves.png`` and ``DIR/tensorboard/`` are drawn from the metrics by :mod:`effnetv2.train.reporting`; no
+resume reads them.)
+
 Every write is atomic, and :meth:`RunFolder.end_epoch` orders them so that a kill at any instant leaves a folder
 that ``--resume`` continues without losing or repeating an epoch: the best model first (a resume that redoes the
 epoch writes it again), then the state (the commit point), then ``metrics.jsonl`` (rebuilt from the state on resume).

@@ -70,6 +70,7 @@ class TrainOptions:
     seed: int = 42
     device: Union[str, torch.device] = "cpu"
     resume: bool = False
+    tensorboard: Optional[str] = None  # event files' folder ("": OUTPUT/tensorboard); None: none written
 
 
 @dataclass
@@ -157,6 +158,7 @@ def _fit(opts: TrainOptions, env, device: torch.device, folder: RunFolder, train
         set_rng_state,
     )
     from effnetv2.train.engine import StepConfig, evaluate, train_one_epoch
+    from effnetv2.train.reporting import RunReport
 
     stop_after = int(os.environ.get(STOP_AFTER_ENV) or 0)
     checksums = os.environ.get(CHECKSUMS_ENV)
@@ -256,96 +258,107 @@ def _fit(opts: TrainOptions, env, device: torch.device, folder: RunFolder, train
             folder.write_metrics(rows)
         del state
 
-    ddp, frozen, done = None, None, start_epoch
-    for epoch in range(start_epoch, opts.epochs):
-        now_frozen = epoch < opts.freeze_backbone_epochs
-        if now_frozen != frozen:
-            frozen = now_frozen
-            head = {id(p) for p in model.get_classifier().parameters()}
-            for p in model.parameters():
-                p.requires_grad_(not frozen or id(p) in head)
-            # DDP registers the parameters that need gradients when it wraps: wrap again after (un)freezing
-            ddp = (
-                DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-                if env.enabled
-                else model
-            )
-        train_sampler.set_epoch(epoch)
-        last_good = f"{out / 'last_state.pt'} still holds epoch {epoch}" if epoch else "no epoch was saved"
-        try:
-            stats = train_one_epoch(
-                ddp,
-                train_loader,
-                loss_fn,
-                optimizer,
-                scheduler,
-                step_cfg,
-                env,
-                scaler,
-                ema,
-                clip_target=model,
-                desc=f"epoch {epoch + 1}/{opts.epochs}",
-            )
-        except NonFiniteLossError as e:
-            raise NonFiniteLossError(
-                f"{e} of epoch {epoch + 1} (step {epoch * steps + e.step} of the run); stopped, {last_good}; "
-                "lower --lr" + (" or use --amp bf16" if opts.amp == "fp16" else ""),
-                e.step,
-            ) from None
-        # same BN statistics everywhere → same evaluation and the same EMA on every rank
-        broadcast_buffers(model, env)
-        if ema is not None:
-            broadcast_buffers(ema.module, env)
-        if not all_finite(model, ema.module if ema is not None else None):
-            raise NonFiniteLossError(
-                f"the weights became NaN or infinite in epoch {epoch + 1}; stopped, {last_good}; lower --lr", steps
-            )
-        eval_model = ema.module if ema is not None else model
-        stats.update(evaluate(eval_model, val_loader, step_cfg, env))
-        if not math.isfinite(stats["val_loss"]):
-            raise NonFiniteLossError(
-                f"the validation loss became {stats['val_loss']} after epoch {epoch + 1}; stopped, {last_good}; "
-                "lower --lr",
-                steps,
-            )
-        stats = {"epoch": epoch + 1, **stats, "lr": max(g["lr"] for g in optimizer.param_groups)}
-        rng = [get_rng_state()]
-        if env.enabled:
-            rng = [None] * env.world_size
-            dist.all_gather_object(rng, get_rng_state())
-        if env.is_main:
-            improved = stats["val_top1"] > best_top1
-            best_top1 = max(best_top1, stats["val_top1"])
-            rows.append(stats)
-            folder.end_epoch(
-                dict(
-                    epoch=epoch + 1,
-                    epochs=opts.epochs,
-                    best_top1=best_top1,
-                    metrics=rows,
-                    recipe=recipe,
-                    classes=classes,
-                    model=model.state_dict(),
-                    optimizer=optimizer.state_dict(),
-                    scheduler=scheduler.state_dict(),
-                    ema=ema.state_dict() if ema is not None else None,
-                    scaler=scaler.state_dict() if scaler is not None else None,
-                    rng=rng,
-                    args={
-                        k: v if isinstance(v, (int, float, bool)) or v is None else str(v) for k, v in options.items()
-                    },
-                ),
-                best_model=eval_model if improved else None,
-                label_names=classes,
-            )
-            print(json.dumps(stats), flush=True)
-        done = epoch + 1
-        if checksums:
-            write_text(Path(checksums, f"rank{env.rank}.sha256"), weights_checksum(model))
+    report = None
+    if env.is_main:
+        events = None if opts.tensorboard is None else Path(opts.tensorboard or out / "tensorboard")
+        report = RunReport(out, events, steps, start_epoch)
+    try:
+        ddp, frozen, done = None, None, start_epoch
+        for epoch in range(start_epoch, opts.epochs):
+            now_frozen = epoch < opts.freeze_backbone_epochs
+            if now_frozen != frozen:
+                frozen = now_frozen
+                head = {id(p) for p in model.get_classifier().parameters()}
+                for p in model.parameters():
+                    p.requires_grad_(not frozen or id(p) in head)
+                # DDP registers the parameters that need gradients when it wraps: wrap again after (un)freezing
+                ddp = (
+                    DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+                    if env.enabled
+                    else model
+                )
+            train_sampler.set_epoch(epoch)
+            last_good = f"{out / 'last_state.pt'} still holds epoch {epoch}" if epoch else "no epoch was saved"
+            try:
+                stats = train_one_epoch(
+                    ddp,
+                    train_loader,
+                    loss_fn,
+                    optimizer,
+                    scheduler,
+                    step_cfg,
+                    env,
+                    scaler,
+                    ema,
+                    clip_target=model,
+                    desc=f"epoch {epoch + 1}/{opts.epochs}",
+                    on_step=None if report is None else lambda step, values, e=epoch: report.step(e, step, values),
+                )
+            except NonFiniteLossError as e:
+                raise NonFiniteLossError(
+                    f"{e} of epoch {epoch + 1} (step {epoch * steps + e.step} of the run); stopped, {last_good}; "
+                    "lower --lr" + (" or use --amp bf16" if opts.amp == "fp16" else ""),
+                    e.step,
+                ) from None
+            # same BN statistics everywhere → same evaluation and the same EMA on every rank
+            broadcast_buffers(model, env)
             if ema is not None:
-                write_text(Path(checksums, f"rank{env.rank}.ema.sha256"), weights_checksum(ema.module))
-        if env.enabled:
-            dist.barrier()
-        if stop_after and done - start_epoch >= stop_after:
-            break
-    return TrainResult(done, opts.epochs, best_top1)
+                broadcast_buffers(ema.module, env)
+            if not all_finite(model, ema.module if ema is not None else None):
+                raise NonFiniteLossError(
+                    f"the weights became NaN or infinite in epoch {epoch + 1}; stopped, {last_good}; lower --lr", steps
+                )
+            eval_model = ema.module if ema is not None else model
+            stats.update(evaluate(eval_model, val_loader, step_cfg, env))
+            if not math.isfinite(stats["val_loss"]):
+                raise NonFiniteLossError(
+                    f"the validation loss became {stats['val_loss']} after epoch {epoch + 1}; stopped, {last_good}; "
+                    "lower --lr",
+                    steps,
+                )
+            stats = {"epoch": epoch + 1, **stats, "lr": max(g["lr"] for g in optimizer.param_groups)}
+            rng = [get_rng_state()]
+            if env.enabled:
+                rng = [None] * env.world_size
+                dist.all_gather_object(rng, get_rng_state())
+            if env.is_main:
+                improved = stats["val_top1"] > best_top1
+                best_top1 = max(best_top1, stats["val_top1"])
+                rows.append(stats)
+                folder.end_epoch(
+                    dict(
+                        epoch=epoch + 1,
+                        epochs=opts.epochs,
+                        best_top1=best_top1,
+                        metrics=rows,
+                        recipe=recipe,
+                        classes=classes,
+                        model=model.state_dict(),
+                        optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(),
+                        ema=ema.state_dict() if ema is not None else None,
+                        scaler=scaler.state_dict() if scaler is not None else None,
+                        rng=rng,
+                        args={
+                            k: v if isinstance(v, (int, float, bool)) or v is None else str(v)
+                            for k, v in options.items()
+                        },
+                    ),
+                    best_model=eval_model if improved else None,
+                    label_names=classes,
+                )
+                print(json.dumps(stats), flush=True)
+                report.epoch(rows)
+            done = epoch + 1
+            if checksums:
+                write_text(Path(checksums, f"rank{env.rank}.sha256"), weights_checksum(model))
+                if ema is not None:
+                    write_text(Path(checksums, f"rank{env.rank}.ema.sha256"), weights_checksum(ema.module))
+            if env.enabled:
+                dist.barrier()
+            if stop_after and done - start_epoch >= stop_after:
+                break
+        return TrainResult(done, opts.epochs, best_top1)
+    finally:
+        if report is not None:
+            report.close()
