@@ -1,7 +1,7 @@
 """EfficientNetV2 models: the classifier (stem → stages → head → pool → classifier) and the feature extractor."""
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: torch.fx copies forward's annotations into the code of a traced
+# module, and TorchScript must then read them as types, not strings.
 from typing import Any, Optional, Union
 
 import torch
@@ -40,6 +40,12 @@ def check_input(x: Tensor, in_chans: int, dtype: Optional[torch.dtype] = None) -
         _check_dtype(x, dtype)
 
 
+# FX (torch.fx.symbolic_trace, torchvision's create_feature_extractor) records the checks as one call instead of
+# tracing into them, whose branches on x.dim() and x.shape a symbolic tensor cannot take: the traced module still
+# checks its input with the same messages.
+torch.fx.wrap("check_input")
+
+
 def _check_is_tensor(x: Any) -> None:
     if isinstance(x, torch.Tensor):
         return
@@ -59,6 +65,20 @@ def _check_dtype(x: Tensor, dtype: torch.dtype) -> None:
             f"expected a {str(dtype).replace('torch.', '')} batch (the model's dtype); got {x.dtype}: "
             f"convert with {fix} or use torch.autocast"
         )
+
+
+class UnpooledClassifier(nn.Linear):
+    """The classifier of a model reset with ``global_pool=''`` and classes: it cannot take the unpooled maps, and
+    says so (timm builds the same pair, and fails on it with a matrix-shape error)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 2:
+            raise ValueError(
+                f"the classifier ({self.out_features} classes) needs pooled (B, C) input, but global_pool='' passes "
+                f"the (B, C, H, W) maps; call reset_classifier({self.out_features}, 'avg') (or reset_classifier(0, '') "
+                "for the maps)"
+            )
+        return super().forward(x)
 
 
 class _Trunk(nn.Module):
@@ -152,12 +172,18 @@ class EfficientNetV2(_Trunk):
         self.stage_ends = [lvl.stage for lvl in self._levels]
         self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
 
-    def _make_classifier(self, num_classes: int, global_pool: str) -> tuple[GlobalPool, nn.Module]:
+    def _make_classifier(
+        self, num_classes: int, global_pool: str, unpooled_ok: bool = False
+    ) -> tuple[GlobalPool, nn.Module]:
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
         pool = GlobalPool(global_pool)
         if global_pool == "" and num_classes > 0:
-            raise ValueError("global_pool='' (no pooling) needs num_classes=0: a Linear classifier needs pooled input")
+            if not unpooled_ok:
+                raise ValueError(
+                    "global_pool='' (no pooling) needs num_classes=0: a Linear classifier needs pooled input"
+                )
+            return pool, UnpooledClassifier(self.num_features, num_classes)
         classifier = nn.Linear(self.num_features * pool.feat_mult(), num_classes) if num_classes > 0 else nn.Identity()
         return pool, classifier
 
@@ -180,8 +206,10 @@ class EfficientNetV2(_Trunk):
         """Replace the classifier (PyTorch's default Linear init, as timm); ``global_pool=None`` keeps pooling."""
         if global_pool is None:
             global_pool = self.global_pool.pool_type
-        pool, classifier = self._make_classifier(num_classes, global_pool)
-        param = self.head[0].weight
+        # timm lets a classifier follow no pooling here (its tests reset one on an unpooled model): it is made, and
+        # says what to do if it is ever run
+        pool, classifier = self._make_classifier(num_classes, global_pool, unpooled_ok=True)
+        param = self.stem[0].weight  # (the head may have been pruned)
         self.global_pool = pool.train(self.training)
         self.classifier = classifier.to(device=param.device, dtype=param.dtype).train(self.training)
         self.num_classes = num_classes
@@ -207,6 +235,22 @@ class EfficientNetV2(_Trunk):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(
+        self, indices: Optional[Union[int, list[int]]] = None, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop what no requested feature level needs (timm's method, used by ``feature_cls='getter'``): the stages
+        after the last level of ``indices`` and, with ``prune_head``, the head convolution, pooling and classifier.
+        Returns the levels' indices. ``prune_norm`` is accepted for timm compatibility (no final norm here)."""
+        take, max_index = resolve_indices(len(self.stage_ends), indices)
+        keep = self.stage_ends[max_index]
+        if prune_head:
+            self.reset_classifier(0, "")
+        if prune_head or keep < len(self.stages):  # the head reads the last stage's output
+            self.head = nn.Identity()
+        self.stages = self.stages[:keep]
+        return take
 
     @torch.jit.ignore
     def forward_intermediates(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import fnmatch
@@ -11,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import torch
 from torch import nn
 
 from effnetv2.data.config import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -209,6 +211,10 @@ def create_model(
     cache_dir: Optional[Union[str, os.PathLike]] = None,
     features_only: bool = False,
     out_indices: Union[int, tuple[int, ...]] = (0, 1, 2, 3, 4),
+    feature_cls: Optional[str] = None,
+    feature_cfg: Optional[Mapping[str, Any]] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    dtype: Optional[torch.dtype] = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Create an EfficientNetV2 by name, as ``timm.create_model`` does.
@@ -228,11 +234,17 @@ def create_model(
         cache_dir: overrides the Hugging Face cache and torch.hub's checkpoint folder (as timm's).
         features_only: return an :class:`EfficientNetV2Features` producing the ``out_indices`` levels (an int:
             the last n; a sequence of ints: those levels, negative from the end).
+        feature_cls: with ``features_only``, timm's choice of features model (also as ``feature_cfg={"feature_cls":
+            ...}``): ``None`` the native one, ``'getter'`` the classifier's ``forward_intermediates``, ``'fx'`` its
+            torch.fx graph (see :mod:`effnetv2.feature_nets`); the same maps from each.
+        device, dtype: where and in which floating-point type the model's parameters are made (as timm's; built
+            on ``device`` directly, ``'meta'`` included; weights are cast to ``dtype`` after loading).
         **kwargs: ``num_classes``, ``in_chans``, ``drop_rate``, ``drop_path_rate``, ``global_pool``.
     """
     unexpected = sorted(set(kwargs) - set(_MODEL_KWARGS))
     if unexpected:
         raise TypeError(f"create_model() got unexpected keyword argument(s) {unexpected}; accepted: {_MODEL_KWARGS}")
+    feature_cls = _feature_cls(feature_cls, feature_cfg, features_only)
     source, model_id = parse_model_name(model_name)
     if source:
         if pretrained_cfg is not None:
@@ -268,14 +280,15 @@ def create_model(
             if pretrained_cfg is None:
                 cfg = {**saved_cfg, **(pretrained_cfg_overlay or {})}
 
-    if features_only:
-        model_kwargs = {k: v for k, v in kwargs.items() if k not in _FEATURES_IGNORED_KWARGS}
-        model: nn.Module = EfficientNetV2Features(spec, out_indices=out_indices, **model_kwargs)
-        cfg = {k: v for k, v in cfg.items() if k not in ("num_classes", "classifier", "global_pool")}
-    else:
-        kwargs.setdefault("num_classes", cfg.get("num_classes", 1000))
-        model = EfficientNetV2(spec, **kwargs)
-    if not features_only and model.num_classes != cfg.get("num_classes", model.num_classes):
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        if features_only and feature_cls is None:
+            model_kwargs = {k: v for k, v in kwargs.items() if k not in _FEATURES_IGNORED_KWARGS}
+            model: nn.Module = EfficientNetV2Features(spec, out_indices=out_indices, **model_kwargs)
+            cfg = {k: v for k, v in cfg.items() if k not in ("num_classes", "classifier", "global_pool")}
+        else:
+            kwargs.setdefault("num_classes", cfg.get("num_classes", 1000))
+            model = EfficientNetV2(spec, **kwargs)
+    if isinstance(model, EfficientNetV2) and model.num_classes != cfg.get("num_classes", model.num_classes):
         for key in ("label_names", "label_descriptions"):
             cfg.pop(key, None)  # they name the classes of another head
     model.pretrained_cfg = cfg
@@ -286,7 +299,33 @@ def create_model(
     if checkpoint_path is not None:
         state_dict = read_state_dict(checkpoint_path)
         load_state_dict_into(model, state_dict, source=checkpoint_source, adapt=True)
+    if dtype is not None:
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype}")
+        model.to(dtype=dtype)
+    if features_only and feature_cls is not None:  # timm too wraps the classifier once its weights are in
+        from effnetv2.feature_nets import wrap_features
+
+        return wrap_features(model, feature_cls, out_indices)
     return model
+
+
+def _feature_cls(
+    feature_cls: Optional[str], feature_cfg: Optional[Mapping[str, Any]], features_only: bool
+) -> Optional[str]:
+    """timm's ``feature_cls`` argument, given directly or in ``feature_cfg``; checked."""
+    from effnetv2.feature_nets import check_feature_cls
+
+    cfg = dict(feature_cfg or {})
+    other = sorted(set(cfg) - {"feature_cls"})
+    if other:
+        raise TypeError(f"feature_cfg keys {other} are not supported by effnetv2; it takes 'feature_cls' only")
+    if feature_cls is not None and cfg.get("feature_cls") not in (None, feature_cls):
+        raise ValueError(f"feature_cls={feature_cls!r} and feature_cfg's {cfg['feature_cls']!r} disagree")
+    feature_cls = check_feature_cls(feature_cls if feature_cls is not None else cfg.get("feature_cls"))
+    if feature_cls is not None and not features_only:
+        raise ValueError(f"feature_cls={feature_cls!r} needs features_only=True")
+    return feature_cls
 
 
 def _check_model_args(model_args: Mapping[str, Any], where: str) -> None:

@@ -83,3 +83,27 @@ def test_features_only_ignores_head_arguments_and_accepts_last_n():
         "efficientnetv2_rw_m", features_only=True, num_classes=10, global_pool="max", out_indices=2
     )
     assert f.feature_info.channels() == [192, 328]
+
+
+def test_a_classifier_reset_onto_unpooled_maps_says_what_to_do():
+    """timm lets reset_classifier(N) follow global_pool='' (its model tests do, on the meta device); running that
+    pair is a clear error here, not a matrix-shape one."""
+    model = effnetv2.create_model("tf_efficientnetv2_b0", num_classes=0, global_pool="").eval()
+    model.reset_classifier(3)  # keeps the (absent) pooling, as timm's does
+    x = torch.randn(1, 3, 64, 64)
+    with pytest.raises(ValueError, match=r"needs pooled \(B, C\) input.*call reset_classifier\(3, 'avg'\)"):
+        model(x)
+    model.reset_classifier(3, "avg")
+    assert model(x).shape == (1, 3)
+
+
+def test_device_and_dtype_as_timm_takes_them(checkpoint):
+    meta = effnetv2.create_model("efficientnetv2_rw_m", device="meta")
+    assert {p.device.type for p in meta.parameters()} == {"meta"}
+    assert meta(torch.empty(1, 3, 64, 64, device="meta")).shape == (1, 1000)
+    double = effnetv2.create_model("efficientnetv2_rw_m", checkpoint_path=checkpoint, dtype=torch.float64)
+    plain = effnetv2.create_model("efficientnetv2_rw_m", checkpoint_path=checkpoint)
+    assert {p.dtype for p in double.parameters()} == {torch.float64}
+    assert torch.equal(double.classifier.weight, plain.classifier.weight.double())  # loaded, then cast
+    with pytest.raises(TypeError, match="dtype must be a floating-point torch.dtype"):
+        effnetv2.create_model("tf_efficientnetv2_b0", dtype=torch.int8)
