@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 from effnetv2.cli import CLIError
 from effnetv2.cli.paths import encode_path
 from effnetv2.cli.runtime import DEFAULT_MODEL, image_size, load_model, non_negative_int, positive_int
@@ -80,6 +82,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="export the BatchNorm-folded inference model (effnetv2.optimize_for_inference)",
     )
     parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="ONNX only: quantize the verified export to int8 with ONNX Runtime's static quantization, calibrated on "
+        "--calibration images; the agreement with the float model on held-out images is printed instead of a "
+        "tolerance check",
+    )
+    parser.add_argument(
+        "--calibration", metavar="DIR", help="--int8: images (a folder or files) whose activations set the ranges"
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=positive_int,
+        default=64,
+        metavar="N",
+        help="--int8: use the first N images of --calibration, sorted (default: %(default)s)",
+    )
+    parser.add_argument(
         "--tolerance",
         type=float,
         metavar="T",
@@ -88,17 +107,64 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def check_int8_options(args: argparse.Namespace) -> None:
+    if not args.int8:
+        if args.calibration:
+            raise CLIError("--calibration is for --int8")
+        return
+    if args.format != "onnx":
+        raise CLIError(f"--int8 is for --format onnx (ONNX Runtime quantizes it), not {args.format}")
+    if not args.calibration:
+        raise CLIError("--int8 needs --calibration DIR: images whose activations set the int8 ranges")
+    for flag, given in (("--dynamic-size", args.dynamic_size), ("--tolerance", args.tolerance is not None)):
+        if given:
+            raise CLIError(f"{flag} does not apply to --int8 (its agreement with the float model is reported)")
+    if args.optimize:
+        raise CLIError("--optimize does not apply to --int8: ONNX Runtime folds BatchNorm itself")
+
+
+def calibration_batch(args: argparse.Namespace, model) -> torch.Tensor:
+    """The first ``--calibration-images`` images of ``--calibration``, as the model's eval transform makes them."""
+    from effnetv2.cli.images import find_images
+    from effnetv2.cli.runtime import eval_transform
+    from effnetv2.data.images import open_image
+
+    files = find_images([args.calibration])[: args.calibration_images]
+    transform, _ = eval_transform(model, args.img_size)
+    images = []
+    for path in files:
+        try:
+            images.append(transform(open_image(path)))
+        except Exception as e:  # any decoder error: that image does not calibrate
+            print(f"effnetv2: skipped {encode_path(path)}: {type(e).__name__}: {e}", file=sys.stderr)
+    if len(images) < 2:
+        raise CLIError(f"--calibration {encode_path(args.calibration)}: fewer than 2 readable images")
+    return torch.stack(images)
+
+
 def run(args: argparse.Namespace) -> int:
     # Cheap checks first: a bad path or opset should not cost a hub download and a 53M-parameter model.
     try:
         output = check_export_options(args.output, args.format, args.opset)
     except (ValueError, OSError) as e:
         raise CLIError(str(e)) from e
+    check_int8_options(args)
 
     # An explicit --num-classes may ask for a fresh classifier (an export template); otherwise none is swapped in.
     model = load_model(args, fresh_head_ok=args.num_classes is not None, features_only=args.features_only)
 
     source = encode_path(args.checkpoint) if args.checkpoint else args.model
+    if args.int8:
+        from effnetv2.export_int8 import export_onnx_int8
+
+        calibration = calibration_batch(args, model)
+        print(f"effnetv2: exporting {source} to onnx, quantizing it to int8, then checking it ...", file=sys.stderr)
+        try:
+            int8 = export_onnx_int8(model, output, calibration, opset=args.opset, dynamic_batch=args.dynamic_batch)
+        except (ExportError, ValueError, OSError, ImportError) as e:
+            raise CLIError(str(e)) from e
+        print(int8.summary())
+        return 0
     print(f"effnetv2: exporting {source} to {args.format}, then verifying it ...", file=sys.stderr)
     try:
         report = export_model(

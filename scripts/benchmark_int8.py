@@ -1,0 +1,141 @@
+#!/usr/bin/env python
+"""int8 ONNX (``effnetv2 export --int8``) against the float paths, on this CPU, in one run.
+
+Latency (median of paired rounds, batch 1 and 8) of: timm eager fp32 (NCHW and channels_last; ratios are against
+the faster of the two),
+effnetv2 ``optimize_for_inference`` fp32, ONNX Runtime fp32 (the verified float export) and ONNX Runtime int8
+(:func:`effnetv2.export_int8.export_onnx_int8`). Quality of int8 against fp32 on the well-conditioned stand-in
+model with a nearest-prototype classifier (``scripts/calibrated_model.py``, as the bf16 figures in BENCHMARKS.md
+use): top-1 agreement on blended images, on those with a clear fp32 answer, and the largest relative difference.
+
+    python scripts/benchmark_int8.py --model tf_efficientnetv2_b0 --img-size 224 --write-markdown BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark import channels_last, import_timm, machine_info, write_markdown
+from calibrated_model import make_calibrated_model, mixed_images, smooth_images
+
+import effnetv2
+from effnetv2.export_int8 import export_onnx_int8
+from effnetv2.optimize import optimize_for_inference
+from effnetv2.weights import KeyMap
+
+
+def median_ms(runs: dict, x: torch.Tensor, rounds: int) -> dict[str, float]:
+    """Paired rounds: each round runs every path once, so a slow moment of the machine hits all of them."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for fn in runs.values():
+        fn(x)  # warm-up
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn(x)
+            times[name].append(1e3 * (time.perf_counter() - start))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tf_efficientnetv2_b0", choices=effnetv2.list_models())
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--calibration", type=int, default=64, help="calibration images (every 4th held out)")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--write-markdown", type=Path)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+    import onnxruntime as ort
+
+    torch.set_grad_enabled(False)
+    size = args.img_size
+    ours, exemplars = make_calibrated_model(lambda: effnetv2.create_model(args.model), size)
+    timm = import_timm()
+    theirs = timm.create_model(args.model, num_classes=ours.num_classes)
+    key_map = KeyMap(ours.spec)
+    theirs.load_state_dict({key_map.to_timm(k): v for k, v in ours.state_dict().items()})
+    theirs_nchw = theirs.eval()
+    theirs = channels_last(theirs_nchw)
+    optimized = optimize_for_inference(ours)
+
+    with tempfile.TemporaryDirectory() as work:
+        report = export_onnx_int8(ours, Path(work, "int8.onnx"), smooth_images(args.calibration, size, seed=7))
+        effnetv2.export_model(ours, Path(work, "float.onnx"), "onnx", img_size=size)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        # ORT's threads spin after a run by default, stealing the cores from whatever runs next in the round
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sessions = {
+            kind: ort.InferenceSession(str(Path(work, f"{kind}.onnx")), options, providers=["CPUExecutionProvider"])
+            for kind in ("float", "int8")
+        }
+
+    def ort_run(kind):
+        return lambda x: torch.from_numpy(sessions[kind].run(None, {"input": x.numpy()})[0])
+
+    runs = {
+        "timm eager fp32 (NCHW)": theirs_nchw,
+        "timm eager fp32 (channels_last)": lambda x: theirs(x.contiguous(memory_format=torch.channels_last)),
+        "effnetv2 optimize_for_inference fp32": optimized,
+        "onnxruntime fp32": ort_run("float"),
+        "onnxruntime int8": ort_run("int8"),
+    }
+    latency = {b: median_ms(runs, smooth_images(b, size, seed=3), args.rounds) for b in (1, 8)}
+
+    test = mixed_images(exemplars, 200, seed=11)
+    expected, got = ours(test), ort_run("int8")(test)
+    probs = expected.softmax(1).topk(2, dim=1).values
+    clear = probs[:, 0] - probs[:, 1] >= 0.2
+    same = got.argmax(1) == expected.argmax(1)
+    quality = dict(
+        images=len(test),
+        top1_agreement=same.float().mean().item(),
+        clear_images=int(clear.sum()),
+        clear_agreement=same[clear].float().mean().item() if clear.any() else None,
+        max_rel_diff=((got - expected).abs().max() / expected.abs().max()).item(),
+        report=report.summary(),
+    )
+    result = dict(
+        model=args.model, img_size=size, machine=machine_info(torch.device("cpu")), latency_ms=latency, quality=quality
+    )
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.write_markdown:
+        m = result["machine"]
+        best = {b: min(latency[b][n] for n in runs if n.startswith("timm")) for b in (1, 8)}  # timm at its best
+        rows = "\n".join(
+            f"| {name} | {latency[1][name]:.1f} | {best[1] / latency[1][name]:.2f}x | "
+            f"{latency[8][name]:.1f} | {best[8] / latency[8][name]:.2f}x |"
+            for name in runs
+        )
+        clear_text = f"{100 * quality['clear_agreement']:.1f} %" if quality["clear_agreement"] is not None else "-"
+        body = f"""### int8 ONNX (`effnetv2 export --int8`) on this CPU
+
+`{args.model}` at {size} px, median of {args.rounds} paired rounds; CPU: {m["cpu"]}, ISA {", ".join(m["cpu_isa"])}
+(no VNNI or AMX: int8 runs on AVX2 integer instructions), {m["torch_threads"]} threads, torch {m["torch"]},
+onnxruntime {ort.__version__}.
+
+| path | batch 1 ms | vs timm's best | batch 8 ms | vs timm's best |
+|---|---|---|---|---|
+{rows}
+
+int8 quality against fp32 ({quality["images"]} blended images, the stand-in model with a 10-class prototype
+classifier): top-1 agreement {100 * quality["top1_agreement"]:.1f} %; on the {quality["clear_images"]} images
+with a clear fp32 answer (top-1 probability ≥ 0.2 above the second) {clear_text}; largest relative logit
+difference {quality["max_rel_diff"]:.3g}."""
+        write_markdown(args.write_markdown, body, section="int8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""int8 ONNX export (issue 16): ONNX Runtime's static quantization of the verified float export, the layers kept in
+float, and an agreement report that an independent run of the written file reproduces."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import timm
+import torch
+from conftest import import_script
+from onnx import numpy_helper
+from PIL import Image
+from safetensors.torch import save_file
+
+import effnetv2
+from effnetv2.cli import main
+from effnetv2.export_int8 import HOLDOUT_EVERY, export_onnx_int8
+from effnetv2.weights.loading import load_state_dict_into
+
+calibrated_model = import_script("calibrated_model")
+
+
+@pytest.fixture(scope="module")
+def b0(tmp_path_factory):
+    """Well-conditioned tf_efficientnetv2_b0 (timm-made weights) and that checkpoint as a file."""
+    torch.manual_seed(0)
+    theirs = timm.create_model("tf_efficientnetv2_b0")
+    theirs = calibrated_model.condition(theirs, calibrated_model.smooth_images(8, 96, seed=1)).eval()
+    ours = effnetv2.create_model("tf_efficientnetv2_b0")
+    load_state_dict_into(ours, theirs.state_dict(), source="timm")
+    path = tmp_path_factory.mktemp("b0") / "b0.safetensors"
+    save_file({k: v.contiguous() for k, v in theirs.state_dict().items()}, path)
+    return ours.eval(), path
+
+
+def test_int8_file_is_quantized_where_said_and_reports_what_it_does(b0, tmp_path):
+    model, _ = b0
+    images = calibrated_model.smooth_images(16, 64, seed=7)
+    report = export_onnx_int8(model, tmp_path / "q.onnx", images)
+    assert report.calibration_images == 12 and report.check_images == 4
+    assert report.num_bytes < report.float_bytes / 2 and report.float_max_rel_diff < 1e-4
+
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    produced_by = {out: node for node in graph.node for out in node.output}
+    initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    int8_weights = [a for a in initializers.values() if a.dtype == np.int8 and a.ndim == 4]
+    assert len(int8_weights) > 50  # the convolutions' weights are stored as int8
+
+    def from_dequantize(name: str) -> bool:
+        node = produced_by.get(name)
+        return node is not None and node.op_type == "DequantizeLinear"
+
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert not from_dequantize(convs[0].input[1]) and not from_dequantize(convs[-1].input[1])  # stem, last: float
+    assert sum(from_dequantize(c.input[1]) for c in convs[1:-1]) == len(convs) - 2  # every other conv: int8
+    gemm = next(n for n in graph.node if n.op_type == "Gemm")
+    assert not from_dequantize(gemm.input[1])  # the classifier: float
+    # SiLU and the SE gates compute in float: no Sigmoid output is quantized (its Mul reads it as float)
+    quantized = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    sigmoids = [n for n in graph.node if n.op_type == "Sigmoid"]
+    assert sigmoids and not any(n.output[0] in quantized for n in sigmoids)
+
+    # the report's numbers, again: the written file run by onnxruntime against the eager model
+    check = images[::HOLDOUT_EVERY]
+    session = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    ours = torch.from_numpy(session.run(None, {"input": check.numpy()})[0])
+    with torch.no_grad():
+        expected = model(check)
+    assert report.top1_agreement == (ours.argmax(1) == expected.argmax(1)).float().mean().item()
+    rel = ((ours - expected).abs().max() / expected.abs().max()).item()
+    assert report.max_rel_diff == pytest.approx(rel, rel=1e-5) and 0 < rel < 1  # quantized, and not garbage
+    assert "top-1 agreement" in report.summary()
+
+
+def test_export_int8_command(b0, tmp_path, capsys):
+    _, weights = b0
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    for i, image in enumerate(calibrated_model.smooth_images(10, 64, seed=3)):
+        pixels = ((image * 0.25 + 0.5).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+        Image.fromarray(pixels).save(folder / f"{i:02d}.png")
+    (folder / "00-broken.png").write_bytes(b"not an image")
+    out = tmp_path / "q.onnx"
+    common = ["export", "--format", "onnx", "--model", "tf_efficientnetv2_b0", "--checkpoint", str(weights)]
+    argv = [*common, "--output", str(out), "--img-size", "64", "--int8", "--calibration", str(folder)]
+    assert main([*argv, "--calibration-images", "9"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped" in captured.err and "00-broken.png" in captured.err  # reported, and calibration went on
+    assert "calibrated on 6 images" in captured.out and "agreement with the float model on 2 held-out" in captured.out
+    assert ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
+        None, {"input": np.zeros((3, 3, 64, 64), np.float32)}
+    )[0].shape == (3, 1000)  # dynamic batch
+
+    for extra, message in (
+        (["--int8"], "--int8 needs --calibration DIR"),
+        (["--calibration", str(folder)], "--calibration is for --int8"),
+        (["--int8", "--calibration", str(folder), "--tolerance", "1e-3"], "--tolerance does not apply to --int8"),
+        (["--int8", "--calibration", str(tmp_path / "none")], "no such file or folder"),
+    ):
+        assert main([*common, "--output", str(tmp_path / "x.onnx"), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    assert main([*common[:2], "torchscript", *common[3:], "--output", str(tmp_path / "x.pt"), "--int8"]) == 2
+    assert "--int8 is for --format onnx" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
