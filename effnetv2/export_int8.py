@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
+from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -116,24 +118,31 @@ def export_onnx_int8(
             model, float_file, "onnx", img_size=tuple(calibration.shape[-2:]), opset=opset, dynamic_batch=dynamic_batch
         )
         with atomic_path(path) as tmp:
+            # ONNX Runtime's calibrators print progress: to stderr, so that stdout holds the report only
             try:
-                quant_pre_process(str(float_file), str(prepared))
-                convs = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv"]
-                quantize_static(
-                    str(prepared),
-                    str(tmp),
-                    Images(),
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=True,
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.Percentile,
-                    op_types_to_quantize=list(QUANTIZED_OPS),
-                    nodes_to_exclude=[convs[0], convs[-1]],  # the stem and the last convolution
-                )
+                with redirect_stdout(sys.stderr):
+                    quant_pre_process(str(float_file), str(prepared))
+                    convs = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv"]
+                    quantize_static(
+                        str(prepared),
+                        str(tmp),
+                        Images(),
+                        quant_format=QuantFormat.QDQ,
+                        per_channel=True,
+                        activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.Percentile,
+                        op_types_to_quantize=list(QUANTIZED_OPS),
+                        nodes_to_exclude=[convs[0], convs[-1]],  # the stem and the last convolution
+                    )
             except Exception as e:
                 raise ExportError(f"int8 quantization failed: {type(e).__name__}: {e}") from e
-            top1, clear, rel = _agreement(model, tmp, check)
+            try:
+                top1, clear, rel = _agreement(model, tmp, check)
+            except ExportError:
+                raise
+            except Exception as e:  # onnxruntime's own errors derive from Exception only
+                raise ExportError(f"the int8 file does not run: {type(e).__name__}: {e}") from e
     return Int8Report(
         path=path,
         num_bytes=path.stat().st_size,
@@ -156,7 +165,9 @@ def _agreement(
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
-    ours = [torch.from_numpy(o) for o in session.run(None, {INPUT_NAME: images.numpy()})]
+    # one image at a time: a static export takes its own batch size only, and every export takes batch 1
+    runs = [session.run(None, {INPUT_NAME: images[i : i + 1].numpy()}) for i in range(images.shape[0])]
+    ours = [torch.cat([torch.from_numpy(run[k]) for run in runs]) for k in range(len(runs[0]))]
     param = next(model.parameters())
     with _eval_mode(model), torch.no_grad():
         expected = model(images.to(param.device, param.dtype))

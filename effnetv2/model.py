@@ -17,8 +17,11 @@ from effnetv2.layers.init import initialised_once
 from effnetv2.spec import EFFICIENTNETV2_RW_M, ModelSpec
 
 
-def check_input(x: Tensor, in_chans: int, dtype: Optional[torch.dtype] = None) -> None:
-    """Raise a clear error unless ``x`` is a floating-point (N, in_chans, H, W) tensor of ``dtype``.
+def check_input(x: Tensor, in_chans: int, dtype: Optional[torch.dtype] = None) -> Tensor:
+    """Return ``x``, or raise a clear error unless it is a floating-point (N, in_chans, H, W) tensor of ``dtype``.
+
+    Returning ``x`` (used by the caller) keeps the call in FX graphs: torchvision's feature extraction drops the
+    nodes whose results nothing uses.
 
     ``dtype`` (the model's) may differ under ``torch.autocast``, which casts inside each layer; ``None`` skips that
     check (for callers that cast the input themselves). TorchScript cannot see whether CPU autocast is on, so a
@@ -38,6 +41,7 @@ def check_input(x: Tensor, in_chans: int, dtype: Optional[torch.dtype] = None) -
         )
     if dtype is not None and not torch.jit.is_scripting():  # (TorchScript skips the body it could not compile)
         _check_dtype(x, dtype)
+    return x
 
 
 # FX (torch.fx.symbolic_trace, torchvision's create_feature_extractor) records the checks as one call instead of
@@ -78,7 +82,7 @@ class UnpooledClassifier(nn.Linear):
                 f"the (B, C, H, W) maps; call reset_classifier({self.out_features}, 'avg') (or reset_classifier(0, '') "
                 "for the maps)"
             )
-        return super().forward(x)
+        return F.linear(x, self.weight, self.bias)  # (not super().forward: TorchScript cannot call it)
 
 
 class _Trunk(nn.Module):
@@ -105,8 +109,8 @@ class _Trunk(nn.Module):
         """timm's older name for :attr:`pretrained_cfg`."""
         return self.pretrained_cfg
 
-    def _check_input(self, x: Tensor) -> None:
-        check_input(x, self.in_chans, self.stem[0].weight.dtype)
+    def _check_input(self, x: Tensor) -> Tensor:
+        return check_input(x, self.in_chans, self.stem[0].weight.dtype)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True, granularity: str = "nested") -> None:
@@ -217,7 +221,7 @@ class EfficientNetV2(_Trunk):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Unpooled final features, (B, num_features, H/32, W/32)."""
-        self._check_input(x)
+        x = self._check_input(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = self._checkpointed_stages(x, list(self.stages))[-1]
             return checkpoint_head(self.head, x, self.grad_checkpointing_granularity)
@@ -274,7 +278,7 @@ class EfficientNetV2(_Trunk):
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         if stop_early and not intermediates_only:
             raise ValueError("stop_early=True needs intermediates_only=True")
-        self._check_input(x)
+        x = self._check_input(x)
         take, max_index = resolve_indices(len(self.stage_ends), indices)
         take_positions = {self.stage_ends[i] for i in take}
         last_position = self.stage_ends[max_index] if stop_early else len(self.stages)
@@ -316,7 +320,7 @@ class EfficientNetV2Features(_Trunk):
         self._out_positions = [self._levels[i].stage for i in self.feature_info.out_indices]
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        self._check_input(x)
+        x = self._check_input(x)
         features: list[Tensor] = []
         if self.grad_checkpointing and not torch.jit.is_scripting():
             outputs = self._checkpointed_stages(x, list(self.stages))

@@ -167,7 +167,7 @@ class _InferenceTrunk(nn.Module):
         return self.pretrained_cfg
 
     def _prepare(self, x: Tensor) -> Tensor:
-        check_input(x, self.in_chans)
+        x = check_input(x, self.in_chans)
         x = x.to(self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -245,6 +245,8 @@ def create_model(
     if unexpected:
         raise TypeError(f"create_model() got unexpected keyword argument(s) {unexpected}; accepted: {_MODEL_KWARGS}")
     feature_cls = _feature_cls(feature_cls, feature_cfg, features_only)
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     source, model_id = parse_model_name(model_name)
     if source:
         if pretrained_cfg is not None:
@@ -286,6 +288,8 @@ def create_model(
             model: nn.Module = EfficientNetV2Features(spec, out_indices=out_indices, **model_kwargs)
             cfg = {k: v for k, v in cfg.items() if k not in ("num_classes", "classifier", "global_pool")}
         else:
+            if features_only:  # a wrapped classifier: its head goes, so its head options do not matter
+                kwargs = {k: v for k, v in kwargs.items() if k not in _FEATURES_IGNORED_KWARGS}
             kwargs.setdefault("num_classes", cfg.get("num_classes", 1000))
             model = EfficientNetV2(spec, **kwargs)
     if isinstance(model, EfficientNetV2) and model.num_classes != cfg.get("num_classes", model.num_classes):
@@ -300,8 +304,6 @@ def create_model(
         state_dict = read_state_dict(checkpoint_path)
         load_state_dict_into(model, state_dict, source=checkpoint_source, adapt=True)
     if dtype is not None:
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype}")
         model.to(dtype=dtype)
     if features_only and feature_cls is not None:  # timm too wraps the classifier once its weights are in
         from effnetv2.feature_nets import wrap_features

@@ -68,6 +68,7 @@ def test_int8_file_is_quantized_where_said_and_reports_what_it_does(b0, tmp_path
     ours = torch.from_numpy(session.run(None, {"input": check.numpy()})[0])
     with torch.no_grad():
         expected = model(check)
+    assert ours.shape == (4, 1000)  # a dynamic batch, by default
     assert report.top1_agreement == (ours.argmax(1) == expected.argmax(1)).float().mean().item()
     rel = ((ours - expected).abs().max() / expected.abs().max()).item()
     assert report.max_rel_diff == pytest.approx(rel, rel=1e-5) and 0 < rel < 1  # quantized, and not garbage
@@ -84,18 +85,19 @@ def test_export_int8_command(b0, tmp_path, capsys):
     (folder / "00-broken.png").write_bytes(b"not an image")
     out = tmp_path / "q.onnx"
     common = ["export", "--format", "onnx", "--model", "tf_efficientnetv2_b0", "--checkpoint", str(weights)]
-    argv = [*common, "--output", str(out), "--img-size", "64", "--int8", "--calibration", str(folder)]
+    argv = [*common, "--output", str(out), "--img-size", "64", "--int8", "--calibration", str(folder), "--static"]
     assert main([*argv, "--calibration-images", "9"]) == 0
     captured = capsys.readouterr()
     assert "skipped" in captured.err and "00-broken.png" in captured.err  # reported, and calibration went on
     assert "calibrated on 6 images" in captured.out and "agreement with the float model on 2 held-out" in captured.out
-    assert ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
-        None, {"input": np.zeros((3, 3, 64, 64), np.float32)}
-    )[0].shape == (3, 1000)  # dynamic batch
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [1, 3, 64, 64]  # --static: batch 1, checked image by image
+    assert "Number of" not in captured.out  # ONNX Runtime's calibration chatter goes to stderr
 
     for extra, message in (
         (["--int8"], "--int8 needs --calibration DIR"),
         (["--calibration", str(folder)], "--calibration is for --int8"),
+        (["--calibration-images", "3"], "--calibration-images is for --int8"),
         (["--int8", "--calibration", str(folder), "--tolerance", "1e-3"], "--tolerance does not apply to --int8"),
         (["--int8", "--calibration", str(tmp_path / "none")], "no such file or folder"),
     ):

@@ -172,6 +172,8 @@ def test_feature_classes_give_the_same_maps():
         with torch.no_grad():
             assert all(torch.equal(a, b) for a, b in zip(model(x), expected, strict=True))
         assert model.feature_info.channels() == native.feature_info.channels()
+        with pytest.raises(ValueError, match="expected 3 input channels, got 4"):  # the checks are in the graph
+            model(torch.randn(1, 4, 64, 64))
     for kwargs, error, message in (
         (dict(features_only=True, feature_cls="hook"), ValueError, "feature_cls='hook' is not supported by effnetv2"),
         (dict(feature_cls="getter"), ValueError, "needs features_only=True"),

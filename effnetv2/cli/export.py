@@ -94,9 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--calibration-images",
         type=positive_int,
-        default=64,
         metavar="N",
-        help="--int8: use the first N images of --calibration, sorted (default: %(default)s)",
+        help=f"--int8: use the first N images of --calibration, sorted (default: {CALIBRATION_IMAGES})",
     )
     parser.add_argument(
         "--tolerance",
@@ -107,11 +106,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+CALIBRATION_IMAGES = 64
+
+
 def check_int8_options(args: argparse.Namespace) -> None:
     if not args.int8:
-        if args.calibration:
-            raise CLIError("--calibration is for --int8")
+        for flag, given in (("--calibration", args.calibration), ("--calibration-images", args.calibration_images)):
+            if given:
+                raise CLIError(f"{flag} is for --int8")
         return
+    args.calibration_images = args.calibration_images or CALIBRATION_IMAGES
     if args.format != "onnx":
         raise CLIError(f"--int8 is for --format onnx (ONNX Runtime quantizes it), not {args.format}")
     if not args.calibration:
@@ -121,6 +125,8 @@ def check_int8_options(args: argparse.Namespace) -> None:
             raise CLIError(f"{flag} does not apply to --int8 (its agreement with the float model is reported)")
     if args.optimize:
         raise CLIError("--optimize does not apply to --int8: ONNX Runtime folds BatchNorm itself")
+    if not args.dynamic_batch and args.batch_size != 1:
+        raise CLIError("--int8 with --static exports at batch 1 (the calibration runs image by image)")
 
 
 def calibration_batch(args: argparse.Namespace, model) -> torch.Tensor:

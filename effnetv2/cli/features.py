@@ -143,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
     from effnetv2.data.assets import sample_image_path
 
     files = input_images(args, default=sample_image_path())
+    if args.mosaic is not None and args.output is not None and not is_folder_output(args.output):
+        check_output(args.output, (".safetensors",))  # before the picture is drawn
     if args.mosaic is not None:
         draw_feature_mosaic(args, files)
         if args.output is None:

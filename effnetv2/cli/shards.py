@@ -327,7 +327,8 @@ def run_sharded(
     metadata = describe(model, config)
     runner, amp = inference_model(model, args, device)  # may refuse the settings: before the folder is made
     settings = {"kind": kind, **metadata, "amp": args.amp, "optimize": args.optimize}
-    if args.checkpoint:  # a file replaced under the same name is another model: --resume must not mix the two
+    if args.checkpoint and env.is_main:  # a file replaced under the same name is another model: --resume must not
+        # mix the two (only rank 0 compares run.json)
         weights = Path((getattr(model, "pretrained_cfg", None) or {}).get("file") or args.checkpoint)
         if weights.is_file():
             settings["checkpoint_sha256"] = file_sha256(weights)

@@ -142,13 +142,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda, else mps, else cpu")
     p.add_argument(
         "--tensorboard",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="DIR",
+        action="store_true",
         help="write TensorBoard event files (loss, LR and gradient norm per step; val loss/top-1/top-5 and images/s "
-        "per epoch) to DIR (--tensorboard alone: OUTPUT/tensorboard); needs pip install 'effnetv2[tensorboard]'",
+        "per epoch) to OUTPUT/tensorboard; needs pip install 'effnetv2[tensorboard]'",
     )
+    p.add_argument("--tensorboard-dir", metavar="DIR", help="--tensorboard, into DIR instead")
     p.add_argument(
         "--resume",
         action="store_true",
@@ -160,6 +158,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _check_args(args: argparse.Namespace) -> None:
     if args.checkpoint and not Path(args.checkpoint).exists():
         raise CLIError(f"--checkpoint {args.checkpoint}: no such file or folder")
+    # TrainOptions.tensorboard: None (off), "" (OUTPUT/tensorboard) or a folder
+    args.tensorboard = args.tensorboard_dir or ("" if args.tensorboard else None)
     if args.tensorboard is not None:
         from effnetv2.train.reporting import tensorboard_writer_class
 

@@ -105,8 +105,8 @@ def train_one_epoch(
             loss.backward()
         grad_norm = None
         if on_step is not None:
-            grads = [p.grad for p in model.parameters() if p.grad is not None]
-            grad_norm = torch.nn.utils.get_total_norm(grads).item() if grads else 0.0
+            norms = [torch.linalg.vector_norm(p.grad) for p in model.parameters() if p.grad is not None]
+            grad_norm = torch.linalg.vector_norm(torch.stack(norms)).item() if norms else 0.0
         if cfg.agc > 0:
             clip_model_grads_(clip_target if clip_target is not None else model, cfg.agc)
         if scaler is not None:
@@ -123,7 +123,8 @@ def train_one_epoch(
         hits += (logits.detach().argmax(1) == (targets.argmax(1) if targets.ndim == 2 else targets)).sum().item()
         count += n
         if on_step is not None:
-            on_step(step, {"loss": value, "lr": optimizer.param_groups[-1]["lr"], "grad_norm": grad_norm})
+            lr = max(g["lr"] for g in optimizer.param_groups)  # as the epoch's 'lr' (layer decay scales the rest)
+            on_step(step, {"loss": value, "lr": lr, "grad_norm": grad_norm})
         if bar is not loader:
             elapsed = time.perf_counter() - start
             bar.set_postfix(

@@ -5,7 +5,7 @@ Scalars per optimizer step (x: the run's step count from 1): ``train/loss`` (the
 ``train/grad_norm`` (the whole gradient's 2-norm before clipping). Per epoch (x: the step count at the epoch's end):
 ``epoch/train_loss``, ``epoch/train_top1``, ``epoch/val_loss``, ``epoch/val_top1``, ``epoch/val_top5``,
 ``epoch/images_per_s``, ``epoch/lr``. A resumed run purges the events after its last saved epoch, so TensorBoard
-shows each step once.
+shows each step once; a run started again from scratch in the same folder hides the old events.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ class RunReport:
         self.steps = steps
         self.writer = None
         if tensorboard is not None:
-            # purge_step: the events a killed run wrote after its last saved epoch are hidden, not shown twice
-            purge = start_epoch * steps + 1 if start_epoch else None
+            # purge_step: the events a killed run wrote after its last saved epoch (or, for a run started again
+            # from scratch, all of them) are hidden, not shown twice
+            purge = start_epoch * steps + 1
             self.writer = tensorboard_writer_class()(log_dir=str(tensorboard), purge_step=purge)
         self.draw = not matplotlib_missing()
         if not self.draw:
@@ -62,15 +63,23 @@ class RunReport:
             if value is not None:
                 self.writer.add_scalar(f"train/{name}", value, at)
 
+    def resumed(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """A resumed run: the last saved epoch's scalars again (a kill may have come before they were written;
+        written twice, a point shows once)."""
+        if self.writer is not None and rows:
+            self._epoch_scalars(rows[-1])
+
+    def _epoch_scalars(self, row: Mapping[str, Any]) -> None:
+        at = row["epoch"] * self.steps
+        for name in EPOCH_SCALARS:
+            if name in row:
+                self.writer.add_scalar(f"epoch/{name}", row[name], at)
+        self.writer.flush()
+
     def epoch(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """After an epoch's state and metrics are saved: its scalars, and the curves of every epoch so far."""
-        last = rows[-1]
         if self.writer is not None:
-            at = last["epoch"] * self.steps
-            for name in EPOCH_SCALARS:
-                if name in last:
-                    self.writer.add_scalar(f"epoch/{name}", last[name], at)
-            self.writer.flush()
+            self._epoch_scalars(rows[-1])
         if self.draw:
             from effnetv2.pictures import draw_curves
 

@@ -262,6 +262,7 @@ def _fit(opts: TrainOptions, env, device: torch.device, folder: RunFolder, train
     if env.is_main:
         events = None if opts.tensorboard is None else Path(opts.tensorboard or out / "tensorboard")
         report = RunReport(out, events, steps, start_epoch)
+        report.resumed(rows)
     try:
         ddp, frozen, done = None, None, start_epoch
         for epoch in range(start_epoch, opts.epochs):
