@@ -30,6 +30,7 @@ from effnetv2.cli.images import Batch, ImageRun
 from effnetv2.cli.outputs import save_safetensors
 from effnetv2.cli.paths import encode_path
 from effnetv2.cli.runtime import eval_transform, inference_model, positive_int, resolve_device, run_model
+from effnetv2.weights.release import sha256_of
 
 SHARD_SIZE = 4096  # images per shard by default, unless their outputs would pass SHARD_BYTES
 SHARD_BYTES = 1 << 30  # a default shard's tensors stay under about 1 GiB (feature maps at 416 px: ~9.6 MB a row)
@@ -45,14 +46,6 @@ def shard_name(number: int) -> str:
 def default_shard_size(row_bytes: int) -> int:
     """Images per shard when ``--shard-size`` is not given: :data:`SHARD_SIZE`, fewer for large rows."""
     return max(1, min(SHARD_SIZE, SHARD_BYTES // max(1, row_bytes)))
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def digest(paths: Iterable[Path]) -> str:
@@ -331,7 +324,7 @@ def run_sharded(
         # mix the two (only rank 0 compares run.json)
         weights = Path((getattr(model, "pretrained_cfg", None) or {}).get("file") or args.checkpoint)
         if weights.is_file():
-            settings["checkpoint_sha256"] = file_sha256(weights)
+            settings["checkpoint_sha256"] = sha256_of(weights)
     shard_size = args.shard_size or default_shard_size(row_bytes(model, config))
     out = ShardedOutput(folder, files, shard_size, settings, env.rank, env.world_size)
 
