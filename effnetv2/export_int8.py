@@ -14,7 +14,6 @@ and the largest relative difference. The file is written atomically, only once t
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import tempfile
@@ -26,13 +25,13 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
+from effnetv2.agreement import Agreement, output_agreement
 from effnetv2.atomic import atomic_path
 from effnetv2.errors import ExportError
 from effnetv2.export import INPUT_NAME, _eval_mode, _require, check_export_options, export_model
 
 QUANTIZED_OPS = ("Conv", "Add", "GlobalAveragePool")  # Sigmoid and Mul (SiLU, SE gates) and Gemm stay float
 HOLDOUT_EVERY = 4  # every 4th calibration image checks the result instead of calibrating
-CLEAR_MARGIN = 0.2  # a float top-1 probability this far above the second: an image with a clear answer
 
 
 @dataclass(frozen=True)
@@ -138,7 +137,7 @@ def export_onnx_int8(
             except Exception as e:
                 raise ExportError(f"int8 quantization failed: {type(e).__name__}: {e}") from e
             try:
-                top1, clear, rel = _agreement(model, tmp, check)
+                agreement = _agreement(model, tmp, check)
             except ExportError:
                 raise
             except Exception as e:  # onnxruntime's own errors derive from Exception only
@@ -149,19 +148,15 @@ def export_onnx_int8(
         float_bytes=float_report.num_bytes,
         calibration_images=calibrate.shape[0],
         check_images=check.shape[0],
-        top1_agreement=top1,
-        clear_agreement=clear,
-        max_rel_diff=rel,
+        top1_agreement=agreement.top1,
+        clear_agreement=agreement.clear,
+        max_rel_diff=agreement.max_rel_diff,
         float_max_rel_diff=float_report.max_rel_diff,
     )
 
 
-def _agreement(
-    model: nn.Module, file: Path, images: Tensor
-) -> tuple[Optional[float], Optional[tuple[float, int]], float]:
-    """The int8 file against the eager model on ``images``: top-1 agreement (one 2-D output), the same on the
-    images whose float top-1 probability leads the second by :data:`CLEAR_MARGIN` (and their count), and the
-    max relative difference."""
+def _agreement(model: nn.Module, file: Path, images: Tensor) -> Agreement:
+    """The int8 file against the eager model on ``images`` (:func:`~effnetv2.agreement.output_agreement`)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
@@ -171,19 +166,10 @@ def _agreement(
     param = next(model.parameters())
     with _eval_mode(model), torch.no_grad():
         expected = model(images.to(param.device, param.dtype))
-    expected = [e.float().cpu() for e in (expected if isinstance(expected, (list, tuple)) else [expected])]
+    expected = list(expected) if isinstance(expected, (list, tuple)) else [expected]
     if not all(torch.isfinite(o).all() for o in ours):
         raise ExportError("the int8 model returns NaN or infinite values on the calibration images; nothing written")
-    pairs = zip(ours, expected, strict=True)
-    rel = max(((o - e).abs().max() / e.abs().max().clamp_min(1e-12)).item() for o, e in pairs)
-    top1 = clear = None
-    if len(expected) == 1 and expected[0].dim() == 2 and expected[0].shape[1] > 1:
-        same = ours[0].argmax(1) == expected[0].argmax(1)
-        top1 = same.float().mean().item()
-        probs = expected[0].softmax(1).topk(2, dim=1).values
-        margin = probs[:, 0] - probs[:, 1] >= CLEAR_MARGIN
-        clear = (same[margin].float().mean().item(), int(margin.sum())) if margin.any() else (math.nan, 0)
-    return top1, clear, rel
+    return output_agreement(ours, expected)
 
 
 __all__ = ["QUANTIZED_OPS", "Int8Report", "export_onnx_int8"]

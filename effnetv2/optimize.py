@@ -1,5 +1,7 @@
 """An inference-only copy of a model: BatchNorm folded into the convs, channels_last, in-place epilogues.
 
+(``dtype=torch.int8`` hands over to :mod:`effnetv2.quantize`, which quantizes this fp32 copy.)
+
 ``optimize_for_inference(model)`` rebuilds the network from the trained modules into lean eval-only ones:
 
 - every conv + BatchNorm pair becomes one conv with a bias (``torch.nn.utils.fusion.fuse_conv_bn_eval``),
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +33,9 @@ from torchvision.ops import SqueezeExcitation
 
 from effnetv2.layers import ConvResidual, FusedMBConv, GlobalPool, MBConv
 from effnetv2.model import EfficientNetV2, EfficientNetV2Features, check_input
+
+if TYPE_CHECKING:
+    from effnetv2.quantize import Calibration
 
 __all__ = ["InferenceEfficientNetV2", "InferenceEfficientNetV2Features", "optimize_for_inference"]
 
@@ -246,7 +251,8 @@ def optimize_for_inference(
     model: Union[EfficientNetV2, EfficientNetV2Features],
     dtype: torch.dtype = torch.float32,
     channels_last: bool = True,
-    compile: bool = False,
+    compile: Optional[bool] = None,
+    calibration: Optional[Calibration] = None,
 ) -> nn.Module:
     """An eval-only copy of ``model``: BatchNorm folded into the convs, channels_last, in-place epilogues.
 
@@ -259,21 +265,36 @@ def optimize_for_inference(
 
     Args:
         model: an :class:`EfficientNetV2` or :class:`EfficientNetV2Features` (``features_only=True``).
-        dtype: ``torch.float32``, ``torch.bfloat16``, or ``torch.float16`` (CUDA only). Weights are folded
-            in fp32, then cast; inputs are cast inside ``forward``; outputs come back in the input's dtype.
+        dtype: ``torch.float32``, ``torch.bfloat16``, ``torch.float16`` (CUDA only), or ``torch.int8`` (CPU:
+            post-training static quantization, which needs ``calibration``; see :mod:`effnetv2.quantize`). Float
+            weights are folded in fp32, then cast; inputs are cast inside ``forward``; outputs come back in the
+            input's dtype (float32 for int8).
         channels_last: store weights and run activations in NHWC (what oneDNN and cuDNN prefer).
         compile: return ``torch.compile`` of the result (with weight freezing on CPU), whose ``forward``
             is compiled; the uncompiled module is its ``_orig_mod``. The first call compiles (about a
             minute on 2 CPU cores; less with inductor's cache warm). On the reference CPU it gained
-            0–18 % over the uncompiled copy, depending on the run (BENCHMARKS.md).
+            0–18 % over the uncompiled copy, depending on the run (BENCHMARKS.md). Default: ``False`` for
+            float dtypes, ``True`` for int8 (whose uncompiled graph runs reference float ops, slower than fp32).
+        calibration: int8 only: normalised images (N, C, H, W), a DataLoader of them, or a folder of image files;
+            the int8 model takes inputs of their size (:func:`effnetv2.quantize.quantize_int8`).
 
     Reduced precision: on CPUs without native bfloat16 (no AVX512-BF16 or AMX) oneDNN emulates it and
     bfloat16 is slower than float32; a warning says so.
     """
     if not isinstance(model, (EfficientNetV2, EfficientNetV2Features)):
         raise TypeError(f"expected an effnetv2 EfficientNetV2 or EfficientNetV2Features, got {type(model).__name__}")
+    if dtype == torch.int8:
+        if calibration is None:
+            raise ValueError("dtype=torch.int8 needs calibration images: an (N, C, H, W) batch, a DataLoader, a folder")
+        if not channels_last:
+            raise ValueError("int8 inference runs channels_last (oneDNN's int8 convolutions); leave channels_last=True")
+        from effnetv2.quantize import quantize_int8
+
+        return quantize_int8(model, calibration, compile=True if compile is None else compile)
+    if calibration is not None:
+        raise ValueError(f"calibration is for dtype=torch.int8; {dtype} needs none")
     if dtype not in (torch.float32, *_REDUCED):
-        raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
+        raise ValueError(f"dtype must be torch.float32, torch.bfloat16, torch.float16 or torch.int8, got {dtype}")
     param = next(model.parameters())
     if dtype == torch.float16 and param.device.type == "cpu":
         raise ValueError("float16 inference is for CUDA (CPUs have no fast float16 convolutions); use torch.bfloat16")

@@ -5,11 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 from effnetv2.cli import CLIError
 from effnetv2.cli.paths import encode_path
-from effnetv2.cli.runtime import DEFAULT_MODEL, image_size, load_model, non_negative_int, positive_int
+from effnetv2.cli.runtime import (
+    CALIBRATION_IMAGES,
+    DEFAULT_MODEL,
+    add_calibration_options,
+    calibration_batch,
+    image_size,
+    load_model,
+    non_negative_int,
+    positive_int,
+)
 from effnetv2.errors import ExportError
 from effnetv2.export import DEFAULT_ONNX_OPSET, FORMATS, check_export_options, export_model
 
@@ -88,15 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--calibration images; the agreement with the float model on held-out images is printed instead of a "
         "tolerance check",
     )
-    parser.add_argument(
-        "--calibration", metavar="DIR", help="--int8: images (a folder or files) whose activations set the ranges"
-    )
-    parser.add_argument(
-        "--calibration-images",
-        type=positive_int,
-        metavar="N",
-        help=f"--int8: use the first N images of --calibration, sorted (default: {CALIBRATION_IMAGES})",
-    )
+    add_calibration_options(parser, "--int8")
     parser.add_argument(
         "--tolerance",
         type=float,
@@ -104,9 +103,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="largest accepted max relative difference (default: 1e-4 in float32)",
     )
     parser.set_defaults(func=run)
-
-
-CALIBRATION_IMAGES = 64
 
 
 def check_int8_options(args: argparse.Namespace) -> None:
@@ -127,25 +123,6 @@ def check_int8_options(args: argparse.Namespace) -> None:
         raise CLIError("--optimize does not apply to --int8: ONNX Runtime folds BatchNorm itself")
     if not args.dynamic_batch and args.batch_size != 1:
         raise CLIError("--int8 with --static exports at batch 1 (the calibration runs image by image)")
-
-
-def calibration_batch(args: argparse.Namespace, model) -> torch.Tensor:
-    """The first ``--calibration-images`` images of ``--calibration``, as the model's eval transform makes them."""
-    from effnetv2.cli.images import find_images
-    from effnetv2.cli.runtime import eval_transform
-    from effnetv2.data.images import open_image
-
-    files = find_images([args.calibration])[: args.calibration_images]
-    transform, _ = eval_transform(model, args.img_size)
-    images = []
-    for path in files:
-        try:
-            images.append(transform(open_image(path)))
-        except Exception as e:  # any decoder error: that image does not calibrate
-            print(f"effnetv2: skipped {encode_path(path)}: {type(e).__name__}: {e}", file=sys.stderr)
-    if len(images) < 2:
-        raise CLIError(f"--calibration {encode_path(args.calibration)}: fewer than 2 readable images")
-    return torch.stack(images)
 
 
 def run(args: argparse.Namespace) -> int:

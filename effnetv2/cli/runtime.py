@@ -115,16 +115,89 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="run optimize_for_inference's copy of the model (BatchNorm folded into the convs, channels_last); "
         "with --amp, the copy's own bf16/fp16 weights instead of autocast",
     )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="with --optimize, on the CPU: run an int8 copy (post-training static quantization through PT2E, "
+        "compiled to oneDNN's int8 kernels; needs torchao), calibrated on --calibration images; its agreement "
+        "with the fp32 model on held-out calibration images is printed to stderr",
+    )
+    add_calibration_options(parser, "--int8")
+
+
+CALIBRATION_IMAGES = 64
+
+
+def add_calibration_options(parser: argparse.ArgumentParser, flag: str) -> None:
+    """``--calibration DIR`` and ``--calibration-images N``, for ``flag`` (predict/embed/... and export's --int8)."""
+    parser.add_argument(
+        "--calibration", metavar="DIR", help=f"{flag}: images (a folder or files) whose activations set the ranges"
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=positive_int,
+        metavar="N",
+        help=f"{flag}: use the first N images of --calibration, sorted (default: {CALIBRATION_IMAGES})",
+    )
+
+
+def calibration_batch(args: argparse.Namespace, model: nn.Module) -> Tensor:
+    """The first ``--calibration-images`` images of ``--calibration``, as the model's eval transform makes them."""
+    from effnetv2.cli.images import find_images
+    from effnetv2.data.images import open_image
+
+    files = find_images([args.calibration])[: args.calibration_images or CALIBRATION_IMAGES]
+    transform, _ = eval_transform(model, args.img_size)
+    images = []
+    for path in files:
+        try:
+            images.append(transform(open_image(path)))
+        except Exception as e:  # any decoder error: that image does not calibrate
+            print(f"effnetv2: skipped {encode_path(path)}: {type(e).__name__}: {e}", file=sys.stderr)
+    if len(images) < 2:
+        raise CLIError(f"--calibration {encode_path(args.calibration)}: fewer than 2 readable images")
+    return torch.stack(images)
+
+
+def check_int8_run_options(args: argparse.Namespace, device: torch.device) -> None:
+    """``--int8`` with what it needs (--optimize, --calibration, the CPU) and nothing it excludes (--amp)."""
+    if not args.int8:
+        for flag, given in (("--calibration", args.calibration), ("--calibration-images", args.calibration_images)):
+            if given:
+                raise CLIError(f"{flag} is for --int8")
+        return
+    if not args.optimize:
+        raise CLIError("--int8 is an optimised copy of the model: give --optimize --int8 --calibration DIR")
+    if not args.calibration:
+        raise CLIError("--int8 needs --calibration DIR: images whose activations set the int8 ranges")
+    if args.amp:
+        raise CLIError(f"--int8 and --amp {args.amp} exclude each other: int8 runs its own precision")
+    if device.type != "cpu":
+        raise CLIError(f"--int8 runs on the CPU (oneDNN's int8 kernels), not {device.type}: add --device cpu")
 
 
 def inference_model(
     model: nn.Module, args: argparse.Namespace, device: torch.device
 ) -> tuple[nn.Module, Optional[str]]:
     """The module to run on ``device`` (``--optimize``: the folded copy) and the autocast dtype to run it under."""
+    check_int8_run_options(args, device)
     model = model.to(device)
     if not args.optimize:
         return model, args.amp
     from effnetv2.optimize import optimize_for_inference
+
+    if args.int8:
+        calibration = calibration_batch(args, model)
+        print(f"effnetv2: quantizing to int8 on {len(calibration)} calibration images ...", file=sys.stderr)
+        try:
+            int8 = optimize_for_inference(model, torch.int8, calibration=calibration)
+        except (ImportError, ValueError, RuntimeError) as e:
+            raise CLIError(f"--int8: {e}") from e
+        print(
+            f"effnetv2: int8 against fp32 on {int8.agreement.images} held-out images: {int8.agreement.describe()}",
+            file=sys.stderr,
+        )
+        return int8, None
 
     try:
         return optimize_for_inference(model, AMP_DTYPES[args.amp] if args.amp else torch.float32), None

@@ -1,0 +1,299 @@
+"""int8 inference in PyTorch: post-training static quantization through PT2E and the x86 inductor quantizer.
+
+``optimize_for_inference(model, dtype=torch.int8, calibration=IMAGES)`` calls :func:`quantize_int8`:
+
+1. the fp32 inference copy (BatchNorm folded, channels_last) is captured with ``torch.export``, batch size dynamic;
+2. torchao's PT2E flow (``prepare_pt2e`` / ``convert_pt2e`` with ``X86InductorQuantizer``, PyTorch's maintained
+   route since ``torch.ao.quantization``'s PT2E moved to torchao) quantizes the convolutions: int8 weights per
+   output channel (symmetric), uint8 activations per tensor with ranges from a histogram of the calibration
+   images' activations. **Kept in float: SiLU, the squeeze-excite layers (``Linear`` on the pooled vector and
+   the sigmoid gate), the stem and last convolutions and the classifier** — where quantization cost the most top-1
+   agreement (:data:`KEPT_FLOAT`);
+3. ``torch.compile`` with weight freezing lowers the result to oneDNN's int8 convolutions (VNNI / AMX-INT8 where
+   the CPU has them), with the dequantize, SiLU and requantize steps fused around them. Without compiling, the
+   quantized graph runs as reference float ops: right numbers, slower than fp32 (for checking accuracy only).
+
+Needs ``torchao`` (``pip install "effnetv2[int8]"``). Every 4th calibration image (when there are 8 or more) is held
+out and checks the result: :attr:`Int8EfficientNetV2.agreement` holds the top-1 agreement with the fp32 model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from effnetv2.agreement import Agreement, output_agreement
+from effnetv2.model import EfficientNetV2, EfficientNetV2Features, check_input
+
+Calibration = Union[Tensor, Iterable[Any], str, os.PathLike]
+
+HOLDOUT_EVERY = 4  # every 4th calibration image checks the result instead of calibrating (when there are >= 8)
+CALIBRATION_BATCH = 8  # images per calibration forward pass
+DEFAULT_CALIBRATION_IMAGES = 256  # read at most this many from a folder or loader unless told otherwise
+# Modules of the inference copy left in float: names (fnmatch patterns) in InferenceEfficientNetV2, or module types
+# (Linear: squeeze-excite and the classifier). Adding "*.project" (the blocks' 1x1 projections and residual adds)
+# buys accuracy at small inputs for about a third of the int8 speed-up (BENCHMARKS.md).
+KEPT_FLOAT: tuple[Union[str, type[nn.Module]], ...] = ("stem", "head", nn.Linear)
+TORCHAO_HINT = 'int8 inference needs torchao: pip install "effnetv2[int8]" (or pip install torchao)'
+
+
+def _torchao() -> Any:
+    try:
+        from torchao.quantization.pt2e import quantize_pt2e
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer
+    except ImportError as e:
+        raise ImportError(f"{TORCHAO_HINT} ({e})") from e
+    return quantize_pt2e, x86_inductor_quantizer
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Calibration images
+
+
+def _folder_images(path: Path, model: nn.Module, limit: int, img_size: Optional[tuple[int, int]]) -> Tensor:
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    from effnetv2.data import create_transform, resolve_model_data_config
+    from effnetv2.data.images import open_image
+
+    if not path.exists():
+        raise FileNotFoundError(f"calibration: {path}: no such file or folder")
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+    if not files:
+        raise ValueError(f"calibration: no images in {path} (looked for {', '.join(IMG_EXTENSIONS)})")
+    config = resolve_model_data_config(model, args={"input_size": (3, *img_size)} if img_size else None)
+    transform = create_transform(**config, is_training=False)
+    images = []
+    for file in files[:limit]:
+        try:
+            images.append(transform(open_image(file)))
+        except (OSError, ValueError) as e:  # an unreadable image does not calibrate; the rest still can
+            raise ValueError(f"calibration: cannot read {file}: {e}") from e
+    return torch.stack(images)
+
+
+def _loader_images(batches: Iterable[Any], limit: int) -> Tensor:
+    taken: list[Tensor] = []
+    count = 0
+    for batch in batches:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if not isinstance(images, Tensor):
+            raise TypeError(
+                f"calibration batches must be image tensors or (images, targets) pairs, got {type(images).__name__}"
+            )
+        taken.append(images if images.dim() == 4 else images.unsqueeze(0))
+        count += taken[-1].shape[0]
+        if count >= limit:
+            break
+    if not taken:
+        raise ValueError("calibration: the loader gave no batches")
+    return torch.cat(taken)[:limit]
+
+
+def calibration_images(calibration: Calibration, model: nn.Module, limit: int = DEFAULT_CALIBRATION_IMAGES) -> Tensor:
+    """``calibration`` as one (N, C, H, W) float batch of at most ``limit`` images.
+
+    A tensor is taken as it is (normalised images as the model takes them); a ``DataLoader`` (or any iterable of
+    image batches or ``(images, targets)`` pairs) is read until ``limit`` images; a folder (or one image file) is
+    read sorted, through the model's eval transform (``pretrained_cfg``'s test size, crop and normalisation).
+    """
+    if isinstance(calibration, Tensor):
+        images = calibration
+    elif isinstance(calibration, (str, os.PathLike)):
+        images = _folder_images(Path(calibration), model, limit, None)
+    elif isinstance(calibration, Iterable):
+        images = _loader_images(calibration, limit)
+    else:
+        raise TypeError(
+            "calibration must be an image batch (Tensor), a DataLoader of images, or a folder path, got "
+            f"{type(calibration).__name__}"
+        )
+    if images.dim() != 4 or images.shape[0] < 2:
+        raise ValueError(f"calibration must hold 2 or more images (N, C, H, W), got shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"calibration images must be normalised float tensors, got {images.dtype}")
+    if not images.isfinite().all():
+        raise ValueError("calibration images hold NaN or infinite values")
+    return images[:limit].detach().float().cpu()
+
+
+def split_holdout(images: Tensor) -> tuple[Tensor, Tensor]:
+    """(calibrate, check): every 4th image checks when there are 8 or more; else all do both (in-sample)."""
+    if images.shape[0] < 2 * HOLDOUT_EVERY:
+        return images, images
+    keep = torch.ones(images.shape[0], dtype=torch.bool)
+    keep[::HOLDOUT_EVERY] = False
+    return images[keep], images[::HOLDOUT_EVERY]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The int8 model
+
+
+class Int8EfficientNetV2(nn.Module):
+    """The int8 classifier or feature extractor made by :func:`quantize_int8` (inference only, CPU).
+
+    ``forward`` takes float images at the calibrated size (any batch size; each new batch size compiles once) and
+    returns float32 outputs like the model's. ``agreement`` compares the quantized graph (before compiling) with the
+    fp32 model on held-out calibration images.
+    """
+
+    def __init__(
+        self,
+        graph: nn.Module,
+        source: nn.Module,
+        img_size: tuple[int, int],
+        agreement: Optional[Agreement],
+        calibration_images: int,
+        compiled: bool,
+        kept_float: str,
+    ) -> None:
+        super().__init__()
+        self.graph = graph
+        self.in_chans = source.in_chans
+        self.img_size = img_size
+        self.pretrained_cfg = dict(source.pretrained_cfg)
+        self.feature_info = source.feature_info
+        self.num_classes = getattr(source, "num_classes", 0)
+        self.num_features = getattr(source, "num_features", None)
+        self.agreement = agreement
+        self.calibration_images = calibration_images
+        self.compiled = compiled
+        self.kept_float = kept_float
+        self.training = False
+
+    def forward(self, x: Tensor) -> Union[Tensor, list[Tensor]]:
+        x = check_input(x, self.in_chans)
+        if tuple(x.shape[-2:]) != self.img_size:
+            raise ValueError(
+                f"this int8 model was calibrated and captured for {self.img_size[0]}x{self.img_size[1]} inputs, got "
+                f"{x.shape[-2]}x{x.shape[-1]}; resize the images or quantize again at that size"
+            )
+        x = x.float().contiguous(memory_format=torch.channels_last)
+        with _freezing() if self.compiled else contextlib.nullcontext():
+            out = self.graph(x)
+        return list(out) if isinstance(out, (tuple, list)) else out
+
+    def train(self, mode: bool = True) -> Int8EfficientNetV2:
+        if mode:
+            raise RuntimeError("an int8 model is for inference only; train the original model instead")
+        self.training = False  # an exported graph refuses train()/eval(): it is traced in eval mode already
+        return self
+
+    def extra_repr(self) -> str:
+        return f"img_size={self.img_size}, compiled={self.compiled}, kept in float: {self.kept_float}"
+
+
+def _freezing() -> contextlib.AbstractContextManager:
+    # Inductor's int8 lowering (weight prepacking) needs its global freezing flag at compile time: the per-call
+    # options={"freezing": True} leaves the weights as graph inputs there and compiling fails. Compiling happens
+    # at the first call with each new batch size, so every call runs under the patch.
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(freezing=True)
+
+
+def _quantizer(x86: Any, fp32: nn.Module, keep_float: Sequence[Union[str, type[nn.Module]]]) -> Any:
+    quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
+    names = [name for name, _ in fp32.named_modules() if name]
+    for kept in keep_float:
+        if isinstance(kept, str):
+            matched = fnmatch.filter(names, kept)
+            if not matched:
+                raise ValueError(f"keep_float: no module of the inference copy is named like {kept!r}")
+            for name in matched:
+                quantizer.set_module_name_qconfig(name, None)
+        elif isinstance(kept, type) and issubclass(kept, nn.Module):
+            quantizer.set_module_type_qconfig(kept, None)
+        else:
+            raise TypeError(f"keep_float takes module names (patterns) or nn.Module types, got {kept!r}")
+    return quantizer
+
+
+def _batches(images: Tensor) -> Iterator[Tensor]:
+    for i in range(0, images.shape[0], CALIBRATION_BATCH):
+        yield images[i : i + CALIBRATION_BATCH].contiguous(memory_format=torch.channels_last)
+
+
+def _run(module: nn.Module, images: Tensor) -> list[Tensor]:
+    outs = [module(batch) for batch in _batches(images)]
+    if isinstance(outs[0], Tensor):
+        return [torch.cat(outs)]
+    return [torch.cat([o[k] for o in outs]) for k in range(len(outs[0]))]
+
+
+def quantize_int8(
+    model: Union[EfficientNetV2, EfficientNetV2Features],
+    calibration: Calibration,
+    *,
+    calibration_limit: int = DEFAULT_CALIBRATION_IMAGES,
+    compile: bool = True,
+    keep_float: Sequence[Union[str, type[nn.Module]]] = KEPT_FLOAT,
+) -> Int8EfficientNetV2:
+    """An int8 copy of ``model`` for CPU inference, calibrated on ``calibration`` (see the module docstring).
+
+    Args:
+        model: an fp32 :class:`EfficientNetV2` or :class:`EfficientNetV2Features` on the CPU (not changed).
+        calibration: normalised images (N, C, H, W), a DataLoader of them, or a folder of image files (read through
+            the model's eval transform). The int8 model takes inputs of the calibration images' size.
+        calibration_limit: at most this many images are used (every 4th of them checks the result).
+        compile: lower to oneDNN's int8 kernels with ``torch.compile`` (the fast path; the first call at each
+            batch size compiles, ~20 s for ``tf_efficientnetv2_b0`` on 2 cores). ``False`` runs the quantized
+            graph as reference float ops (same numbers, slower than fp32: for checking accuracy).
+        keep_float: modules left in float, by name in the fp32 inference copy (``fnmatch`` patterns such as
+            ``"*.project"``) or by type; default :data:`KEPT_FLOAT`. SiLU and the gates are float in any case.
+
+    Raises ``ImportError`` without torchao, ``ValueError``/``TypeError`` for bad calibration data or a model that is
+    not on the CPU, ``RuntimeError`` when the int8 model returns non-finite values.
+    """
+    from effnetv2.optimize import optimize_for_inference
+
+    quantize_pt2e, x86 = _torchao()
+    if not isinstance(model, (EfficientNetV2, EfficientNetV2Features)):
+        raise TypeError(f"expected an effnetv2 EfficientNetV2 or EfficientNetV2Features, got {type(model).__name__}")
+    if next(model.parameters()).device.type != "cpu":
+        raise ValueError("int8 inference is for CPUs (oneDNN's int8 kernels); move the model to the CPU first")
+    if calibration_limit < 2:
+        raise ValueError(f"calibration_limit must be 2 or more, got {calibration_limit}")
+    images = calibration_images(calibration, model, calibration_limit)
+    check_input(images, model.in_chans)
+    calibrate, check = split_holdout(images)
+    fp32 = optimize_for_inference(model)  # BatchNorm folded: the quantizer sees conv + bias, as inference runs
+    with torch.no_grad():
+        batch = torch.export.Dim("batch", min=1, max=65536)
+        example = next(_batches(calibrate))
+        exported = torch.export.export(fp32, (example,), dynamic_shapes=({0: batch},)).module()
+        prepared = quantize_pt2e.prepare_pt2e(exported, _quantizer(x86, fp32, keep_float))
+        _run(prepared, calibrate)
+        graph = quantize_pt2e.convert_pt2e(prepared)
+        kept = ", ".join(k if isinstance(k, str) else k.__name__ for k in keep_float)
+        reference = Int8EfficientNetV2(
+            graph, model, tuple(images.shape[-2:]), None, calibrate.shape[0], False, f"SiLU, sigmoid, {kept}"
+        )
+        # Checked before lowering: the quantized graph's reference ops (the compiled kernels compute the same
+        # quantized convolutions, fused; tests/test_quantize.py holds them to it). A check through the compiled
+        # model would cost a compile at the check's batch size on top of the user's.
+        expected = _run(fp32, check)
+        ours = reference(check)
+        ours = ours if isinstance(ours, list) else [ours]
+    try:
+        agreement = output_agreement(ours, expected, logits=reference.num_classes > 0)
+    except ValueError as e:
+        raise RuntimeError(f"int8 quantization failed its check on {check.shape[0]} images: {e}") from e
+    reference.agreement = agreement
+    if not compile:
+        return reference
+    int8 = Int8EfficientNetV2(
+        torch.compile(graph), model, reference.img_size, agreement, calibrate.shape[0], True, reference.kept_float
+    )
+    return int8
+
+
+__all__ = ["KEPT_FLOAT", "Int8EfficientNetV2", "calibration_images", "quantize_int8"]

@@ -1,0 +1,198 @@
+"""int8 in PyTorch (issue 16): optimize_for_inference(dtype=torch.int8) through PT2E and the x86 inductor quantizer,
+its calibration inputs, its agreement with fp32, the oneDNN int8 kernels it compiles to, and predict --int8."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+
+import pytest
+import timm
+import torch
+from conftest import import_script
+from PIL import Image
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, TensorDataset
+
+import effnetv2
+from effnetv2.agreement import output_agreement
+from effnetv2.cli import main
+from effnetv2.data import create_transform, resolve_model_data_config
+from effnetv2.data.images import open_image
+from effnetv2.quantize import HOLDOUT_EVERY, calibration_images
+from effnetv2.weights.loading import load_state_dict_into
+
+calibrated_model = import_script("calibrated_model")
+IMG = 64
+aten, qd = torch.ops.aten, torch.ops.quantized_decomposed
+
+
+@pytest.fixture(scope="module")
+def b0(tmp_path_factory):
+    """Well-conditioned tf_efficientnetv2_b0 (timm-made weights), that checkpoint as a file, and the model with a
+    10-class nearest-prototype classifier (so top-1 agreement means something) and its exemplar images."""
+    torch.manual_seed(0)
+    theirs = timm.create_model("tf_efficientnetv2_b0")
+    theirs = calibrated_model.condition(theirs, calibrated_model.smooth_images(8, IMG, seed=1)).eval()
+    ours = effnetv2.create_model("tf_efficientnetv2_b0")
+    load_state_dict_into(ours, theirs.state_dict(), source="timm")
+    path = tmp_path_factory.mktemp("b0") / "b0.safetensors"
+    save_file({k: v.contiguous() for k, v in theirs.state_dict().items()}, path)
+    classes = effnetv2.create_model("tf_efficientnetv2_b0")
+    load_state_dict_into(classes, theirs.state_dict(), source="timm")
+    exemplars = calibrated_model.smooth_images(10, IMG, seed=2)
+    calibrated_model.prototype_classifier(classes, exemplars)
+    return ours.eval(), path, classes.eval(), exemplars
+
+
+def calibration(exemplars: torch.Tensor) -> torch.Tensor:
+    return torch.cat([calibrated_model.smooth_images(24, IMG, seed=7), calibrated_model.mixed_images(exemplars, 24)])
+
+
+def test_int8_agrees_with_fp32_where_the_answer_is_clear(b0):
+    """At 128 px: at 64-96 px the last maps are 2x2-3x3 and int8 error grows (keep_float="*.project" helps there)."""
+    _, _, model, _ = b0
+    exemplars = calibrated_model.smooth_images(10, 128, seed=2)
+    model = copy.deepcopy(model)
+    calibrated_model.prototype_classifier(model, exemplars)
+    images = torch.cat([calibrated_model.smooth_images(24, 128, seed=7), calibrated_model.mixed_images(exemplars, 24)])
+    int8 = effnetv2.optimize_for_inference(model, torch.int8, calibration=images, compile=False)
+    fp32 = effnetv2.optimize_for_inference(model)
+    test = calibrated_model.mixed_images(exemplars, 64, seed=5)
+    with torch.no_grad():
+        out, expected = int8(test), fp32(test)
+        # the report is the held-out images' (every 4th), reproducible
+        check = images[::HOLDOUT_EVERY]
+        assert int8.agreement == output_agreement([int8(check)], [fp32(check)])
+    assert int8.agreement.images == 12 and int8.calibration_images == 36
+    agreement = output_agreement([out], [expected])
+    share, clear = agreement.clear
+    # issue 16's bar is 99 % where fp32 has a clear answer (met here: 100 %, BENCHMARKS.md); one image of slack
+    # for other CPUs' rounding. A broken quantization lands near chance (10 %).
+    assert clear >= 40 and share >= 0.97, agreement
+    assert agreement.top1 >= 0.9, agreement
+    assert 1e-3 < agreement.max_rel_diff < 0.2  # quantized, and not garbage
+    assert out.dtype == torch.float32 and out.shape == (64, 10)
+
+    # What is int8 and what stays float: every conv's weight is dequantized per channel from int8, except the stem's,
+    # the last conv's and (tf_ models) the stride-2 convs after TF "same" padding, which the quantizer leaves alone.
+    graph = int8.graph.graph
+    convs = [n for n in graph.nodes if n.target == aten.conv2d.default]
+    quantized = [c for c in convs if c.args[1].target == qd.dequantize_per_channel.default]
+    padded = [c for c in convs[1:] if c.args[0].target in (aten.pad.default, aten.constant_pad_nd.default)]
+    assert convs[0].args[1].op == convs[-1].args[1].op == "get_attr"  # stem and head: float weights
+    assert len(padded) == 4 and len(quantized) == len(convs) - 2 - len(padded) == 53
+    assert all(n.args[1].op == "get_attr" for n in graph.nodes if n.target == aten.linear.default)  # SE, classifier
+    assert not any(n.target in (aten.silu.default, aten.sigmoid.default) for n in graph.nodes if "quantize" in str(n))
+
+
+def test_compiled_int8_runs_onednn_int8_kernels(b0):
+    _, _, model, exemplars = b0
+    images = calibration(exemplars)
+    reference = effnetv2.optimize_for_inference(model, torch.int8, calibration=images, compile=False)
+    int8 = effnetv2.optimize_for_inference(model, torch.int8, calibration=images)  # compiled by default
+    assert int8.compiled and "compiled=True" in repr(int8) and int8.agreement == reference.agreement
+    test = calibrated_model.mixed_images(exemplars, 8, seed=5)
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        out = int8(test)
+    kernels = {e.name for e in prof.events()}
+    assert any("qconv" in k for k in kernels), sorted(kernels)  # oneDNN's int8 convolution, not float emulation
+    with torch.no_grad():
+        expected = reference(test)
+        single = int8(test[:1])  # batch 1 (another compile): the same numbers as in a batch
+    assert (out.argmax(1) == expected.argmax(1)).float().mean() >= 0.9
+    assert ((out - expected).abs().max() / expected.abs().max()) < 0.05  # the same quantized graph, fused
+    assert torch.allclose(single, out[:1], rtol=1e-4, atol=1e-4)
+
+
+def test_calibration_from_a_folder_or_a_loader_is_what_the_model_sees(b0, tmp_path):
+    model = b0[0]
+    folder = tmp_path / "calibration"
+    (folder / "sub").mkdir(parents=True)
+    for i, image in enumerate(calibrated_model.smooth_images(5, 80, seed=3)):
+        pixels = ((image * 0.25 + 0.5).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+        Image.fromarray(pixels).save(folder / ("sub" if i % 2 else ".") / f"{i}.png")
+    (folder / "notes.txt").write_text("not an image")  # not an image extension: not read
+    transform = create_transform(**resolve_model_data_config(model), is_training=False)
+    files = sorted(folder.rglob("*.png"))
+    expected = torch.stack([transform(open_image(f)) for f in files])
+    assert torch.equal(calibration_images(folder, model), expected)
+    assert torch.equal(calibration_images(str(folder), model, limit=3), expected[:3])
+
+    images, targets = torch.randn(7, 3, IMG, IMG), torch.arange(7)
+    loader = DataLoader(TensorDataset(images, targets), batch_size=3)  # (images, targets) batches
+    assert torch.equal(calibration_images(loader, model, limit=5), images[:5])
+    assert torch.equal(calibration_images([images[:2], images[2:]], model), images)  # batches of images
+
+
+def test_int8_bad_use_gives_clear_errors(b0, tmp_path, monkeypatch):
+    model = b0[0]
+    images = calibrated_model.smooth_images(4, IMG, seed=7)
+    for kwargs, error, message in (
+        ({}, ValueError, "needs calibration images"),
+        ({"calibration": images[:1]}, ValueError, "2 or more images"),
+        ({"calibration": images[0]}, ValueError, "2 or more images"),
+        ({"calibration": images.clone().fill_(float("nan"))}, ValueError, "NaN"),
+        ({"calibration": (images * 100).byte()}, TypeError, "float"),
+        ({"calibration": images[:, :1]}, ValueError, "channels"),
+        ({"calibration": 3}, TypeError, "DataLoader"),
+        ({"calibration": [("a", 1)]}, TypeError, "image tensors"),
+        ({"calibration": []}, ValueError, "no batches"),
+        ({"calibration": tmp_path / "missing"}, FileNotFoundError, "no such file"),
+        ({"calibration": tmp_path}, ValueError, "no images"),
+        ({"calibration": images, "channels_last": False}, ValueError, "channels_last"),
+    ):
+        with pytest.raises(error, match=message):
+            effnetv2.optimize_for_inference(model, torch.int8, **kwargs)
+    with pytest.raises(ValueError, match="calibration is for dtype=torch.int8"):
+        effnetv2.optimize_for_inference(model, calibration=images)
+    for name in ("torchao", "torchao.quantization", "torchao.quantization.pt2e"):
+        monkeypatch.setitem(sys.modules, name, None)  # torchao not installed
+    with pytest.raises(ImportError, match=r"pip install \"effnetv2\[int8\]\""):
+        effnetv2.optimize_for_inference(model, torch.int8, calibration=images)
+    monkeypatch.undo()
+
+    int8 = effnetv2.optimize_for_inference(model, torch.int8, calibration=images, compile=False)
+    with pytest.raises(ValueError, match="calibrated and captured for 64x64 inputs, got 96x96"):
+        int8(torch.randn(1, 3, 96, 96))
+    with pytest.raises(ValueError, match="input channels"):
+        int8(torch.randn(1, 4, IMG, IMG))
+    with pytest.raises(RuntimeError, match="inference only"):
+        int8.train()
+    assert int8.eval() is int8 and not int8.training
+    assert int8.agreement.top1 is not None and int8.agreement.images == 4  # fewer than 8: checked in-sample
+
+
+def test_predict_int8_command(b0, tmp_path, capsys):
+    _, weights, _, _ = b0
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(calibrated_model.smooth_images(8, 128, seed=4)):
+        pixels = ((image * 0.25 + 0.5).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    common = ["predict", str(folder), "--model", "tf_efficientnetv2_b0", "--checkpoint", str(weights)]
+    common += ["--img-size", "128", "--device", "cpu", "--workers", "0", "--topk", "1", "--format", "json"]
+    # one batch of 8, one compile (~20 s); batches of 8 and 1: test_compiled_int8_runs_onednn_int8_kernels
+    assert main([*common, "--optimize", "--int8", "--calibration", str(folder), "--batch-size", "8"]) == 0
+    captured = capsys.readouterr()
+    assert "int8 against fp32 on 2 held-out images: top-1 agreement" in captured.err
+    int8_rows = json.loads(captured.out)
+    assert main([*common, "--optimize"]) == 0
+    fp32_rows = json.loads(capsys.readouterr().out)
+    assert len(int8_rows) == len(fp32_rows) == 8
+    assert [r["path"] for r in int8_rows] == [r["path"] for r in fp32_rows]
+    tops = [(a["topk"][0], b["topk"][0]) for a, b in zip(int8_rows, fp32_rows, strict=True)]
+    assert sum(a["index"] == b["index"] for a, b in tops) >= 7, tops  # the fp32 answer (at 128 px; see above)
+    assert any(a["prob"] != b["prob"] for a, b in tops)  # and quantized
+
+    for extra, message in (
+        (["--int8"], "--int8 is an optimised copy of the model: give --optimize --int8 --calibration DIR"),
+        (["--optimize", "--int8"], "--int8 needs --calibration DIR"),
+        (["--calibration", str(folder)], "--calibration is for --int8"),
+        (["--optimize", "--int8", "--calibration", str(folder), "--amp", "bf16"], "exclude each other"),
+        (["--optimize", "--int8", "--calibration", str(tmp_path / "none")], "no such file or folder"),
+    ):
+        assert main([*common, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err, err
