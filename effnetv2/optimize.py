@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.ops import SqueezeExcitation
 
+from effnetv2.compiling import FrozenCompiled
 from effnetv2.layers import ConvResidual, FusedMBConv, GlobalPool, MBConv
 from effnetv2.model import EfficientNetV2, EfficientNetV2Features, check_input
 
@@ -270,11 +271,12 @@ def optimize_for_inference(
             weights are folded in fp32, then cast; inputs are cast inside ``forward``; outputs come back in the
             input's dtype (float32 for int8).
         channels_last: store weights and run activations in NHWC (what oneDNN and cuDNN prefer).
-        compile: return ``torch.compile`` of the result (with weight freezing on CPU), whose ``forward``
-            is compiled; the uncompiled module is its ``_orig_mod``. The first call compiles (about a
-            minute on 2 CPU cores; less with inductor's cache warm). On the reference CPU it gained
-            0–18 % over the uncompiled copy, depending on the run (BENCHMARKS.md). Default: ``False`` for
-            float dtypes, ``True`` for int8 (whose uncompiled graph runs reference float ops, slower than fp32).
+        compile: return ``torch.compile`` of the result, whose ``forward`` is compiled; the uncompiled module
+            is its ``_orig_mod``. On the CPU with weight freezing (:class:`effnetv2.compiling.FrozenCompiled`:
+            weights prepacked for oneDNN, conv + SiLU/add fused); call it without autograd. The first call
+            at each batch size compiles (about a minute for rw_m on 2 CPU cores; less with inductor's cache
+            warm). Default: ``False`` for float dtypes, ``True`` for int8 (whose uncompiled graph runs
+            reference float ops, slower than fp32).
         calibration: int8 only: normalised images (N, C, H, W), a DataLoader of them, or a folder of image files;
             the int8 model takes inputs of their size (:func:`effnetv2.quantize.quantize_int8`).
 
@@ -315,6 +317,5 @@ def optimize_for_inference(
     fast.eval()
     fast.requires_grad_(False)
     if compile:
-        options = {"freezing": True} if param.device.type == "cpu" else None
-        fast = torch.compile(fast, options=options)
+        fast = FrozenCompiled(fast) if param.device.type == "cpu" else torch.compile(fast)
     return fast

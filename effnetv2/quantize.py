@@ -19,7 +19,6 @@ out and checks the result: :attr:`Int8EfficientNetV2.agreement` holds the top-1 
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -30,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from effnetv2.agreement import Agreement, output_agreement
+from effnetv2.compiling import FrozenCompiled
 from effnetv2.model import EfficientNetV2, EfficientNetV2Features, check_input
 
 Calibration = Union[Tensor, Iterable[Any], str, os.PathLike]
@@ -57,7 +57,7 @@ def _torchao() -> Any:
 # Calibration images
 
 
-def _folder_images(path: Path, model: nn.Module, limit: int, img_size: Optional[tuple[int, int]]) -> Tensor:
+def _folder_images(path: Path, model: nn.Module, limit: int) -> Tensor:
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     from effnetv2.data import create_transform, resolve_model_data_config
@@ -68,7 +68,7 @@ def _folder_images(path: Path, model: nn.Module, limit: int, img_size: Optional[
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
     if not files:
         raise ValueError(f"calibration: no images in {path} (looked for {', '.join(IMG_EXTENSIONS)})")
-    config = resolve_model_data_config(model, args={"input_size": (3, *img_size)} if img_size else None)
+    config = resolve_model_data_config(model, use_test_size=True)  # as effnetv2 predict/validate read images
     transform = create_transform(**config, is_training=False)
     images = []
     for file in files[:limit]:
@@ -107,7 +107,7 @@ def calibration_images(calibration: Calibration, model: nn.Module, limit: int = 
     if isinstance(calibration, Tensor):
         images = calibration
     elif isinstance(calibration, (str, os.PathLike)):
-        images = _folder_images(Path(calibration), model, limit, None)
+        images = _folder_images(Path(calibration), model, limit)
     elif isinstance(calibration, Iterable):
         images = _loader_images(calibration, limit)
     else:
@@ -176,9 +176,7 @@ class Int8EfficientNetV2(nn.Module):
                 f"this int8 model was calibrated and captured for {self.img_size[0]}x{self.img_size[1]} inputs, got "
                 f"{x.shape[-2]}x{x.shape[-1]}; resize the images or quantize again at that size"
             )
-        x = x.float().contiguous(memory_format=torch.channels_last)
-        with _freezing() if self.compiled else contextlib.nullcontext():
-            out = self.graph(x)
+        out = self.graph(x.float().contiguous(memory_format=torch.channels_last))
         return list(out) if isinstance(out, (tuple, list)) else out
 
     def train(self, mode: bool = True) -> Int8EfficientNetV2:
@@ -189,15 +187,6 @@ class Int8EfficientNetV2(nn.Module):
 
     def extra_repr(self) -> str:
         return f"img_size={self.img_size}, compiled={self.compiled}, kept in float: {self.kept_float}"
-
-
-def _freezing() -> contextlib.AbstractContextManager:
-    # Inductor's int8 lowering (weight prepacking) needs its global freezing flag at compile time: the per-call
-    # options={"freezing": True} leaves the weights as graph inputs there and compiling fails. Compiling happens
-    # at the first call with each new batch size, so every call runs under the patch.
-    import torch._inductor.config as inductor_config
-
-    return inductor_config.patch(freezing=True)
 
 
 def _quantizer(x86: Any, fp32: nn.Module, keep_float: Sequence[Union[str, type[nn.Module]]]) -> Any:
@@ -291,7 +280,7 @@ def quantize_int8(
     if not compile:
         return reference
     int8 = Int8EfficientNetV2(
-        torch.compile(graph), model, reference.img_size, agreement, calibrate.shape[0], True, reference.kept_float
+        FrozenCompiled(graph), model, reference.img_size, agreement, calibrate.shape[0], True, reference.kept_float
     )
     return int8
 

@@ -720,6 +720,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         action="store_true",
         help="tiny CI run: 1 round, 64 px, batch 1, no compile (and no bf16 memory profile on CPUs that emulate bf16)",
     )
+    p.add_argument(
+        "--cpu-goals",
+        action="store_true",
+        help="issue 16's CPU goals instead: optimised fp32, bf16 and int8 vs timm at batch 8 and 1 "
+        "(scripts/benchmark_cpu.py; takes --model, --img-size, --write-markdown)",
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     p.add_argument("--write-markdown", type=Path, metavar="PATH", help="write the results into PATH (BENCHMARKS.md)")
     p.add_argument("--rss-probe", help=argparse.SUPPRESS)
@@ -754,6 +760,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     if args.rss_probe:
         run_rss_probe(args, device)
+        return 0
+    if args.cpu_goals:
+        from benchmark_cpu import main as cpu_goals
+
+        forwarded = ["--model", args.model, "--img-size", str(args.img_size or 320)]
+        forwarded += ["--write-markdown", str(args.write_markdown)] if args.write_markdown else []
+        cpu_goals(forwarded)
         return 0
     results: dict[str, Any] = dict(
         date=time.strftime("%Y-%m-%d %H:%M %Z"),

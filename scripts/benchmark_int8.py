@@ -33,6 +33,15 @@ from effnetv2.optimize import optimize_for_inference
 from effnetv2.weights import KeyMap
 
 
+def int8_hardware(isa: list[str]) -> str:
+    """What this CPU runs int8 dot products on, from its ISA flags."""
+    if "amx_int8" in isa:
+        return "AMX-INT8"
+    if "avx512_vnni" in isa or "avx_vnni" in isa:
+        return "VNNI, no AMX"
+    return "no VNNI or AMX: int8 runs on AVX2 integer instructions"
+
+
 def median_ms(runs: dict, x: torch.Tensor, rounds: int) -> dict[str, float]:
     """Paired rounds: each round runs every path once, so a slow moment of the machine hits all of them."""
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -123,7 +132,7 @@ def main() -> None:
         body = f"""### int8 ONNX (`effnetv2 export --int8`) on this CPU
 
 `{args.model}` at {size} px, median of {args.rounds} paired rounds; CPU: {m["cpu"]}, ISA {", ".join(m["cpu_isa"])}
-(no VNNI or AMX: int8 runs on AVX2 integer instructions), {m["torch_threads"]} threads, torch {m["torch"]},
+({int8_hardware(m["cpu_isa"])}), {m["torch_threads"]} threads, torch {m["torch"]},
 onnxruntime {ort.__version__}.
 
 | path | batch 1 ms | vs timm's best | batch 8 ms | vs timm's best |

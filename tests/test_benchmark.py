@@ -73,3 +73,21 @@ def test_benchmark_family_section(tmp_path):
     text = report.read_text()
     assert "main results" in text and text.index("method") < text.index("<!-- family:begin")
     assert "| `tf_efficientnetv2_b0` | 64 | 7,139,704 |" in text
+
+
+def test_gpu_script_checks_itself_on_the_cpu(tmp_path):
+    """scripts/benchmark_gpu.py is for a GPU machine; --device cpu --smoke runs every part of it here, so that it does
+    not rot between the sessions that have a GPU. Its parity figures are real: the same weights in timm and effnetv2."""
+    report, raw = tmp_path / "BENCH.md", tmp_path / "gpu.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark_gpu.py"), "--device", "cpu", "--smoke"]
+    cmd += ["--model", "tf_efficientnetv2_b0", "--write-markdown", str(report), "--json", str(raw)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(raw.read_text())
+    parity = result["parity"]
+    assert set(parity) == {"eager fp32 logits", "optimised fp32 logits", "train-mode loss", "gradients (worst tensor)"}
+    assert all(value < 2e-5 for value in parity.values()), parity
+    assert set(result["amp"]) == {"effnetv2 autocast bfloat16", "timm autocast bfloat16", "effnetv2 optimised bfloat16"}
+    assert all(v > 0 for v in result["inference_img_per_s"].values()) and len(result["training_img_per_s"]) == 2
+    assert "### GPU: `tf_efficientnetv2_b0` on" in report.read_text()

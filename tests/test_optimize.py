@@ -156,5 +156,26 @@ def test_bad_use_gives_clear_errors(calibrated):
         fast(torch.randn(1, 4, 64, 64))
 
 
+def test_compiled_copy_freezes_its_weights_into_fused_onednn_kernels():
+    """compile=True on the CPU freezes the weights, so inductor prepacks them for oneDNN and fuses conv + SiLU/add:
+    torch.compile(options={"freezing": True}) would leave them as graph inputs and run plain convolutions."""
+    torch.manual_seed(0)
+    model = calibrated_model.condition(
+        effnetv2.create_model("tf_efficientnetv2_b0"), calibrated_model.smooth_images(4, 64, seed=1)
+    ).eval()
+    plain = optimize_for_inference(model)
+    fast = optimize_for_inference(model, compile=True)
+    x = calibrated_model.smooth_images(2, 64, seed=2)
+    with torch.inference_mode(), torch.profiler.profile() as prof:
+        out = fast(x)
+    kernels = {e.name for e in prof.events()}
+    assert any("_convolution_pointwise" in k for k in kernels), sorted(kernels)
+    with torch.inference_mode():
+        assert_close(out, plain(x), tol=1e-4)
+    assert fast._orig_mod.num_classes == fast.num_classes == 1000 and fast.pretrained_cfg == plain.pretrained_cfg
+    with pytest.raises(RuntimeError, match="inference only"):
+        fast.train()
+
+
 def test_exported_from_package():
     assert effnetv2.optimize_for_inference is optimize_for_inference

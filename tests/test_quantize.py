@@ -114,7 +114,7 @@ def test_calibration_from_a_folder_or_a_loader_is_what_the_model_sees(b0, tmp_pa
         pixels = ((image * 0.25 + 0.5).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
         Image.fromarray(pixels).save(folder / ("sub" if i % 2 else ".") / f"{i}.png")
     (folder / "notes.txt").write_text("not an image")  # not an image extension: not read
-    transform = create_transform(**resolve_model_data_config(model), is_training=False)
+    transform = create_transform(**resolve_model_data_config(model, use_test_size=True), is_training=False)
     files = sorted(folder.rglob("*.png"))
     expected = torch.stack([transform(open_image(f)) for f in files])
     assert torch.equal(calibration_images(folder, model), expected)

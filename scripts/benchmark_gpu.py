@@ -1,0 +1,247 @@
+#!/usr/bin/env python
+"""Issue 16, item 4: effnetv2 against timm on one GPU, in one command.
+
+    python scripts/benchmark_gpu.py --write-markdown BENCHMARKS.md            # ~10 min on a recent GPU
+    python scripts/benchmark_gpu.py --device cpu --smoke                        # checks the script itself (CI)
+
+On the same weights (timm's model gets ours through the key map; both well-conditioned as the test oracle is):
+
+1. **CUDA parity** of every effnetv2 path with timm eager fp32: eager fp32 and ``optimize_for_inference`` fp32
+   (relative difference of the logits, which should be ~1e-6; TF32 is switched off for this part), the training-mode
+   loss and the gradients of one step;
+2. **AMP**: effnetv2 and timm under the same ``torch.autocast`` (fp16 and bf16) against fp32, and the optimised copy's
+   own fp16/bf16 weights, as top-1 agreement and relative difference;
+3. **throughput** at ``--batch-size`` (default 256) × ``--img-size`` (320): eager and ``torch.compile`` inference
+   (fp32 and the AMP dtype), and one training step (SGD, AMP), effnetv2 and timm interleaved round by round.
+
+The card's name, torch/CUDA/cuDNN versions and every figure go to BENCHMARKS.md (section ``gpu``) and ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark import ARCH, import_timm, log, machine_info, write_markdown
+from calibrated_model import make_calibrated_model, mixed_images
+
+import effnetv2
+from effnetv2.agreement import output_agreement
+from effnetv2.optimize import optimize_for_inference
+from effnetv2.weights import KeyMap
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.float(), b.float()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def paired(runs: dict[str, Callable[[], Any]], rounds: int, warmup: int, device: torch.device) -> dict[str, float]:
+    """Median seconds per call, each round running every configuration once (compiles happen in warm-up)."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(warmup + rounds):
+        for name, fn in runs.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            if r >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def parity(ours: torch.nn.Module, theirs: torch.nn.Module, key_map: KeyMap, x: torch.Tensor) -> dict[str, float]:
+    """fp32 logits, train-mode loss and gradients of effnetv2 against timm on the same device (TF32 off)."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            expected = theirs(x)
+            out = {"eager fp32 logits": rel(ours(x), expected)}
+            out["optimised fp32 logits"] = rel(optimize_for_inference(ours)(x), expected)
+        target = torch.arange(len(x), device=x.device) % ours.num_classes
+        losses, grads = [], []
+        for model in (ours, theirs):
+            model.train()
+            loss = F.cross_entropy(model(x), target)
+            loss.backward()
+            losses.append(loss.detach())
+            grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters()})
+            model.zero_grad(set_to_none=True)
+            model.eval()
+        out["train-mode loss"] = rel(losses[0], losses[1])
+        out["gradients (worst tensor)"] = max(rel(g, grads[1][key_map.to_timm(n)]) for n, g in grads[0].items())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--model", default=ARCH, choices=effnetv2.list_models())
+    p.add_argument("--img-size", type=int, default=320)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3, help="untimed rounds first (torch.compile compiles here)")
+    p.add_argument("--quality-images", type=int, default=256)
+    p.add_argument("--skip-compile", action="store_true")
+    p.add_argument("--smoke", action="store_true", help="tiny run that checks the script: 64 px, batch 2, 1 round")
+    p.add_argument("--write-markdown", type=Path)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.img_size, args.batch_size, args.rounds, args.warmup, args.quality_images = 64, 2, 1, 0, 8
+        args.skip_compile = True
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: this script is for a GPU machine (--device cpu --smoke checks it on a CPU)")
+    size, batch = args.img_size, args.batch_size
+    amp = [torch.float16, torch.bfloat16] if device.type == "cuda" else [torch.bfloat16]
+
+    log(f"{args.model} at {size} px on {device}: stand-in weights, timm's copy")
+    ours, exemplars = make_calibrated_model(lambda: effnetv2.create_model(args.model), size)
+    timm = import_timm()
+    theirs = timm.create_model(args.model, num_classes=ours.num_classes)
+    key_map = KeyMap(ours.spec)
+    theirs.load_state_dict({key_map.to_timm(k): v for k, v in ours.state_dict().items()})
+    ours, theirs = ours.to(device).eval(), theirs.to(device).eval()
+    exemplars = exemplars.to(device)
+
+    log("parity ...")
+    parity_result = parity(ours, theirs, key_map, mixed_images(exemplars, min(batch, 16), seed=1))
+
+    log("AMP agreement ...")
+    test = mixed_images(exemplars, args.quality_images, seed=5)
+    with torch.no_grad():
+        fp32 = torch.cat([ours(test[i : i + 32]) for i in range(0, len(test), 32)])
+        amp_result: dict[str, Any] = {}
+        for dtype in amp:
+            name = str(dtype).removeprefix("torch.")
+            for label, model in (("effnetv2", ours), ("timm", theirs)):
+                with torch.autocast(device.type, dtype=dtype):
+                    got = torch.cat([model(test[i : i + 32]) for i in range(0, len(test), 32)]).float()
+                amp_result[f"{label} autocast {name}"] = output_agreement([got], [fp32]).__dict__
+            if device.type == "cuda" or dtype != torch.float16:  # float16 weights are for CUDA only
+                fast = optimize_for_inference(ours, dtype=dtype)
+                got = torch.cat([fast(test[i : i + 32]) for i in range(0, len(test), 32)])
+                amp_result[f"effnetv2 optimised {name}"] = output_agreement([got], [fp32]).__dict__
+
+    log("throughput ...")
+    x = mixed_images(exemplars, batch, seed=3).contiguous(memory_format=torch.channels_last)
+    y = torch.arange(batch, device=device) % ours.num_classes
+    timm_cl = theirs.to(memory_format=torch.channels_last)
+    runs: dict[str, Callable[[], Any]] = {}
+    amp_dtype = amp[0]
+    amp_name = str(amp_dtype).removeprefix("torch.")
+
+    def infer(model: torch.nn.Module, dtype: Optional[torch.dtype] = None) -> Callable[[], Any]:
+        def run() -> Any:
+            with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                return model(x)
+
+        return run
+
+    runs["timm eager fp32"] = infer(timm_cl)
+    runs["effnetv2 eager fp32"] = infer(ours)
+    runs["effnetv2 optimised fp32"] = infer(optimize_for_inference(ours))
+    runs[f"timm eager {amp_name} autocast"] = infer(timm_cl, amp_dtype)
+    runs[f"effnetv2 eager {amp_name} autocast"] = infer(ours, amp_dtype)
+    runs[f"effnetv2 optimised {amp_name}"] = infer(optimize_for_inference(ours, dtype=amp_dtype))
+    if not args.skip_compile:
+        runs[f"timm compiled {amp_name} autocast"] = infer(torch.compile(timm_cl), amp_dtype)
+        runs[f"effnetv2 optimised {amp_name} compiled"] = infer(
+            optimize_for_inference(ours, dtype=amp_dtype, compile=True)
+        )
+    inference = paired(runs, args.rounds, args.warmup, device)
+
+    def step(model: torch.nn.Module) -> Callable[[], Any]:
+        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+        def run() -> None:
+            with torch.autocast(device.type, dtype=amp_dtype):
+                loss = F.cross_entropy(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+
+        return run
+
+    steps = {f"timm train step ({amp_name} AMP)": step(theirs.train())}
+    steps[f"effnetv2 train step ({amp_name} AMP)"] = step(ours.train())
+    training = paired(
+        steps,
+        max(1, args.rounds // 2),
+        1 if args.warmup else 0,
+        device,
+    )
+    machine = machine_info(device)
+    if device.type == "cuda":
+        machine["cuda"] = torch.version.cuda
+        machine["cudnn"] = torch.backends.cudnn.version()
+    result = dict(
+        model=args.model,
+        img_size=size,
+        batch_size=batch,
+        machine=machine,
+        parity=parity_result,
+        amp=amp_result,
+        inference_img_per_s={name: batch / t for name, t in inference.items()},
+        training_img_per_s={name: batch / t for name, t in training.items()},
+    )
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.write_markdown:
+        write_markdown(args.write_markdown, markdown(result), section="gpu")
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def markdown(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    card = m.get("gpu", m["cpu"])
+    parity_rows = "\n".join(f"| {name} | {value:.2e} |" for name, value in r["parity"].items())
+    amp_rows = "\n".join(
+        f"| {name} | {100 * a['top1']:.1f} % | {a['max_rel_diff']:.3g} |" for name, a in r["amp"].items()
+    )
+    speed = {**r["inference_img_per_s"], **r["training_img_per_s"]}
+    speed_rows = "\n".join(f"| {name} | {v:.1f} |" for name, v in speed.items())
+    return f"""### GPU: `{r["model"]}` on {card}
+
+Generated by `python scripts/benchmark_gpu.py` on {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}: torch
+{m["torch"]}, CUDA {m.get("cuda")}, cuDNN {m.get("cudnn")}, timm {m["timm"]}.
+
+| parity with timm eager fp32 (same GPU, TF32 off) | max relative difference |
+|---|---:|
+{parity_rows}
+
+| reduced precision vs effnetv2 fp32 | top-1 agreement | max relative difference |
+|---|---:|---:|
+{amp_rows}
+
+Throughput at batch {r["batch_size"]} × {r["img_size"]} px, channels_last, interleaved rounds:
+
+| configuration | img/s |
+|---|---:|
+{speed_rows}"""
+
+
+if __name__ == "__main__":
+    main()
