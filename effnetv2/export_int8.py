@@ -49,12 +49,7 @@ class Int8Report:
     float_max_rel_diff: float  # of the float export, before quantization
 
     def summary(self) -> str:
-        agreement = ""
-        if self.top1_agreement is not None and self.clear_agreement is not None:
-            share, count = self.clear_agreement
-            agreement = f"top-1 agreement {100 * self.top1_agreement:.1f} % ({count} with a clear answer: " + (
-                f"{100 * share:.1f} %), " if count else "none), "
-            )
+        agreement = Agreement(self.check_images, self.top1_agreement, self.clear_agreement, self.max_rel_diff)
         held = "held-out" if self.check_images < self.calibration_images + self.check_images else "calibration"
         return "\n".join(
             [
@@ -62,8 +57,7 @@ class Int8Report:
                 f"{self.float_bytes / 1e6:.1f} MB, verified to {self.float_max_rel_diff:.3g})",
                 f"  calibrated on {self.calibration_images} images; kept in float: SiLU and squeeze-excite gates, "
                 "the stem and last convolutions, the classifier",
-                f"agreement with the float model on {self.check_images} {held} images: {agreement}"
-                f"max relative difference {self.max_rel_diff:.3g}",
+                f"agreement with the float model on {self.check_images} {held} images: {agreement.describe()}",
             ]
         )
 

@@ -229,6 +229,16 @@ def make_models(
     return ours.eval().to(device), theirs
 
 
+def stand_in_pair(arch: str, img_size: int) -> tuple[nn.Module, torch.Tensor, nn.Module]:
+    """The stand-in with a 10-class prototype classifier (``calibrated_model.make_calibrated_model``), its exemplar
+    images, and timm's model with the same weights (through the key map), both in eval mode."""
+    ours, exemplars = make_calibrated_model(lambda: effnetv2.create_model(arch), img_size)
+    theirs = import_timm().create_model(arch, num_classes=ours.num_classes)
+    key_map = KeyMap(ours.spec)
+    theirs.load_state_dict({key_map.to_timm(k): v for k, v in ours.state_dict().items()})
+    return ours.eval(), exemplars, theirs.eval()
+
+
 def channels_last(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).to(memory_format=torch.channels_last)
 

@@ -30,13 +30,12 @@ from typing import Any, Optional
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import ARCH, channels_last, import_timm, log, machine_info, write_markdown
-from calibrated_model import make_calibrated_model, mixed_images, smooth_images
+from benchmark import ARCH, channels_last, log, machine_info, stand_in_pair, write_markdown
+from calibrated_model import mixed_images, smooth_images
 
 import effnetv2
 from effnetv2.agreement import output_agreement
 from effnetv2.optimize import optimize_for_inference
-from effnetv2.weights import KeyMap
 
 GOALS = {"fp32": 1.3, "bf16": 4.0, "int8": 3.0}  # × timm eager fp32 channels_last (issue 16)
 CLEAR_BAR = 0.99  # top-1 agreement with fp32 on images with a clear fp32 answer
@@ -94,7 +93,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 1])
     p.add_argument("--rounds", type=int, default=6, help="timed rounds per batch size (batch 1: twice as many)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (compiles happen here)")
-    p.add_argument("--calibration", type=int, default=64, help="int8 calibration images (every 4th held out)")
+    p.add_argument("--calibration", type=int, default=256, help="int8 calibration images (every 4th held out)")
     p.add_argument("--quality-images", type=int, default=96, help="blended images for top-1 agreement")
     p.add_argument("--fp64-images", type=int, default=16, help="images for the error against fp64 (slow)")
     p.add_argument("--skip-compile", action="store_true", help="leave out the compiled fp32/bf16 paths")
@@ -105,12 +104,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     size = args.img_size
 
     log(f"building {args.model} at {size} px (stand-in weights) and timm's copy")
-    ours, exemplars = make_calibrated_model(lambda: effnetv2.create_model(args.model), size)
-    timm = import_timm()
-    theirs = timm.create_model(args.model, num_classes=ours.num_classes)
-    key_map = KeyMap(ours.spec)
-    theirs.load_state_dict({key_map.to_timm(k): v for k, v in ours.state_dict().items()})
-    theirs = theirs.eval()
+    ours, exemplars, theirs = stand_in_pair(args.model, size)
     timm_cl = channels_last(theirs)
     calibration = torch.cat(
         [smooth_images(args.calibration // 2, size, seed=7), mixed_images(exemplars, args.calibration // 2, seed=11)]

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import ARCH, import_timm, log, machine_info, write_markdown
-from calibrated_model import make_calibrated_model, mixed_images
+from benchmark import ARCH, log, machine_info, stand_in_pair, write_markdown
+from calibrated_model import mixed_images
 
 import effnetv2
 from effnetv2.agreement import output_agreement
@@ -115,11 +115,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     amp = [torch.float16, torch.bfloat16] if device.type == "cuda" else [torch.bfloat16]
 
     log(f"{args.model} at {size} px on {device}: stand-in weights, timm's copy")
-    ours, exemplars = make_calibrated_model(lambda: effnetv2.create_model(args.model), size)
-    timm = import_timm()
-    theirs = timm.create_model(args.model, num_classes=ours.num_classes)
+    ours, exemplars, theirs = stand_in_pair(args.model, size)
     key_map = KeyMap(ours.spec)
-    theirs.load_state_dict({key_map.to_timm(k): v for k, v in ours.state_dict().items()})
     ours, theirs = ours.to(device).eval(), theirs.to(device).eval()
     exemplars = exemplars.to(device)
 

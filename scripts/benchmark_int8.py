@@ -24,13 +24,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import channels_last, import_timm, machine_info, write_markdown
-from calibrated_model import make_calibrated_model, mixed_images, smooth_images
+from benchmark import channels_last, machine_info, stand_in_pair, write_markdown
+from calibrated_model import mixed_images, smooth_images
 
 import effnetv2
 from effnetv2.export_int8 import export_onnx_int8
 from effnetv2.optimize import optimize_for_inference
-from effnetv2.weights import KeyMap
 
 
 def int8_hardware(isa: list[str]) -> str:
@@ -68,12 +67,7 @@ def main() -> None:
 
     torch.set_grad_enabled(False)
     size = args.img_size
-    ours, exemplars = make_calibrated_model(lambda: effnetv2.create_model(args.model), size)
-    timm = import_timm()
-    theirs = timm.create_model(args.model, num_classes=ours.num_classes)
-    key_map = KeyMap(ours.spec)
-    theirs.load_state_dict({key_map.to_timm(k): v for k, v in ours.state_dict().items()})
-    theirs_nchw = theirs.eval()
+    ours, exemplars, theirs_nchw = stand_in_pair(args.model, size)
     theirs = channels_last(theirs_nchw)
     optimized = optimize_for_inference(ours)
 
