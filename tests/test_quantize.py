@@ -50,13 +50,19 @@ def calibration(exemplars: torch.Tensor) -> torch.Tensor:
     return torch.cat([calibrated_model.smooth_images(24, IMG, seed=7), calibrated_model.mixed_images(exemplars, 24)])
 
 
-def test_int8_agrees_with_fp32_where_the_answer_is_clear(b0):
-    """At 128 px: at 64-96 px the last maps are 2x2-3x3 and int8 error grows (keep_float="*.project" helps there)."""
-    _, _, model, _ = b0
+@pytest.fixture(scope="module")
+def classes128(b0):
+    """The 10-class b0 at 128 px, its exemplars and calibration images: at 64-96 px the last maps are 2x2-3x3 and
+    int8 error grows (keep_float="*.project" helps there)."""
+    model = copy.deepcopy(b0[2])
     exemplars = calibrated_model.smooth_images(10, 128, seed=2)
-    model = copy.deepcopy(model)
     calibrated_model.prototype_classifier(model, exemplars)
     images = torch.cat([calibrated_model.smooth_images(24, 128, seed=7), calibrated_model.mixed_images(exemplars, 24)])
+    return model.eval(), exemplars, images
+
+
+def test_int8_agrees_with_fp32_where_the_answer_is_clear(classes128):
+    model, exemplars, images = classes128
     int8 = effnetv2.optimize_for_inference(model, torch.int8, calibration=images, compile=False)
     fp32 = effnetv2.optimize_for_inference(model)
     test = calibrated_model.mixed_images(exemplars, 64, seed=5)
@@ -87,9 +93,8 @@ def test_int8_agrees_with_fp32_where_the_answer_is_clear(b0):
     assert not any(n.target in (aten.silu.default, aten.sigmoid.default) for n in graph.nodes if "quantize" in str(n))
 
 
-def test_compiled_int8_runs_onednn_int8_kernels(b0):
-    _, _, model, exemplars = b0
-    images = calibration(exemplars)
+def test_compiled_int8_runs_onednn_int8_kernels(classes128):
+    model, exemplars, images = classes128
     reference = effnetv2.optimize_for_inference(model, torch.int8, calibration=images, compile=False)
     int8 = effnetv2.optimize_for_inference(model, torch.int8, calibration=images)  # compiled by default
     assert int8.compiled and "compiled=True" in repr(int8) and int8.agreement == reference.agreement
@@ -101,8 +106,8 @@ def test_compiled_int8_runs_onednn_int8_kernels(b0):
     with torch.no_grad():
         expected = reference(test)
         single = int8(test[:1])  # batch 1 (another compile): the same numbers as in a batch
-    assert (out.argmax(1) == expected.argmax(1)).float().mean() >= 0.9
-    assert ((out - expected).abs().max() / expected.abs().max()) < 0.05  # the same quantized graph, fused
+    # the same quantized graph, fused: requantization rounds differently, so close, not equal
+    assert 0 < ((out - expected).abs().max() / expected.abs().max()) < 0.05
     assert torch.allclose(single, out[:1], rtol=1e-4, atol=1e-4)
 
 
