@@ -189,21 +189,29 @@ class Int8EfficientNetV2(nn.Module):
         return f"img_size={self.img_size}, compiled={self.compiled}, kept in float: {self.kept_float}"
 
 
-def _quantizer(x86: Any, fp32: nn.Module, keep_float: Sequence[Union[str, type[nn.Module]]]) -> Any:
+def _quantizer(
+    x86: Any, fp32: nn.Module, keep_float: Optional[Sequence[Union[str, type[nn.Module]]]]
+) -> tuple[Any, str]:
+    """The quantizer leaving ``keep_float`` (default :data:`KEPT_FLOAT`) in float, and what it keeps, in words."""
     quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
     names = [name for name, _ in fp32.named_modules() if name]
-    for kept in keep_float:
+    strict = keep_float is not None  # the defaults name "head", which a features_only model has not
+    kept_names: list[str] = ["SiLU", "sigmoid"]
+    for kept in KEPT_FLOAT if keep_float is None else keep_float:
         if isinstance(kept, str):
             matched = fnmatch.filter(names, kept)
-            if not matched:
+            if matched:
+                kept_names.append(kept)
+            elif strict:
                 raise ValueError(f"keep_float: no module of the inference copy is named like {kept!r}")
             for name in matched:
                 quantizer.set_module_name_qconfig(name, None)
         elif isinstance(kept, type) and issubclass(kept, nn.Module):
             quantizer.set_module_type_qconfig(kept, None)
+            kept_names.append(kept.__name__)
         else:
             raise TypeError(f"keep_float takes module names (patterns) or nn.Module types, got {kept!r}")
-    return quantizer
+    return quantizer, ", ".join(kept_names)
 
 
 def _batches(images: Tensor) -> Iterator[Tensor]:
@@ -224,7 +232,7 @@ def quantize_int8(
     *,
     calibration_limit: int = DEFAULT_CALIBRATION_IMAGES,
     compile: bool = True,
-    keep_float: Sequence[Union[str, type[nn.Module]]] = KEPT_FLOAT,
+    keep_float: Optional[Sequence[Union[str, type[nn.Module]]]] = None,
 ) -> Int8EfficientNetV2:
     """An int8 copy of ``model`` for CPU inference, calibrated on ``calibration`` (see the module docstring).
 
@@ -259,13 +267,11 @@ def quantize_int8(
         batch = torch.export.Dim("batch", min=1, max=65536)
         example = next(_batches(calibrate))
         exported = torch.export.export(fp32, (example,), dynamic_shapes=({0: batch},)).module()
-        prepared = quantize_pt2e.prepare_pt2e(exported, _quantizer(x86, fp32, keep_float))
+        quantizer, kept = _quantizer(x86, fp32, keep_float)
+        prepared = quantize_pt2e.prepare_pt2e(exported, quantizer)
         _run(prepared, calibrate)
         graph = quantize_pt2e.convert_pt2e(prepared)
-        kept = ", ".join(k if isinstance(k, str) else k.__name__ for k in keep_float)
-        reference = Int8EfficientNetV2(
-            graph, model, tuple(images.shape[-2:]), None, calibrate.shape[0], False, f"SiLU, sigmoid, {kept}"
-        )
+        reference = Int8EfficientNetV2(graph, model, tuple(images.shape[-2:]), None, calibrate.shape[0], False, kept)
         # Checked before lowering: the quantized graph's reference ops (the compiled kernels compute the same
         # quantized convolutions, fused; tests/test_quantize.py holds them to it). A check through the compiled
         # model would cost a compile at the check's batch size on top of the user's.

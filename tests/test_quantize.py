@@ -20,7 +20,7 @@ from effnetv2.agreement import output_agreement
 from effnetv2.cli import main
 from effnetv2.data import create_transform, resolve_model_data_config
 from effnetv2.data.images import open_image
-from effnetv2.quantize import HOLDOUT_EVERY, calibration_images
+from effnetv2.quantize import HOLDOUT_EVERY, calibration_images, quantize_int8
 from effnetv2.weights.loading import load_state_dict_into
 
 calibrated_model = import_script("calibrated_model")
@@ -166,6 +166,36 @@ def test_int8_bad_use_gives_clear_errors(b0, tmp_path, monkeypatch):
         int8.train()
     assert int8.eval() is int8 and not int8.training
     assert int8.agreement.top1 is not None and int8.agreement.images == 4  # fewer than 8: checked in-sample
+    with pytest.raises(ValueError, match="no module of the inference copy is named like 'stages.*.nothing'"):
+        effnetv2.optimize_for_inference(model, torch.int8, calibration=images)  # defaults: fine
+        quantize_int8(model, images, keep_float=("stages.*.nothing",))
+    with pytest.raises(TypeError, match="module names"):
+        quantize_int8(model, images, keep_float=(3,))
+
+
+def test_keep_float_and_features_only(b0):
+    """keep_float adds modules by name pattern; a features_only model (no "head") quantizes with the defaults and
+    returns its float feature maps."""
+    model = b0[0]
+    images = calibrated_model.smooth_images(8, IMG, seed=7)
+    int8 = quantize_int8(model, images, compile=False, keep_float=("stem", "head", torch.nn.Linear, "*.project"))
+    convs = [n for n in int8.graph.graph.nodes if n.target == aten.conv2d.default]
+    float_convs = [c for c in convs if c.args[1].op == "get_attr"]
+    projections = [n for n, _ in effnetv2.optimize_for_inference(model).named_modules() if n.endswith(".project")]
+    padded = [c for c in convs[1:] if c.args[0].target in (aten.pad.default, aten.constant_pad_nd.default)]
+    assert len(projections) == 20 and len(padded) == 4
+    assert len(float_convs) == 2 + len(projections) + len(padded)  # stem, head, projections, after TF padding
+    assert "*.project" in repr(int8)
+
+    features = effnetv2.create_model("tf_efficientnetv2_b0", features_only=True)
+    features.load_state_dict(model.state_dict(), strict=False)
+    features.eval()
+    int8 = effnetv2.optimize_for_inference(features, torch.int8, calibration=images, compile=False)
+    with torch.no_grad():
+        maps, expected = int8(images[:2]), features(images[:2])
+    assert [m.shape for m in maps] == [e.shape for e in expected] and len(maps) == 5
+    assert all(0 < (m - e).abs().max() / e.abs().max() < 0.3 for m, e in zip(maps, expected, strict=True))
+    assert int8.agreement.top1 is None and int8.num_classes == 0
 
 
 def test_predict_int8_command(b0, tmp_path, capsys):
