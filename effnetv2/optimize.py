@@ -14,9 +14,10 @@
   the input; outputs come back in the input's dtype, so the model is a drop-in replacement.
 
 Only plain aten ops are used, so the result scripts, exports (``torch.export``, ONNX) and compiles.
-What was measured and kept (or dropped) is in BENCHMARKS.md: oneDNN's fused conv + SiLU / conv + add
-kernels (``torch.ops.mkldnn._convolution_pointwise``) were tried and gave no wall-clock gain on the
-reference CPU, so they are not used.
+What was measured and kept (or dropped) is in BENCHMARKS.md: calling oneDNN's fused conv + SiLU / conv + add
+kernels (``torch.ops.mkldnn._convolution_pointwise``) from eager code gave no wall-clock gain on the reference
+CPU, so the eager copy does not; ``compile=True`` gets them from inductor, with prepacked weights
+(:mod:`effnetv2.compiling`): 2–13 % faster in fp32, 18–33 % in bf16 (BENCHMARKS.md *CPU inference goals*).
 """
 
 from __future__ import annotations
