@@ -254,3 +254,27 @@ def test_embed_int8_command(b0, tmp_path, capsys):
     cosine = (int8 * fp32).sum(1) / np.linalg.norm(int8, axis=1) / np.linalg.norm(fp32, axis=1)
     assert cosine.min() > 0.95 and not np.array_equal(int8, fp32), cosine
     assert (tmp_path / "int8.paths.txt").read_text() == (tmp_path / "fp32.paths.txt").read_text()
+
+
+def test_features_int8_command(b0, tmp_path, capsys):
+    """features --optimize --int8: every level's maps, in float, close to fp32's (a list output through the compiled
+    graph and the file writer)."""
+    from safetensors.torch import load_file
+
+    _, weights, _, _ = b0
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(calibrated_model.smooth_images(4, 128, seed=8)):
+        pixels = ((image * 0.25 + 0.5).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    common = ["features", str(folder), "--model", "tf_efficientnetv2_b0", "--checkpoint", str(weights)]
+    common += ["--img-size", "128", "--device", "cpu", "--workers", "0", "--batch-size", "4", "--optimize"]
+    common += ["--out-indices", "2,4"]
+    assert main([*common, "--int8", "--calibration", str(folder), "-o", str(tmp_path / "int8.safetensors")]) == 0
+    assert "int8 against fp32 on 4 calibration images: max relative difference" in capsys.readouterr().err
+    assert main([*common, "-o", str(tmp_path / "fp32.safetensors")]) == 0
+    int8, fp32 = load_file(tmp_path / "int8.safetensors"), load_file(tmp_path / "fp32.safetensors")
+    assert set(int8) == set(fp32) == {"features.2", "features.4"}
+    for name, maps in int8.items():
+        assert maps.dtype == torch.float32 and maps.shape == fp32[name].shape
+        assert 0 < ((maps - fp32[name]).abs().max() / fp32[name].abs().max()) < 0.3
