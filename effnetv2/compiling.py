@@ -45,7 +45,11 @@ class FrozenCompiled(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self._modules["_orig_mod"], name)
+            # read __dict__ directly: while copying or unpickling, _modules may not exist yet
+            original = self.__dict__.get("_modules", {}).get("_orig_mod")
+            if original is None:
+                raise
+            return getattr(original, name)
 
     def train(self, mode: bool = True) -> FrozenCompiled:
         self._orig_mod.train(mode)  # the inference copies refuse mode=True with their own message
