@@ -13,9 +13,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
 from torch import Tensor
 
 CLEAR_MARGIN = 0.2  # a float top-1 probability this far above the second: an image with a clear answer
+HOLDOUT_EVERY = 4  # every 4th calibration image checks the result instead of calibrating (when there are >= 8)
+
+
+def split_holdout(images: Tensor) -> tuple[Tensor, Tensor]:
+    """(calibrate, check) of a calibration batch: every 4th image checks when there are 8 or more; with fewer, none
+    can be spared and all do both (the check is in-sample, and the reports say so)."""
+    if images.shape[0] < 2 * HOLDOUT_EVERY:
+        return images, images
+    keep = torch.ones(images.shape[0], dtype=torch.bool)
+    keep[::HOLDOUT_EVERY] = False
+    return images[keep], images[::HOLDOUT_EVERY]
 
 
 @dataclass(frozen=True)
@@ -65,4 +77,4 @@ def output_agreement(ours: Sequence[Tensor], expected: Sequence[Tensor], logits:
     return Agreement(images=expected[0].shape[0], top1=top1, clear=clear, max_rel_diff=rel)
 
 
-__all__ = ["CLEAR_MARGIN", "Agreement", "output_agreement"]
+__all__ = ["CLEAR_MARGIN", "HOLDOUT_EVERY", "Agreement", "output_agreement", "split_holdout"]

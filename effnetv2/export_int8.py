@@ -25,13 +25,12 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from effnetv2.agreement import Agreement, output_agreement
+from effnetv2.agreement import Agreement, output_agreement, split_holdout
 from effnetv2.atomic import atomic_path
 from effnetv2.errors import ExportError
 from effnetv2.export import INPUT_NAME, _eval_mode, _require, check_export_options, export_model
 
 QUANTIZED_OPS = ("Conv", "Add", "GlobalAveragePool")  # Sigmoid and Mul (SiLU, SE gates) and Gemm stay float
-HOLDOUT_EVERY = 4  # every 4th calibration image checks the result instead of calibrating
 
 
 @dataclass(frozen=True)
@@ -89,13 +88,7 @@ def export_onnx_int8(
     if calibration.dim() != 4 or calibration.shape[0] < 2:
         raise ValueError(f"calibration must be an (N >= 2, C, H, W) batch, got shape {tuple(calibration.shape)}")
     calibration = calibration.detach().float().cpu()
-    if calibration.shape[0] >= 8:
-        check = calibration[::HOLDOUT_EVERY]
-        keep = torch.ones(calibration.shape[0], dtype=torch.bool)
-        keep[::HOLDOUT_EVERY] = False
-        calibrate = calibration[keep]
-    else:  # too few to spare any: checked in-sample, and the summary says so
-        check = calibrate = calibration
+    calibrate, check = split_holdout(calibration)
 
     class Images(CalibrationDataReader):
         def __init__(self) -> None:

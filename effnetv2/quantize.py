@@ -28,13 +28,12 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from effnetv2.agreement import Agreement, output_agreement
+from effnetv2.agreement import Agreement, output_agreement, split_holdout
 from effnetv2.compiling import FrozenCompiled
 from effnetv2.model import EfficientNetV2, EfficientNetV2Features, check_input
 
 Calibration = Union[Tensor, Iterable[Any], str, os.PathLike]
 
-HOLDOUT_EVERY = 4  # every 4th calibration image checks the result instead of calibrating (when there are >= 8)
 CALIBRATION_BATCH = 8  # images per calibration forward pass
 DEFAULT_CALIBRATION_IMAGES = 256  # read at most this many from a folder or loader unless told otherwise
 # Modules of the inference copy left in float: names (fnmatch patterns) in InferenceEfficientNetV2, or module types
@@ -122,15 +121,6 @@ def calibration_images(calibration: Calibration, model: nn.Module, limit: int = 
     if not images.isfinite().all():
         raise ValueError("calibration images hold NaN or infinite values")
     return images[:limit].detach().float().cpu()
-
-
-def split_holdout(images: Tensor) -> tuple[Tensor, Tensor]:
-    """(calibrate, check): every 4th image checks when there are 8 or more; else all do both (in-sample)."""
-    if images.shape[0] < 2 * HOLDOUT_EVERY:
-        return images, images
-    keep = torch.ones(images.shape[0], dtype=torch.bool)
-    keep[::HOLDOUT_EVERY] = False
-    return images[keep], images[::HOLDOUT_EVERY]
 
 
 # --------------------------------------------------------------------------------------------------------------

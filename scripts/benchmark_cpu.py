@@ -35,6 +35,7 @@ from calibrated_model import mixed_images, smooth_images
 
 import effnetv2
 from effnetv2.agreement import output_agreement
+from effnetv2.atomic import write_text
 from effnetv2.optimize import optimize_for_inference
 
 GOALS = {"fp32": 1.3, "bf16": 4.0, "int8": 3.0}  # × timm eager fp32 channels_last (issue 16)
@@ -176,7 +177,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         quality=quality,
     )
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_text(args.json, json.dumps(result, indent=2) + "\n")  # atomic
     if args.write_markdown:
         write_markdown(args.write_markdown, markdown(result, args), section="cpu-goals")
     return result

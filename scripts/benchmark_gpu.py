@@ -37,6 +37,7 @@ from calibrated_model import mixed_images
 
 import effnetv2
 from effnetv2.agreement import output_agreement
+from effnetv2.atomic import write_text
 from effnetv2.optimize import optimize_for_inference
 from effnetv2.weights import KeyMap
 
@@ -204,7 +205,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         training_img_per_s={name: batch / t for name, t in training.items()},
     )
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_text(args.json, json.dumps(result, indent=2) + "\n")  # atomic
     if args.write_markdown:
         write_markdown(args.write_markdown, markdown(result), section="gpu")
     print(json.dumps(result, indent=2))

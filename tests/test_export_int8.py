@@ -15,8 +15,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import effnetv2
+from effnetv2.agreement import HOLDOUT_EVERY
 from effnetv2.cli import main
-from effnetv2.export_int8 import HOLDOUT_EVERY, export_onnx_int8
+from effnetv2.export_int8 import export_onnx_int8
 from effnetv2.weights.loading import load_state_dict_into
 
 calibrated_model = import_script("calibrated_model")

@@ -8,10 +8,10 @@ import sys
 from effnetv2.cli import CLIError
 from effnetv2.cli.paths import encode_path
 from effnetv2.cli.runtime import (
-    CALIBRATION_IMAGES,
     DEFAULT_MODEL,
     add_calibration_options,
     calibration_batch,
+    check_calibration_options,
     image_size,
     load_model,
     non_negative_int,
@@ -107,15 +107,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def check_int8_options(args: argparse.Namespace) -> None:
     if not args.int8:
-        for flag, given in (("--calibration", args.calibration), ("--calibration-images", args.calibration_images)):
-            if given:
-                raise CLIError(f"{flag} is for --int8")
+        check_calibration_options(args)
         return
-    args.calibration_images = args.calibration_images or CALIBRATION_IMAGES
     if args.format != "onnx":
         raise CLIError(f"--int8 is for --format onnx (ONNX Runtime quantizes it), not {args.format}")
-    if not args.calibration:
-        raise CLIError("--int8 needs --calibration DIR: images whose activations set the int8 ranges")
+    check_calibration_options(args)
     for flag, given in (("--dynamic-size", args.dynamic_size), ("--tolerance", args.tolerance is not None)):
         if given:
             raise CLIError(f"{flag} does not apply to --int8 (its agreement with the float model is reported)")

@@ -159,17 +159,25 @@ def calibration_batch(args: argparse.Namespace, model: nn.Module) -> Tensor:
     return torch.stack(images)
 
 
-def check_int8_run_options(args: argparse.Namespace, device: torch.device) -> None:
-    """``--int8`` with what it needs (--optimize, --calibration, the CPU) and nothing it excludes (--amp)."""
+def check_calibration_options(args: argparse.Namespace) -> bool:
+    """``--calibration``/``--calibration-images`` only with ``--int8``, and ``--int8`` only with ``--calibration``
+    (every command that has them); whether ``--int8`` was given."""
     if not args.int8:
         for flag, given in (("--calibration", args.calibration), ("--calibration-images", args.calibration_images)):
             if given:
                 raise CLIError(f"{flag} is for --int8")
-        return
-    if not args.optimize:
-        raise CLIError("--int8 is an optimised copy of the model: give --optimize --int8 --calibration DIR")
+        return False
     if not args.calibration:
         raise CLIError("--int8 needs --calibration DIR: images whose activations set the int8 ranges")
+    return True
+
+
+def check_int8_run_options(args: argparse.Namespace, device: torch.device) -> None:
+    """``--int8`` with what it needs (--optimize, --calibration, the CPU) and nothing it excludes (--amp)."""
+    if args.int8 and not args.optimize:
+        raise CLIError("--int8 is an optimised copy of the model: give --optimize --int8 --calibration DIR")
+    if not check_calibration_options(args):
+        return
     if args.amp:
         raise CLIError(f"--int8 and --amp {args.amp} exclude each other: int8 runs its own precision")
     if device.type != "cpu":
