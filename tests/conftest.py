@@ -166,3 +166,8 @@ def fresh_pair(model, timm_model):
 def image_batch(batch: int = 2, height: int = 128, width: int = 128, channels: int = 3, seed: int = 0):
     """Natural-looking inputs from the oracle's calibration distribution (smooth colour fields, ~unit variance)."""
     return calibrated_model.smooth_images(batch, (height, width), seed=seed + 100, channels=channels)
+
+
+# A hang guard, not a speed requirement: the limit on any wait in a test (a subprocess, a child's line, a file
+# appearing) is this generous, so a loaded or slow machine never misses it; only a hung process reaches it.
+HANG_GUARD_S = 1800
