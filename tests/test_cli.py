@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import assert_close
+from conftest import HANG_GUARD_S, assert_close
 from PIL import Image
 from safetensors import safe_open
 
@@ -132,7 +132,7 @@ def test_folder_with_corrupt_files_via_python_m(checkpoint, images, tmp_path):
 
     cmd = [sys.executable, "-m", "effnetv2", "predict", folder, "--checkpoint", checkpoint, "--img-size", SIZE]
     cmd += ["--batch-size", 2, "--workers", 2, "--format", "json"]  # 5 files → 3 batches through 2 workers
-    proc = subprocess.run([str(c) for c in cmd], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([str(c) for c in cmd], cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     skipped = sorted(line for line in proc.stderr.splitlines() if line.startswith("effnetv2: skipped "))

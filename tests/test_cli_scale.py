@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import assert_close
+from conftest import HANG_GUARD_S, assert_close
 from PIL import Image
 from safetensors import safe_open
 
@@ -103,7 +103,7 @@ def test_predict_under_torchrun_prints_once_in_input_order(checkpoint, images, t
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
     proc = subprocess.run(
-        [*torchrun, "effnetv2", *map(str, args)], env=env, capture_output=True, text=True, timeout=300
+        [*torchrun, "effnetv2", *map(str, args)], env=env, capture_output=True, text=True, timeout=HANG_GUARD_S
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = list(csv.reader(io.StringIO(single))), list(csv.reader(io.StringIO(proc.stdout)))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import HANG_GUARD_S
 from PIL import Image
 
 from effnetv2.cli import main
@@ -199,7 +200,7 @@ def test_fifo_and_devices_are_skipped_not_waited_on(tmp_path, checkpoint):
     cmd = [sys.executable, "-m", "effnetv2", "predict", tmp_path / "named.png", folder, os.devnull,
            "--checkpoint", checkpoint, "--img-size", SIZE, "--format", "json"]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    done = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=HANG_GUARD_S, env=env)
     assert done.returncode == 1, done.stderr
     assert [r["path"] for r in json.loads(done.stdout)] == [str(folder / "good.png")]
     assert sorted(done.stderr.splitlines()) == sorted(
@@ -233,7 +234,7 @@ def test_unreachable_hub_fails_fast_with_the_checkpoint_hint_first(tmp_path):
     for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         env[proxy] = env[proxy.lower()] = closed
     cmd = [sys.executable, "-m", "effnetv2", "predict", "--img-size", SIZE]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_GUARD_S, env=env)
     assert done.returncode == 2 and done.stdout == ""
     assert len(done.stderr.splitlines()) == 1, done.stderr  # no retry or backoff lines from huggingface_hub
     message = done.stderr.strip()

@@ -58,22 +58,27 @@ def _tiny_model():
 
 
 def _hold_lock_in_child(folder: Path) -> subprocess.Popen:
-    """Another process that holds the folder's lock as ``RunFolder.lock`` takes it (plain Python: starts fast)."""
+    """Another process that holds the folder's lock as ``RunFolder.lock`` takes it (plain Python: starts fast).
+
+    It prints "locked" once it holds the lock and then holds it until the test kills it: it waits on its stdin, which
+    the test never writes or closes first, so no clock decides when the lock goes."""
     code = textwrap.dedent(
         f"""
-        import fcntl, os, time
+        import fcntl, os, sys
         fd = os.open({str(folder / ".lock")!r}, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{{os.getpid()}}\\n".encode(), 0)
         print("locked", flush=True)
-        time.sleep(600)
+        sys.stdin.read()
         """
     )
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
 def test_second_writer_is_refused_and_a_killed_holder_frees_the_folder(tmp_path):
+    from conftest import HANG_GUARD_S  # not at the top: a child process imports this module (test below)
+
     folder = RunFolder(tmp_path / "run")
     folder.lock()
     assert (folder.path / ".lock").read_text() == f"{os.getpid()}\n"
@@ -91,7 +96,9 @@ def test_second_writer_is_refused_and_a_killed_holder_frees_the_folder(tmp_path)
         assert str(info.value) == f"{folder.path} is in use by another effnetv2 train process (pid {holder.pid})"
     finally:
         os.kill(holder.pid, signal.SIGKILL)  # the kernel releases a dead process's lock
-        holder.wait(timeout=30)
+        holder.wait(timeout=HANG_GUARD_S)  # reaped: the lock is gone before the next open
+        holder.stdin.close()
+        holder.stdout.close()
     with RunFolder(folder.path) as again:
         assert (again.path / ".lock").read_text().strip() == str(os.getpid())
 
@@ -359,7 +366,11 @@ def test_kill_9_between_state_and_metrics_is_resumable(tmp_path):
         run.end_epoch(_state(2))
         """
     )
-    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    from conftest import HANG_GUARD_S  # not at the top: the child imports this module, and conftest imports timm
+
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=HANG_GUARD_S
+    )
     assert proc.returncode == -signal.SIGKILL
     run = RunFolder(tmp_path)
     run.open(resume=True)  # the dead writer's lock is gone

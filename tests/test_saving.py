@@ -14,7 +14,7 @@ import pytest
 import safetensors.torch
 import timm
 import torch
-from conftest import image_batch, populate_hf_cache
+from conftest import HANG_GUARD_S, image_batch, populate_hf_cache
 from safetensors.torch import load_file
 from test_hub import outputs_close
 from timm.models import save_for_hf
@@ -144,7 +144,7 @@ def test_convert_script_both_ways(hub_folder, model, tmp_path):
         capture_output=True,
         text=True,
         env=env,
-        timeout=300,
+        timeout=HANG_GUARD_S,
     )
     assert done.returncode == 0, done.stderr
     assert "verified" in done.stdout

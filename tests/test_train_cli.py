@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from conftest import HANG_GUARD_S
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
@@ -175,7 +176,7 @@ def test_torchrun_two_processes_hold_identical_weights(image_root, checkpoint, t
         "--batch-size",
         "2",
     ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # the ranks trained on different halves of the data: only gradient averaging keeps them equal
     rank0, rank1 = ((sums / f"rank{r}.sha256").read_text() for r in (0, 1))

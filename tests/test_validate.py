@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from conftest import image_batch
+from conftest import HANG_GUARD_S, image_batch
 from PIL import Image
 
 from effnetv2.cli import main
@@ -139,7 +139,7 @@ def test_torchrun_and_optimize_give_the_same_numbers(imagenet_folder, hub_folder
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
     cmd = [*torchrun, "effnetv2", "validate", *args, "--predictions-out", str(tmp_path / "two.csv")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     pair = json.loads(proc.stdout)  # printed once, by rank 0
     assert pair.pop("loss") == pytest.approx(single.pop("loss"), rel=1e-6) and pair == single
