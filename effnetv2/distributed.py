@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from effnetv2.errors import DistributedEnvError
+
 # The command line's collectives wait for the slowest process's share of the images (a slow disk, a slow decoder).
 COMMAND_TIMEOUT = timedelta(hours=6)
 
@@ -31,17 +33,72 @@ class DistEnv:
         return self.world_size > 1
 
 
+# What torchrun sets beside WORLD_SIZE, and torch's env:// rendezvous needs to join the process group.
+RENDEZVOUS_VARIABLES: tuple[str, ...] = ("RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launched_world_size() -> int:
+    """How many processes torchrun launched: 1 without it (``WORLD_SIZE`` unset or 1, whatever else is set).
+
+    ``WORLD_SIZE`` above 1 with ``RANK``, ``MASTER_ADDR`` or ``MASTER_PORT`` missing or malformed (a stray variable
+    left in the shell, a hand-made launch) → :class:`~effnetv2.errors.DistributedEnvError` in one line, rather than
+    torch's rendezvous traceback.
+    """
+    text = os.environ.get("WORLD_SIZE", "1").strip() or "1"
+    world_size = _env_int("WORLD_SIZE", text, low=1)
+    if world_size == 1:
+        return 1
+    missing = [name for name in RENDEZVOUS_VARIABLES if not os.environ.get(name, "").strip()]
+    if missing:
+        raise DistributedEnvError(
+            f"WORLD_SIZE={world_size} is set but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: "
+            f"launch with torchrun (torchrun --nproc_per_node {world_size} -m effnetv2 ...), or unset WORLD_SIZE to "
+            "run in one process"
+        )
+    rank = _env_int("RANK", os.environ["RANK"], low=0)
+    if rank >= world_size:
+        raise DistributedEnvError(
+            f"RANK={rank} is not below WORLD_SIZE={world_size}: launch with torchrun, or unset WORLD_SIZE to run in "
+            "one process"
+        )
+    _env_int("MASTER_PORT", os.environ["MASTER_PORT"], low=1, high=65535)
+    _env_int("LOCAL_RANK", os.environ.get("LOCAL_RANK", "0"), low=0)
+    return world_size
+
+
+def _env_int(name: str, text: str, low: int, high: Optional[int] = None) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        where = f"an integer >= {low}" + (f" and <= {high}" if high is not None else "")
+        raise DistributedEnvError(
+            f"{name}={text!r} is not {where}: launch with torchrun, or unset WORLD_SIZE to run in one process"
+        )
+    return value
+
+
 def init_distributed(device: torch.device, timeout: Optional[timedelta] = None) -> DistEnv:
     """Join torchrun's process group when launched by it (NCCL on CUDA, gloo otherwise); else a 1-process env.
 
     ``timeout``: how long a collective (a barrier) may wait for the other processes; torch's default (10 minutes
     for NCCL) suits training steps, not a process that has finished its share and waits for the others'.
+    An incomplete torchrun environment, or a process group that cannot be joined (no one listening at
+    MASTER_ADDR:MASTER_PORT) → :class:`~effnetv2.errors.DistributedEnvError` (one line).
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    if launched_world_size() == 1:
         return DistEnv()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+        try:
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+        except (ValueError, RuntimeError) as e:  # torch's rendezvous errors (DistNetworkError is a RuntimeError)
+            first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            address = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+            raise DistributedEnvError(
+                f"cannot join the torchrun process group at {address} ({first[:200]}): launch with torchrun, or "
+                "unset WORLD_SIZE to run in one process"
+            ) from None
     return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 

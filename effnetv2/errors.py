@@ -24,3 +24,8 @@ class ClassifierNotLoadedWarning(UserWarning):
         super().__init__(message)
         self.checkpoint_classes = checkpoint_classes
         self.model_classes = model_classes
+
+
+class DistributedEnvError(ValueError):
+    """An incomplete or malformed torchrun environment (``WORLD_SIZE=2`` without ``MASTER_ADDR``...), or a process
+    group that cannot be joined (torch raises ValueError for a missing variable)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -42,20 +43,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The options naming what a command writes: a write fault that names no file (safetensors, torch.save) is theirs.
+OUTPUT_OPTIONS: tuple[str, ...] = ("output", "predictions_out", "mosaic")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the ``effnetv2`` console script and ``python -m effnetv2``."""
+    """Entry point of the ``effnetv2`` console script and ``python -m effnetv2``.
+
+    Every fault ends here as one line on stderr and an exit status (:mod:`effnetv2.cli.faults`): 2 for a usage
+    error, 1 for a fault of the machine (a full disk, no permission), 130 for Ctrl-C. An exception that module does
+    not know is a bug, and keeps its traceback.
+    """
+    from effnetv2.cli.faults import STDOUT, describe_fault
+
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help or a usage error, already printed: return its status rather than exit
         return e.code if isinstance(e.code, int) else 2
+    fault = None
     try:
-        return int(args.func(args) or 0)
-    except CLIError as e:
-        print(f"effnetv2: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        # The reader went away (``effnetv2 predict DIR | head``): silence stdout so exiting prints no traceback.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        status = int(args.func(args) or 0)
+    except BaseException as e:  # what describe_fault does not know is raised again
+        fault = describe_fault(e, _output_of(args))
+        if fault is None:
+            raise
+    try:
+        sys.stdout.flush()  # a full or closed stdout fails here, not in the interpreter's exit (a traceback there)
+    except OSError as e:
+        _silence_stdout()
+        fault = fault or describe_fault(e, STDOUT)  # the command's own fault, when it had one, comes first
+    if fault is None:
+        return status
+    if fault.message:
+        with contextlib.suppress(OSError):  # stderr may be full too: the status still tells
+            print(f"effnetv2: error: {fault.message}", file=sys.stderr)
+    return fault.status
+
+
+def _output_of(args: argparse.Namespace) -> Optional[str]:
+    """The file or folder the command writes (None: it writes only to stdout)."""
+    return next((str(value) for value in map(vars(args).get, OUTPUT_OPTIONS) if value is not None), None)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the data left in its buffer goes nowhere at exit rather than failing."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # no stdout, or not a file (a test's capture)
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, sys.stdout.fileno())
+        finally:
+            os.close(null)
