@@ -30,7 +30,7 @@ from PIL import Image
 
 import effnetv2
 from effnetv2.cli import main
-from effnetv2.cli.faults import ENVIRONMENT, USAGE, describe_fault
+from effnetv2.cli.faults import ENVIRONMENT, USAGE, Fault, describe_fault
 from effnetv2.distributed import launched_world_size
 from effnetv2.errors import DistributedEnvError
 
@@ -149,6 +149,19 @@ def test_full_disk_is_one_line_naming_the_output(command, output, full_disk, b0,
     assert rc == ENVIRONMENT and line == f"effnetv2: error: {target}: {FULL}"
     assert files_under(full_disk) == {"fill"}  # nothing partial: no output, no temp file
     assert not target.exists() or not any(target.iterdir())  # a folder output may be there, empty
+
+
+def test_torch_save_to_a_path_on_a_full_disk(full_disk):
+    # torch.save by path fails in C++ ("basic_ios::clear"), no OSError behind it: the output is named, the causes too
+    target = full_disk / "x.pt"
+    with pytest.raises(RuntimeError, match="inline_container") as caught:
+        torch.save(torch.zeros(1000), target)
+    target.unlink(missing_ok=True)  # torch.save by path is not atomic (the command line's writes are)
+    fault = describe_fault(caught.value, target)
+    assert fault.status == ENVIRONMENT and fault.message.startswith(f"cannot write {target} (unexpected pos ")
+    assert fault.message.endswith(
+        "check that its disk has free space and that this user may write there, then run the command again"
+    )
 
 
 def test_full_disk_while_training_names_the_run_folder(full_disk, b0, data, capsys):
@@ -278,6 +291,33 @@ def test_train_output_that_is_a_file(b0, data, tmp_path, capsys):
         "path"
     )
     assert existing.read_text() == "mine"
+
+
+def _real_os_error(action) -> OSError:
+    with pytest.raises(OSError) as caught:
+        action()
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    "action, message, status",
+    [
+        (lambda d: os.open(d, os.O_WRONLY), "{d}: is a folder; give a file name", USAGE),
+        (lambda d: os.open(d / "gone.txt", os.O_RDONLY), "{d}/gone.txt: no such file or folder; check the path", USAGE),
+        (lambda d: os.mkdir(d), "{d}: already exists; remove it or choose another path", USAGE),
+        (lambda d: os.rmdir(d.parent), "{p}: folder not empty; remove it or choose another path", USAGE),
+        (
+            lambda d: os.open(d / ("x" * 300), os.O_CREAT | os.O_WRONLY),
+            "{d}/{x}: file name too long; choose a shorter path",
+            USAGE,
+        ),
+    ],
+)
+def test_os_errors_from_the_system_name_the_path_and_the_remedy(action, message, status, tmp_path):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    fault = describe_fault(_real_os_error(lambda: action(folder)), output="ignored: the error names its file")
+    assert fault == Fault(message.format(d=folder, p=tmp_path, x="x" * 300), status)
 
 
 # -- stdout: full, or closed by its reader -------------------------------------------------------------------------

@@ -114,8 +114,10 @@ def _library_fault(exc: BaseException) -> Optional[Fault]:
 
 def _write_fault(exc: BaseException, output: Optional[PathText]) -> Optional[Fault]:
     """A failed write reported as something else than an OSError: by safetensors, or by torch.save."""
+    from safetensors import SafetensorError
+
     text = str(exc)
-    if type(exc).__name__ == "SafetensorError" and "serializ" in text.lower():
+    if isinstance(exc, SafetensorError) and "serializ" in text.lower():  # not a read: those name their file
         match = _RUST_ERRNO.search(text)
         if match:
             code = int(match.group(1) or match.group(2))
@@ -145,8 +147,8 @@ def _os_fault(exc: OSError, output: Optional[PathText]) -> Fault:
     path = _named_path(exc)
     if path is None and code in _WRITE_ERRNOS:
         path = _shown(output) if output is not None else STDOUT
-    if type(exc).__module__.split(".")[0] == "effnetv2" and exc.strerror:  # written for the user, path included
-        return Fault(_one_line(exc.strerror), USAGE if code in _PATH_MISTAKES else ENVIRONMENT)
+    if type(exc).__module__.split(".")[0] == "effnetv2":  # effnetv2's own (RunFolderWriteError): written for the user
+        return Fault(_one_line(exc.strerror or str(exc)), USAGE if code in _PATH_MISTAKES else ENVIRONMENT)
     if code == errno.EEXIST:
         return Fault(_exists(exc, path), USAGE)
     if code in _PATH_MISTAKES:
