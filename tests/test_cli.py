@@ -20,6 +20,7 @@ import torch
 from conftest import HANG_GUARD_S, assert_close
 from PIL import Image
 from safetensors import safe_open
+from test_validate import RANKED, RANKED_LABELS, ranked_probs, save_ranked_model
 
 import effnetv2
 from effnetv2.cli import build_parser, main
@@ -115,6 +116,34 @@ def test_predict_formats_agree_and_follow_img_size(timm_model, checkpoint, image
         assert head == result["path"] and header.split() == ["rank", "class", "prob", "label"]
         for rank, (row, top) in enumerate(zip(rows, result["topk"], strict=True), start=1):
             assert row.split(maxsplit=3) == [str(rank), str(top["index"]), f"{top['prob']:.4f}", top["label"]]
+
+
+@pytest.fixture(scope="module")
+def ranked_model(tmp_path_factory) -> Path:
+    return save_ranked_model(tmp_path_factory.mktemp("ranked"))
+
+
+def test_predict_topk_k_lists_ranks_1_to_k_of_a_ranking_made_by_hand(ranked_model, images, capsys):
+    """--topk K lists the K top classes, the K-th and no (K+1)-th: on test_validate's ranked model (logits that are
+    its classifier's bias whatever the image) the answer is the first K of the ranking chosen by hand, with softmax
+    probabilities computed by hand, for K at either side of the default 5, 1, and all 10."""
+    files = [images / "a.png", images / "sub" / "b.jpg"]
+    common = ["--model", "tf_efficientnetv2_b0", "--checkpoint", ranked_model, "--img-size", 64, "--format", "json"]
+    probs = ranked_probs()
+    for k in (None, 1, 4, 5, 6, 10):  # None: the default, 5 of 10 classes
+        rc, out, err = cli(capsys, "predict", *files, *common, *([] if k is None else ["--topk", k]))
+        assert (rc, err) == (0, ""), f"--topk {k}"
+        expected = RANKED[: k or 5]
+        for result in json.loads(out):
+            assert [t["index"] for t in result["topk"]] == list(expected), f"--topk {k}"
+            assert [t["label"] for t in result["topk"]] == [RANKED_LABELS[i] for i in expected]
+            assert [t["prob"] for t in result["topk"]] == pytest.approx([probs[i] for i in expected], rel=1e-6)
+    rc, out, _ = cli(capsys, "predict", files[0], *common[:-2], "--topk", 6, "--format", "csv")
+    assert rc == 0
+    rows = out.splitlines()[1:]  # path,rank,index,label,prob: ranks 1..6, the 6th class last
+    assert [row.split(",")[1:3] for row in rows] == [[str(r), str(c)] for r, c in enumerate(RANKED[:6], start=1)]
+    rc, _, err = cli(capsys, "predict", files[0], *common, "--topk", 11)
+    assert rc == 2 and "--topk 11 is more than the model's 10 classes" in err
 
 
 def test_folder_with_corrupt_files_via_python_m(checkpoint, images, tmp_path):

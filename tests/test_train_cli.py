@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,12 +16,14 @@ import torch
 from conftest import HANG_GUARD_S
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_validate import RANKED, RANKS_BY_HAND, make_ranked_model, ranked_probs
 from torch.utils.tensorboard import SummaryWriter
 
 import effnetv2
 from effnetv2.cli import main
+from effnetv2.distributed import DistEnv
 from effnetv2.pictures import curves_size
-from effnetv2.train.engine import NonFiniteLossError
+from effnetv2.train.engine import NonFiniteLossError, StepConfig, evaluate
 from effnetv2.train.run_folder import RunFolder
 from effnetv2.train.runner import CHECKSUMS_ENV, STOP_AFTER_ENV, weights_checksum
 
@@ -330,6 +333,21 @@ def test_diverging_run_stops_and_saves_no_model(image_root, checkpoint, tmp_path
     assert "in epoch 1" in err or "of epoch 1" in err or "after epoch 1" in err, err
     assert "no epoch was saved" in err
     assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_validation_top1_top5_and_loss_at_ranks_1_5_and_6_are_the_counts_made_by_hand():
+    """train's per-epoch validation (engine.evaluate) on test_validate's ranked model, whose logits are its bias:
+    true classes at ranks 1, 5 and 6 (and others) give the top-1, top-5 and loss counted by hand. The CLI's tests
+    train 2-class models, where top-5 is everything."""
+    ranks = RANKS_BY_HAND  # top-1: 3 of 10; top-5: 7 of 10 (a top-6 counts 9, a top-4 5)
+    targets = torch.tensor([RANKED[rank - 1] for rank in ranks])
+    images = torch.randn(len(ranks), 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    loader = [(images[i : i + 4], targets[i : i + 4]) for i in range(0, len(ranks), 4)]  # batches of 4, 4, 2
+    metrics = evaluate(make_ranked_model(), loader, StepConfig(torch.device("cpu")), DistEnv())
+    assert metrics["val_top1"] == pytest.approx(100 * sum(rank == 1 for rank in ranks) / len(ranks))  # 30 %
+    assert metrics["val_top5"] == pytest.approx(100 * sum(rank <= 5 for rank in ranks) / len(ranks))  # 70 %
+    expected_loss = sum(-math.log(ranked_probs()[t]) for t in targets.tolist()) / len(ranks)
+    assert metrics["val_loss"] == pytest.approx(expected_loss, rel=1e-5)
 
 
 def test_engine_names_the_step_of_a_nan_loss():

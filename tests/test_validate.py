@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -17,14 +18,16 @@ import torch
 from conftest import HANG_GUARD_S, image_batch
 from PIL import Image
 
+import effnetv2
 from effnetv2.cli import main
 from effnetv2.data.assets import imagenet_synsets
 from effnetv2.data.class_map import ClassMapError, folder_class_indices
 
 SIZE = 96
 REPO = Path(__file__).resolve().parents[1]
-# The rank, in the oracle's logits, of the class each image's folder names: 3 of 8 are top-1, 6 of 8 top-5.
-RANKS = [0, 0, 0, 1, 2, 4, 6, 50]
+# The rank, in the oracle's logits, of the class each image's folder names (0 = the top class): 3 of 8 are top-1,
+# 6 of 8 top-5; index 4 is the 5th class (in) and 5 the 6th (out), so a top-4 or top-6 reads a different top-5.
+RANKS = [0, 0, 0, 1, 2, 4, 5, 50]
 
 
 def save_png(image: torch.Tensor, path: Path) -> None:
@@ -44,11 +47,21 @@ def timm_eval(timm_model, root: Path, class_map) -> tuple[torch.Tensor, torch.Te
 
 @pytest.fixture(scope="module")
 def imagenet_folder(timm_model, tmp_path_factory) -> Path:
-    """8 images, each in the synset folder of the class of rank RANKS[i] in the oracle's own prediction."""
+    """8 images, each in the synset folder of the class of rank RANKS[i] in the oracle's own prediction.
+
+    The images (seed 23) are ones whose ranks that decide a count are clear: the top two logits of the top-1 and
+    rank-1 items, and the 5th and 6th of the items at the top-5 edge, are 0.2+ apart (effnetv2's logits differ from
+    timm's by ~1e-4), so both implementations count the same hits on any CPU."""
     scratch = tmp_path_factory.mktemp("unsorted")
-    for i, image in enumerate(image_batch(len(RANKS), SIZE, SIZE, seed=7)):
+    for i, image in enumerate(image_batch(len(RANKS), SIZE, SIZE, seed=23)):
         save_png(image, scratch / "x" / f"{i}.png")
     logits, _ = timm_eval(timm_model, scratch, None)
+    ordered = logits.sort(dim=1, descending=True).values
+    for i, rank in enumerate(RANKS):
+        edge = {0: 0, 1: 0, 4: 4, 5: 4}.get(rank)  # the gap (edge, edge + 1) that moves this item across a count
+        if edge is not None:
+            gap = (ordered[i, edge] - ordered[i, edge + 1]).item()
+            assert gap > 0.05, f"image {i}: logits {edge + 1} and {edge + 2} are {gap:.4f} apart; pick another seed"
     root = tmp_path_factory.mktemp("imagenet") / "val"
     synsets = imagenet_synsets()
     for i, rank in enumerate(RANKS):
@@ -145,3 +158,80 @@ def test_torchrun_and_optimize_give_the_same_numbers(imagenet_folder, hub_folder
     assert pair.pop("loss") == pytest.approx(single.pop("loss"), rel=1e-6) and pair == single
     one, two = (list(csv.reader((tmp_path / name).open())) for name in ("one.csv", "two.csv"))
     assert [r[:5] for r in two] == [r[:5] for r in one] and len(one) == 9  # header and 8 images
+
+
+# --- top-k against counts made by hand --------------------------------------------------------------------------
+# A 10-class tf_efficientnetv2_b0 whose classifier has weight 0 and a bias that ranks the classes: every image's
+# logits are exactly that bias, so the rank of each image's true class is chosen by the folder it is put in and the
+# expected top-1, top-5 and loss follow by hand, without the code under test. The ranking is not the class order
+# (class RANKED[r] is the (r+1)-th), so a mix-up of ranks and class indices shows too.
+RANKED = (3, 7, 0, 9, 5, 1, 8, 2, 6, 4)
+RANKED_LABELS = [f"c{i}" for i in range(10)]
+
+
+def ranked_bias() -> list[float]:
+    """The bias in class order: the (r+1)-th class gets -0.75 r (clear gaps, informative probabilities)."""
+    bias = [0.0] * len(RANKED)
+    for rank, cls in enumerate(RANKED):
+        bias[cls] = -0.75 * rank
+    return bias
+
+
+def ranked_probs() -> list[float]:
+    """softmax(ranked_bias()) in class order, by hand in double precision."""
+    exps = [math.exp(b) for b in ranked_bias()]
+    return [e / sum(exps) for e in exps]
+
+
+def make_ranked_model() -> torch.nn.Module:
+    """tf_efficientnetv2_b0, 10 classes, classifier weight 0 and bias :func:`ranked_bias` (logits = that bias)."""
+    torch.manual_seed(0)
+    model = effnetv2.create_model("tf_efficientnetv2_b0", num_classes=len(RANKED))
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor(ranked_bias()))
+    return model.eval()
+
+
+def save_ranked_model(folder: Path) -> Path:
+    """The ranked model saved as a model folder (``--checkpoint DIR``), label names c0..c9."""
+    return effnetv2.save_pretrained(make_ranked_model(), folder, {"label_names": RANKED_LABELS})
+
+
+@pytest.fixture(scope="module")
+def ranked_model(tmp_path_factory) -> Path:
+    return save_ranked_model(tmp_path_factory.mktemp("ranked"))
+
+
+# The rank (1 = the top class) of each image's true class: ranks 5 and 6 sit on either side of top-5's edge.
+RANKS_BY_HAND = [1, 1, 1, 2, 4, 5, 5, 6, 6, 10]
+
+
+def test_top1_top5_and_loss_at_ranks_1_5_and_6_are_the_counts_made_by_hand(ranked_model, tmp_path, capsys):
+    data = tmp_path / "data"
+    targets = [RANKED[rank - 1] for rank in RANKS_BY_HAND]
+    for i, (target, image) in enumerate(zip(targets, image_batch(len(targets), 64, 64, seed=3), strict=True)):
+        save_png(image, data / RANKED_LABELS[target] / f"{i}.png")
+    # the oracle, two ways: counted from the chosen ranks, and torch.topk over the logits the bias makes
+    top1, top5 = sum(rank == 1 for rank in RANKS_BY_HAND), sum(rank <= 5 for rank in RANKS_BY_HAND)
+    logits = torch.tensor(ranked_bias()).expand(len(targets), -1)
+    hits = logits.topk(5, dim=1).indices == torch.tensor(targets)[:, None]
+    assert (top1, top5) == (int(hits[:, 0].sum()), int(hits.any(dim=1).sum())) == (3, 7)
+    loss = sum(-math.log(ranked_probs()[t]) for t in targets) / len(targets)
+
+    out = tmp_path / "preds.csv"
+    args = [str(data), "--model", "tf_efficientnetv2_b0", "--checkpoint", str(ranked_model), "--img-size", "64"]
+    result = run_json(capsys, *args, "--batch-size", "3", "--predictions-out", str(out))  # batches of 3, 3, 3, 1
+    assert result["class_folders_matched_by"] == "label_names" and result["num_classes"] == 10
+    assert result["num_images"] == len(targets)
+    assert result["top1"] == pytest.approx(100 * top1 / len(targets))  # 30 %
+    assert result["top5"] == pytest.approx(100 * top5 / len(targets))  # 70 %: a top-6 says 90, a top-4 50
+    assert result["loss"] == pytest.approx(loss, rel=1e-5)
+    rows = list(csv.DictReader(out.open()))
+    assert [(Path(r["path"]).parent.name, r["target"]) for r in rows] == [
+        (RANKED_LABELS[t], str(t))
+        for t in sorted(targets)  # ImageFolder's order: class folders sorted
+    ]
+    best = RANKED[0]  # every image's prediction: the top-ranked class, at its softmax probability
+    assert {(r["prediction"], r["prediction_label"]) for r in rows} == {(str(best), RANKED_LABELS[best])}
+    assert [float(r["prob"]) for r in rows] == pytest.approx([ranked_probs()[best]] * len(rows), rel=1e-6)
