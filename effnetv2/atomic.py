@@ -36,7 +36,8 @@ def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{_TMP_SUFFIX}")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (ours or another user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -60,7 +61,7 @@ def remove_stale_temps(path: PathLike) -> list[Path]:
         if not (name.startswith(prefix) and name.endswith(_TMP_SUFFIX)):
             continue
         match = _TEMP_ID.fullmatch(name[len(prefix) : -len(_TMP_SUFFIX)])  # not another target's temp
-        if match is None or _pid_alive(int(match.group(1))):
+        if match is None or pid_alive(int(match.group(1))):
             continue
         with contextlib.suppress(OSError):
             if entry.is_dir() and not entry.is_symlink():

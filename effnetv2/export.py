@@ -1,16 +1,20 @@
 """Export to ONNX, TorchScript or a ``torch.export`` program, verified against the eager model before it is kept.
 
 ``export_model`` writes the graph to a hidden temporary file beside the output, loads that file back with the
-runtime that will run it (onnxruntime, ``torch.jit.load``, ``torch.export.load``), runs it and the eager model
-on the same random inputs (batch 1 and 3 when the batch axis is dynamic, and a second, non-square image size
-when height and width are dynamic), and only then renames it into place. A failed export or check leaves
-nothing behind.
+runtime that will run it (onnxruntime, ``torch.jit.load``, ``torch.export.load``) and runs it on natural-looking
+images (the packaged sample photo and crops of it, smooth fields: :mod:`effnetv2.inference.compare`) at batch 1 and
+3 when the batch axis is dynamic, and at a second, non-square image size when height and width are dynamic. Each
+check is the project's one comparison: the file's error from an fp64 copy of the model against the eager model's
+own error there (at most 4x it, plus a few ulps). Only then is the file renamed into place; a failed export or check
+leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
+import io
 import math
 import os
 import warnings
@@ -24,6 +28,7 @@ from torch import Tensor, nn
 
 from effnetv2.atomic import atomic_path
 from effnetv2.errors import ExportError
+from effnetv2.inference.compare import Comparison, compare, model_natural_images, reference, run_batched
 from effnetv2.optimize import optimize_for_inference
 
 FORMATS = ("onnx", "torchscript", "exported-program")
@@ -33,8 +38,7 @@ ONNX_OPSETS = range(7, 21)
 # 17 is read by every maintained runtime (onnxruntime >= 1.13, TensorRT >= 8.6, OpenVINO), so it is the default.
 DEFAULT_ONNX_OPSET = 17
 
-# Largest relative difference (max |exported - eager| / max |eager|) a verified export may show.
-DEFAULT_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-4, torch.float16: 1e-2, torch.bfloat16: 2e-2}
+CHECK_IMAGES = 2  # natural images per verification check at least (a batch-1 check runs them one at a time)
 
 INPUT_NAME = "input"
 
@@ -43,10 +47,15 @@ Runner = Callable[[Tensor], list[Tensor]]
 
 @dataclass(frozen=True)
 class Check:
-    """One verification run: the input shape and the largest relative difference over all outputs."""
+    """One verification run: the input shape and how the file compared with fp64 next to the eager model."""
 
     input_shape: tuple[int, ...]
-    max_rel_diff: float
+    comparison: Comparison
+
+    @property
+    def max_rel_diff(self) -> float:
+        """The file's largest relative difference from the fp64 reference."""
+        return self.comparison.error
 
 
 @dataclass(frozen=True)
@@ -59,12 +68,12 @@ class ExportReport:
     output_names: tuple[str, ...]
     opset: Optional[int]  # ONNX only
     num_bytes: int
-    tolerance: float
+    tolerance: Optional[float]  # the limit given instead of the derived one, if any
     checks: tuple[Check, ...] = field(default_factory=tuple)  # empty when verify=False
 
     @property
     def max_rel_diff(self) -> float:
-        """Largest relative difference over every check (NaN when nothing was verified)."""
+        """The file's largest relative difference from fp64 over every check (NaN when nothing was verified)."""
         return max((c.max_rel_diff for c in self.checks), default=math.nan)
 
     def summary(self) -> str:
@@ -79,10 +88,11 @@ class ExportReport:
             lines.append("  not verified (verify=False)")
             return "\n".join(lines)
         for check in self.checks:
-            lines.append(f"  input {tuple(check.input_shape)}: max relative difference {check.max_rel_diff:.3g}")
+            lines.append(f"  input {tuple(check.input_shape)}: {check.comparison.describe()}")
+        limit = "the given tolerance" if self.tolerance is not None else "4x the eager model's own error"
         lines.append(
-            f"verified against the eager model: max relative difference {self.max_rel_diff:.3g} "
-            f"(tolerance {self.tolerance:g})"
+            f"verified against fp64 on natural images: every check within {limit} "
+            f"(largest error {self.max_rel_diff:.3g})"
         )
         return "\n".join(lines)
 
@@ -151,9 +161,10 @@ def export_model(
         optimize: export ``effnetv2.optimize.optimize_for_inference(model)`` (BatchNorm folded into the
             convs) instead, still verified against ``model`` itself.
         verify: run the check; with ``False`` the file is written unchecked.
-        tolerance: largest accepted relative difference, max|exported - eager| / max|eager| over each output;
-            default 1e-4 for float32 weights, 1e-2 / 2e-2 for float16 / bfloat16.
-        seed: seed of the random example and verification inputs.
+        tolerance: the largest accepted error from fp64 (max|file - fp64| / max|fp64| over each output), given
+            instead of the derived limit (:mod:`effnetv2.inference.compare`: 4x the eager model's own error on the
+            same images, plus 4 ulps); for a model in float32, bfloat16, float16 or float64 alike.
+        seed: seed of the natural example and verification images (crops of the sample photo, smooth fields).
 
     Returns:
         An :class:`ExportReport`; ``report.summary()`` prints it.
@@ -163,14 +174,14 @@ def export_model(
         OSError: the output folder is not writable.
         TypeError: ``optimize=True`` for a model that is not an effnetv2 model.
         ImportError: ONNX export without the onnx (export) or onnxruntime (verification) package.
-        ExportError: the exporter failed, or the file's outputs differ from the eager model's beyond
-            ``tolerance``. Nothing is written.
+        ExportError: the exporter failed, or the file's outputs are farther from fp64 than the limit (the
+            message gives both errors). Nothing is written.
     """
     path = check_export_options(path, format, opset)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if tolerance is not None and not tolerance >= 0:
-        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance}")
     height, width = _resolve_img_size(model, img_size)
     if format == "onnx":  # fail before the slow export, not after
         _require("onnx")
@@ -180,16 +191,10 @@ def export_model(
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None else torch.float32
-    if tolerance is None:
-        tolerance = DEFAULT_TOLERANCE.get(dtype, 1e-4)
     in_chans = int(getattr(model, "in_chans", 3))
-    generator = torch.Generator().manual_seed(seed)
-
-    def random_input(batch: int, h: int, w: int) -> Tensor:
-        return torch.randn(batch, in_chans, h, w, generator=generator).to(device=device, dtype=dtype)
-
     # A dynamic batch is traced at batch 2: torch.export specialises axes of size 1 to constants.
-    example = random_input(2 if dynamic_batch else batch_size, height, width)
+    example = model_natural_images(model, 2 if dynamic_batch else batch_size, (height, width), seed)
+    example = example.to(device=device, dtype=dtype)
     shapes = [(1, height, width), (3, height, width)] if dynamic_batch else [(batch_size, height, width)]
     if dynamic_size:
         shapes.append((shapes[0][0], height + 32, width + 64))  # non-square, so swapped axes would show
@@ -212,6 +217,8 @@ def export_model(
         with _eval_mode(model), _eval_mode(exported):
             try:
                 _EXPORTERS[format](exported, example, tmp, output_names, dynamic_batch, dynamic_size, opset)
+            except OSError:
+                raise  # disk full, permissions: the fault, with the file's name, not an exporter failure
             except Exception as e:
                 raise ExportError(f"{format} export failed: {type(e).__name__}: {_first_line(e)}") from e
             checks: list[Check] = []
@@ -222,8 +229,8 @@ def export_model(
                     raise ExportError(
                         f"the written {format} file does not load: {type(e).__name__}: {_first_line(e)}"
                     ) from e
-                inputs = [random_input(batch, h, w) for batch, h, w in shapes]
-                checks = [_verify(model, run, x, format, tolerance) for x in inputs]
+                fp64 = copy.deepcopy(model).double()  # the reference of every check
+                checks = [_verify(model, fp64, run, shape, format, tolerance, seed) for shape in shapes]
     return ExportReport(
         path=path,
         format=format,
@@ -276,8 +283,11 @@ def _export_onnx(
 
 
 def _export_torchscript(model: nn.Module, example: Tensor, file: Path, *_: Any) -> None:
-    # Scripting (not tracing) keeps every shape symbolic and the input checks in the graph.
-    torch.jit.save(torch.jit.script(model), str(file))
+    # Scripting (not tracing) keeps every shape symbolic and the input checks in the graph. Saved to memory first:
+    # torch.jit.save's own file writer aborts the process when the disk fills, where Python's raises OSError.
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(model), buffer)
+    file.write_bytes(buffer.getbuffer())
 
 
 def _export_program(
@@ -344,40 +354,43 @@ _LOADERS: dict[str, Callable[[Path, torch.device], Runner]] = {
 # Helpers.
 
 
-def _verify(model: nn.Module, run: Runner, x: Tensor, format: str, tolerance: float) -> Check:
-    """Compare on ``x``; raise ExportError above ``tolerance`` (or on NaN)."""
-    check = _compare(model, run, x, format)
-    if not check.max_rel_diff <= tolerance:
-        raise ExportError(
-            f"the {format} export does not match the eager model: max relative difference {check.max_rel_diff:.3g} "
-            f"> tolerance {tolerance:g} at input shape {tuple(x.shape)}; nothing was written"
-        )
-    return check
-
-
-def _compare(model: nn.Module, run: Runner, x: Tensor, format: str) -> Check:
-    """Run the eager model and the loaded export on ``x``; the largest relative difference over the outputs."""
+def _verify(
+    model: nn.Module,
+    fp64: nn.Module,
+    run: Runner,
+    shape: tuple[int, int, int],
+    format: str,
+    limit: Optional[float],
+    seed: int,
+) -> Check:
+    """Run the loaded file on natural images of ``shape`` (batch, H, W), judge it against fp64 next to the eager
+    model (:func:`effnetv2.inference.compare.compare`); raise ExportError when it is outside the limit."""
+    batch, height, width = shape
+    images = model_natural_images(model, batch * -(-CHECK_IMAGES // batch), (height, width), seed)
+    ref = reference(model, images, batch=batch, fp64_model=fp64)
     with torch.no_grad():
-        expected = _as_list(model(x))
         try:
-            actual = run(x)
+            outputs = run_batched(run, images, batch)
         except Exception as e:
             raise ExportError(
-                f"the loaded {format} export failed on an input of shape {tuple(x.shape)}: "
+                f"the loaded {format} export failed on an input of shape {(batch, images.shape[1], height, width)}: "
                 f"{type(e).__name__}: {_first_line(e)}"
             ) from e
-    if len(actual) != len(expected):
-        raise ExportError(f"the {format} export returns {len(actual)} outputs, the eager model {len(expected)}")
-    diffs = []
-    for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+    if len(outputs) != len(ref.fp64):
+        raise ExportError(f"the {format} export returns {len(outputs)} outputs, the eager model {len(ref.fp64)}")
+    for i, (a, e) in enumerate(zip(outputs, ref.fp64, strict=True)):
         if tuple(a.shape) != tuple(e.shape):
             raise ExportError(
-                f"output {i} of the {format} export has shape {tuple(a.shape)}, the eager model's {tuple(e.shape)}"
+                f"output {i} of the {format} export has shape {tuple(a.shape[1:])} per image, the eager model's "
+                f"{tuple(e.shape[1:])}"
             )
-        e64 = e.detach().cpu().double()
-        scale = e64.abs().max().clamp_min(1e-12)
-        diffs.append(((a.detach().cpu().double() - e64).abs().max() / scale).item())
-    return Check(tuple(x.shape), max(diffs))
+    comparison = compare(outputs, ref, limit=limit)
+    if not comparison.accepted:
+        raise ExportError(
+            f"the {format} export does not match the eager model at input shape {(batch, *images.shape[1:])}: "
+            f"{comparison.describe()}; nothing was written"
+        )
+    return Check((batch, *images.shape[1:]), comparison)
 
 
 def _as_list(outputs: Union[Tensor, Sequence[Tensor]]) -> list[Tensor]:

@@ -6,15 +6,18 @@ then quantizes it with ONNX Runtime's post-training static quantization
 ranges calibrated on ``calibration`` images (percentile calibration, 99.999th). Convolutions, residual adds and
 the pooling are quantized; **kept in float: SiLU and the squeeze-excite gates (``Sigmoid``, ``Mul``), the stem
 convolution, the last convolution and the classifier (``Gemm``)**, the layers whose quantization cost the most
-top-1 agreement with the float model in our measurements (README, *Export*). An int8 model cannot match the float
-one to 1e-4, so instead of a tolerance the report gives its agreement with the eager model on held-out
-calibration images (every 4th one): top-1 agreement (classifiers; also on the images whose float answer is clear)
-and the largest relative difference. The file is written atomically, only once that check has run.
+top-1 agreement with the float model in our measurements (README, *Export*). An int8 model has no eager
+counterpart to be held to, so the report gives the project's one comparison (:mod:`effnetv2.inference.compare`) on
+held-out calibration images (every 4th one), unjudged: the int8 file's error from an fp64 copy of the model next to
+the fp32 model's own error, and top-1 agreement with fp64 (classifiers; also on the images whose answer is clear).
+The file is written atomically, only once that check has run. A killed export's work folder
+(``.effnetv2-int8-PID-*`` beside the output) is removed by the next export into that folder.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from contextlib import redirect_stdout
@@ -25,11 +28,13 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from effnetv2.agreement import Agreement, output_agreement, split_holdout
-from effnetv2.atomic import atomic_path
+from effnetv2.atomic import atomic_path, pid_alive
 from effnetv2.errors import ExportError
-from effnetv2.export import INPUT_NAME, _eval_mode, _require, check_export_options, export_model
+from effnetv2.export import INPUT_NAME, _require, check_export_options, export_model
+from effnetv2.inference.calibration import split_holdout
+from effnetv2.inference.compare import Comparison, compare, reference
 
+WORK_PREFIX = ".effnetv2-int8-"  # + "{pid}-{random}": the work folder beside the output
 QUANTIZED_OPS = ("Conv", "Add", "GlobalAveragePool")  # Sigmoid and Mul (SiLU, SE gates) and Gemm stay float
 
 
@@ -42,21 +47,33 @@ class Int8Report:
     float_bytes: int
     calibration_images: int
     check_images: int  # held out from calibration (all images when there were fewer than 8)
-    top1_agreement: Optional[float]  # None for a features model
-    clear_agreement: Optional[tuple[float, int]]  # on the images with a clear float answer, and their count
-    max_rel_diff: float
-    float_max_rel_diff: float  # of the float export, before quantization
+    comparison: Comparison  # the int8 file against fp64 on the check images
+    float_max_rel_diff: float  # of the float export, before quantization: its error from fp64
+
+    @property
+    def top1_agreement(self) -> Optional[float]:
+        """Top-1 equal to fp64's on the check images (None for a features model)."""
+        return self.comparison.top1
+
+    @property
+    def clear_agreement(self) -> Optional[tuple[float, int]]:
+        """The same on the images with a clear fp64 answer, and their count."""
+        return self.comparison.clear
+
+    @property
+    def max_rel_diff(self) -> float:
+        """The int8 file's largest relative difference from fp64."""
+        return self.comparison.error
 
     def summary(self) -> str:
-        agreement = Agreement(self.check_images, self.top1_agreement, self.clear_agreement, self.max_rel_diff)
         held = "held-out" if self.check_images < self.calibration_images + self.check_images else "calibration"
         return "\n".join(
             [
                 f"wrote {self.path} (onnx, int8 QDQ, {self.num_bytes / 1e6:.1f} MB; float: "
-                f"{self.float_bytes / 1e6:.1f} MB, verified to {self.float_max_rel_diff:.3g})",
+                f"{self.float_bytes / 1e6:.1f} MB, verified: error {self.float_max_rel_diff:.3g} from fp64)",
                 f"  calibrated on {self.calibration_images} images; kept in float: SiLU and squeeze-excite gates, "
                 "the stem and last convolutions, the classifier",
-                f"agreement with the float model on {self.check_images} {held} images: {agreement.describe()}",
+                f"int8 on {self.check_images} {held} images: {self.comparison.describe()}",
             ]
         )
 
@@ -98,7 +115,8 @@ def export_onnx_int8(
             batch = next(self.batches, None)
             return None if batch is None else {INPUT_NAME: batch}
 
-    with tempfile.TemporaryDirectory(prefix=".effnetv2-int8-", dir=path.parent) as work:
+    _remove_stale_work_folders(path.parent)
+    with tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=path.parent) as work:
         float_file, prepared = Path(work, "float.onnx"), Path(work, "prepared.onnx")
         float_report = export_model(
             model, float_file, "onnx", img_size=tuple(calibration.shape[-2:]), opset=opset, dynamic_batch=dynamic_batch
@@ -121,10 +139,12 @@ def export_onnx_int8(
                         op_types_to_quantize=list(QUANTIZED_OPS),
                         nodes_to_exclude=[convs[0], convs[-1]],  # the stem and the last convolution
                     )
+            except OSError:
+                raise  # disk full, permissions: the fault, with the file's name
             except Exception as e:
                 raise ExportError(f"int8 quantization failed: {type(e).__name__}: {e}") from e
             try:
-                agreement = _agreement(model, tmp, check)
+                comparison = _compare(model, tmp, check)
             except ExportError:
                 raise
             except Exception as e:  # onnxruntime's own errors derive from Exception only
@@ -135,28 +155,30 @@ def export_onnx_int8(
         float_bytes=float_report.num_bytes,
         calibration_images=calibrate.shape[0],
         check_images=check.shape[0],
-        top1_agreement=agreement.top1,
-        clear_agreement=agreement.clear,
-        max_rel_diff=agreement.max_rel_diff,
+        comparison=comparison,
         float_max_rel_diff=float_report.max_rel_diff,
     )
 
 
-def _agreement(model: nn.Module, file: Path, images: Tensor) -> Agreement:
-    """The int8 file against the eager model on ``images`` (:func:`~effnetv2.agreement.output_agreement`)."""
+def _remove_stale_work_folders(folder: Path) -> None:
+    """Remove work folders that killed exports left in ``folder`` (their process is gone)."""
+    for work in folder.glob(f"{WORK_PREFIX}*"):
+        pid = work.name[len(WORK_PREFIX) :].split("-", 1)[0]
+        if work.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _compare(model: nn.Module, file: Path, images: Tensor) -> Comparison:
+    """The int8 file against an fp64 copy of ``model`` on ``images``, next to the eager model (unjudged)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
     # one image at a time: a static export takes its own batch size only, and every export takes batch 1
     runs = [session.run(None, {INPUT_NAME: images[i : i + 1].numpy()}) for i in range(images.shape[0])]
     ours = [torch.cat([torch.from_numpy(run[k]) for run in runs]) for k in range(len(runs[0]))]
-    param = next(model.parameters())
-    with _eval_mode(model), torch.no_grad():
-        expected = model(images.to(param.device, param.dtype))
-    expected = list(expected) if isinstance(expected, (list, tuple)) else [expected]
     if not all(torch.isfinite(o).all() for o in ours):
         raise ExportError("the int8 model returns NaN or infinite values on the calibration images; nothing written")
-    return output_agreement(ours, expected)
+    return compare(ours, reference(model, images), torch.int8)
 
 
 __all__ = ["QUANTIZED_OPS", "Int8Report", "export_onnx_int8"]

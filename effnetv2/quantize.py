@@ -14,7 +14,8 @@
    quantized graph runs as reference float ops: right numbers, slower than fp32 (for checking accuracy only).
 
 Needs ``torchao`` (``pip install "effnetv2[int8]"``). Every 4th calibration image (when there are 8 or more) is held
-out and checks the result: :attr:`Int8EfficientNetV2.agreement` holds the top-1 agreement with the fp32 model.
+out and checks the result: :attr:`Int8EfficientNetV2.agreement` (a :class:`~effnetv2.inference.compare.Comparison`)
+holds its error from an fp64 copy of the model next to fp32's own, and its top-1 agreement with fp64.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from effnetv2.agreement import Agreement, output_agreement, split_holdout
 from effnetv2.compiling import FrozenCompiled
+from effnetv2.inference.calibration import split_holdout
+from effnetv2.inference.compare import Comparison, compare, reference
 from effnetv2.model import EfficientNetV2, EfficientNetV2Features, check_input
 
 Calibration = Union[Tensor, Iterable[Any], str, os.PathLike]
@@ -131,8 +133,8 @@ class Int8EfficientNetV2(nn.Module):
     """The int8 classifier or feature extractor made by :func:`quantize_int8` (inference only, CPU).
 
     ``forward`` takes float images at the calibrated size (any batch size; each new batch size compiles once) and
-    returns float32 outputs like the model's. ``agreement`` compares the quantized graph (before compiling) with the
-    fp32 model on held-out calibration images.
+    returns float32 outputs like the model's. ``agreement`` compares the quantized graph (before compiling) with an
+    fp64 copy of the model on held-out calibration images, next to the fp32 model's own error there.
     """
 
     def __init__(
@@ -140,7 +142,7 @@ class Int8EfficientNetV2(nn.Module):
         graph: nn.Module,
         source: nn.Module,
         img_size: tuple[int, int],
-        agreement: Optional[Agreement],
+        agreement: Optional[Comparison],
         calibration_images: int,
         compiled: bool,
         kept_float: str,
@@ -261,22 +263,23 @@ def quantize_int8(
         prepared = quantize_pt2e.prepare_pt2e(exported, quantizer)
         _run(prepared, calibrate)
         graph = quantize_pt2e.convert_pt2e(prepared)
-        reference = Int8EfficientNetV2(graph, model, tuple(images.shape[-2:]), None, calibrate.shape[0], False, kept)
+        reference_model = Int8EfficientNetV2(
+            graph, model, tuple(images.shape[-2:]), None, calibrate.shape[0], False, kept
+        )
         # Checked before lowering: the quantized graph's reference ops (the compiled kernels compute the same
         # quantized convolutions, fused; tests/test_quantize.py holds them to it). A check through the compiled
         # model would cost a compile at the check's batch size on top of the user's.
-        expected = _run(fp32, check)
-        ours = reference(check)
-        ours = ours if isinstance(ours, list) else [ours]
-    try:
-        agreement = output_agreement(ours, expected, logits=reference.num_classes > 0)
-    except ValueError as e:
-        raise RuntimeError(f"int8 quantization failed its check on {check.shape[0]} images: {e}") from e
-    reference.agreement = agreement
+        ours = _run(reference_model, check)
+        ref = reference(model, check, batch=CALIBRATION_BATCH)
+    if not all(o.isfinite().all() for o in ours):
+        raise RuntimeError(f"int8 quantization failed its check on {check.shape[0]} images: NaN or infinite outputs")
+    # int8 has no eager counterpart to be judged against: its error from fp64 is reported next to fp32's
+    agreement = compare(ours, ref, torch.int8, logits=reference_model.num_classes > 0)
+    reference_model.agreement = agreement
     if not compile:
-        return reference
+        return reference_model
     int8 = Int8EfficientNetV2(
-        FrozenCompiled(graph), model, reference.img_size, agreement, calibrate.shape[0], True, reference.kept_float
+        FrozenCompiled(graph), model, reference_model.img_size, agreement, calibrate.shape[0], True, kept
     )
     return int8
 

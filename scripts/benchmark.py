@@ -38,6 +38,7 @@ from calibrated_model import condition, make_calibrated_model, mixed_images, smo
 
 import effnetv2
 from effnetv2.atomic import write_text
+from effnetv2.inference.compare import Comparison, compare, reference, run_batched
 from effnetv2.optimize import optimize_for_inference
 from effnetv2.weights import KeyMap
 
@@ -57,7 +58,7 @@ def marks(section: str) -> tuple[str, str]:
 GOALS = dict(
     fp32_speedup=1.25,  # optimised fp32 vs timm eager, batch 8 @ 320
     bf16_speedup=2.2,  # bf16 vs timm eager fp32
-    bf16_agreement=0.99,  # top-1 agreement of bf16 with fp32
+    bf16_agreement=0.99,  # top-1 agreement of bf16 with fp64
     ckpt_memory=0.40,  # checkpointed step peak vs timm's plain step, batch 8 @ 224
     plain_time=1.0,  # plain step time vs timm's
 )
@@ -347,45 +348,32 @@ def bench_family(args: argparse.Namespace, device: torch.device) -> list[dict[st
 
 
 def bench_agreement(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """bf16 (fp16 on CUDA) vs fp32 on natural-looking images, with a classifier that can be right or wrong."""
+    """Optimised fp32 and bf16 (fp16 on CUDA) against an fp64 copy on natural-looking images, with a classifier that
+    can be right or wrong: the project's one comparison (:mod:`effnetv2.inference.compare`)."""
     model, exemplars = make_calibrated_model(lambda: effnetv2.create_model(args.model), args.img_size)
     model = model.to(device)
     images = mixed_images(exemplars, args.agreement_images, seed=4)
     reduced = torch.bfloat16 if device.type == "cpu" else torch.float16
-    fast32 = optimize_for_inference(model)
-    fast16 = optimize_for_inference(model, reduced)
-    ref, out32, out16 = [], [], []
+    ref = reference(model, images, precisions=(reduced,), batch=args.batch_size)
     with torch.inference_mode():
-        for chunk in images.split(args.batch_size):
-            chunk = chunk.to(device)
-            ref.append(model(chunk).float().cpu())
-            out32.append(fast32(chunk).float().cpu())
-            out16.append(fast16(chunk).float().cpu())
-    ref_t, out32_t, out16_t = torch.cat(ref), torch.cat(out32), torch.cat(out16)
-    scale = ref_t.abs().max().clamp_min(1e-12)
-    preds = ref_t.argmax(1)
-    # Which disagreements are ties within reduced precision's own error: fp32 top-2 margin below twice
-    # the largest logit error.
-    top2 = ref_t.topk(2, dim=1).values
-    margin = top2[:, 0] - top2[:, 1]
-    band = 2 * (out16_t - ref_t).abs().max()
-    clear = margin > band
-    flipped = out16_t.argmax(1) != preds
+        fp32 = compare(run_batched(optimize_for_inference(model), images, args.batch_size), ref)
+        low = compare(run_batched(optimize_for_inference(model, reduced), images, args.batch_size), ref, reduced)
     return dict(
         images=len(images),
         img_size=args.img_size,
         classes=len(exemplars),
         reduced_dtype=str(reduced).replace("torch.", ""),
-        fp32_distinct_predictions=int(preds.unique().numel()),
-        fp32_rel_diff=((out32_t - ref_t).abs().max() / scale).item(),
-        fp32_top1_agreement=(out32_t.argmax(1) == preds).float().mean().item(),
-        reduced_rel_diff=((out16_t - ref_t).abs().max() / scale).item(),
-        reduced_top1_agreement=(out16_t.argmax(1) == preds).float().mean().item(),
-        error_band=band.item(),
-        images_outside_band=int(clear.sum()),
-        reduced_top1_agreement_outside_band=(~flipped[clear]).float().mean().item() if clear.any() else None,
-        flipped_fp32_margins=[round(v, 4) for v in margin[flipped].tolist()],
+        fp64_distinct_predictions=int(ref.fp64[0].argmax(1).unique().numel()),
+        eager_fp32_error=ref.eager_error,
+        **{f"fp32_{key}": value for key, value in summary(fp32).items()},
+        **{f"reduced_{key}": value for key, value in summary(low).items()},
     )
+
+
+def summary(c: Comparison) -> dict[str, Any]:
+    """A comparison's numbers for the JSON results."""
+    share, count = c.clear if c.clear is not None else (None, 0)
+    return dict(error=c.error, limit=c.limit, accepted=c.accepted, top1=c.top1, clear_top1=share, clear_images=count)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -561,7 +549,7 @@ def check_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     )
     bf16 = inf.get("effnetv2 optimised bf16", {})
     goal("optimised bf16 img/s ÷ timm eager fp32 (NCHW)", bf16.get("img_per_s_vs_timm"), GOALS["bf16_speedup"], True)
-    goal("bf16 top-1 agreement with fp32", agree.get("reduced_top1_agreement"), GOALS["bf16_agreement"], True)
+    goal("bf16 top-1 agreement with fp64", agree.get("reduced_top1"), GOALS["bf16_agreement"], True)
     ckpt = train.get("effnetv2 checkpointed (nested, default)", {})
     goal("checkpointed step peak ÷ timm plain step peak", ckpt.get("memory_vs_timm_plain"), GOALS["ckpt_memory"], False)
     if "rss_vs_timm_plain" in ckpt:
@@ -630,27 +618,24 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("")
     if results.get("agreement"):
         a = results["agreement"]
-        outside = a["reduced_top1_agreement_outside_band"]
         lines += [
-            f"### Reduced precision: {a['reduced_dtype']} vs fp32",
+            f"### Reduced precision: {a['reduced_dtype']} and fp32 against fp64",
             "",
             f"{a['images']} natural-looking images at {a['img_size']} px, {a['classes']}-class prototype "
-            f"classifier (see `scripts/calibrated_model.py`); the fp32 model predicts "
-            f"{a['fp32_distinct_predictions']} distinct classes.",
+            f"classifier (see `scripts/calibrated_model.py`); fp64 predicts {a['fp64_distinct_predictions']} distinct "
+            f"classes. Each path against an fp64 copy (`effnetv2.inference.compare`: limit 4× the eager model's own "
+            f"error in the path's precision); eager fp32's own error is {a['eager_fp32_error']:.2e}.",
             "",
-            "| path | top-1 agreement with eager fp32 | max relative logit difference |",
-            "|---|---:|---:|",
-            f"| optimised fp32 | {fmt(100 * a['fp32_top1_agreement'], 1)} % | {a['fp32_rel_diff']:.2e} |",
-            f"| optimised {a['reduced_dtype']} | {fmt(100 * a['reduced_top1_agreement'], 1)} % | "
-            f"{a['reduced_rel_diff']:.2e} |",
-            "",
-            f"Disagreements ({len(a['flipped_fp32_margins'])}) had fp32 top-2 logit margins of "
-            f"{', '.join(fmt(m, 4) for m in a['flipped_fp32_margins']) or '–'}; twice the largest "
-            f"{a['reduced_dtype']} logit error is {fmt(a['error_band'], 4)}. On the "
-            f"{a['images_outside_band']} images whose margin exceeds that, agreement is "
-            f"{fmt(None if outside is None else 100 * outside, 1)} %.",
-            "",
+            "| path | max relative error vs fp64 | limit | top-1 as fp64 | where fp64 is clear |",
+            "|---|---:|---:|---:|---:|",
         ]
+        for kind, name in (("fp32", "optimised fp32"), ("reduced", f"optimised {a['reduced_dtype']}")):
+            clear = a[f"{kind}_clear_top1"]
+            lines.append(
+                f"| {name} | {a[f'{kind}_error']:.2e} | {a[f'{kind}_limit']:.2e} | {fmt(100 * a[f'{kind}_top1'], 1)} % "
+                f"| {fmt(None if clear is None else 100 * clear, 1)} % of {a[f'{kind}_clear_images']} |"
+            )
+        lines.append("")
     if results.get("training"):
         rss = any("peak_rss_mib" in r for r in results["training"])
         lines += [

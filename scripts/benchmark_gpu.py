@@ -10,7 +10,7 @@ On the same weights (timm's model gets ours through the key map; both well-condi
    (relative difference of the logits, which should be ~1e-6; TF32 is switched off for this part), the training-mode
    loss and the gradients of one step;
 2. **AMP**: effnetv2 and timm under the same ``torch.autocast`` (fp16 and bf16) against fp32, and the optimised copy's
-   own fp16/bf16 weights, as top-1 agreement and relative difference;
+   own fp16/bf16 weights, each against an fp64 copy (effnetv2.inference.compare): error, limit, top-1;
 3. **throughput** at ``--batch-size`` (default 256) × ``--img-size`` (320): eager and ``torch.compile`` inference
    (fp32 and the AMP dtype), and one training step (SGD, AMP), effnetv2 and timm interleaved round by round.
 
@@ -36,15 +36,14 @@ from benchmark import ARCH, log, machine_info, stand_in_pair, write_markdown
 from calibrated_model import mixed_images
 
 import effnetv2
-from effnetv2.agreement import output_agreement
 from effnetv2.atomic import write_text
+from effnetv2.inference.compare import Comparison, compare, reference, relative_difference, run_batched
 from effnetv2.optimize import optimize_for_inference
 from effnetv2.weights import KeyMap
 
 
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.float(), b.float()
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+def as_json(c: Comparison) -> dict[str, Any]:
+    return {**c.__dict__, "precision": str(c.precision), "eager_dtype": str(c.eager_dtype), "accepted": c.accepted}
 
 
 def sync(device: torch.device) -> None:
@@ -73,8 +72,8 @@ def parity(ours: torch.nn.Module, theirs: torch.nn.Module, key_map: KeyMap, x: t
     try:
         with torch.no_grad():
             expected = theirs(x)
-            out = {"eager fp32 logits": rel(ours(x), expected)}
-            out["optimised fp32 logits"] = rel(optimize_for_inference(ours)(x), expected)
+            out = {"eager fp32 logits": relative_difference(ours(x), expected)}
+            out["optimised fp32 logits"] = relative_difference(optimize_for_inference(ours)(x), expected)
         target = torch.arange(len(x), device=x.device) % ours.num_classes
         losses, grads = [], []
         for model in (ours, theirs):
@@ -85,8 +84,9 @@ def parity(ours: torch.nn.Module, theirs: torch.nn.Module, key_map: KeyMap, x: t
             grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters()})
             model.zero_grad(set_to_none=True)
             model.eval()
-        out["train-mode loss"] = rel(losses[0], losses[1])
-        out["gradients (worst tensor)"] = max(rel(g, grads[1][key_map.to_timm(n)]) for n, g in grads[0].items())
+        out["train-mode loss"] = relative_difference(losses[0], losses[1])
+        worst = max(relative_difference(g, grads[1][key_map.to_timm(n)]) for n, g in grads[0].items())
+        out["gradients (worst tensor)"] = worst
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
     return out
@@ -124,21 +124,20 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     log("parity ...")
     parity_result = parity(ours, theirs, key_map, mixed_images(exemplars, min(batch, 16), seed=1))
 
-    log("AMP agreement ...")
+    log("AMP against an fp64 copy ...")
     test = mixed_images(exemplars, args.quality_images, seed=5)
+    ref = reference(ours, test, precisions=amp, batch=32)
+    amp_result: dict[str, Any] = {}
     with torch.no_grad():
-        fp32 = torch.cat([ours(test[i : i + 32]) for i in range(0, len(test), 32)])
-        amp_result: dict[str, Any] = {}
         for dtype in amp:
             name = str(dtype).removeprefix("torch.")
             for label, model in (("effnetv2", ours), ("timm", theirs)):
                 with torch.autocast(device.type, dtype=dtype):
-                    got = torch.cat([model(test[i : i + 32]) for i in range(0, len(test), 32)]).float()
-                amp_result[f"{label} autocast {name}"] = output_agreement([got], [fp32]).__dict__
+                    got = run_batched(model, test, 32)
+                amp_result[f"{label} autocast {name}"] = as_json(compare(got, ref, dtype))
             if device.type == "cuda" or dtype != torch.float16:  # float16 weights are for CUDA only
-                fast = optimize_for_inference(ours, dtype=dtype)
-                got = torch.cat([fast(test[i : i + 32]) for i in range(0, len(test), 32)])
-                amp_result[f"effnetv2 optimised {name}"] = output_agreement([got], [fp32]).__dict__
+                got = run_batched(optimize_for_inference(ours, dtype=dtype), test, 32)
+                amp_result[f"effnetv2 optimised {name}"] = as_json(compare(got, ref, dtype))
 
     log("throughput ...")
     x = mixed_images(exemplars, batch, seed=3).contiguous(memory_format=torch.channels_last)
@@ -201,6 +200,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         machine=machine,
         parity=parity_result,
         amp=amp_result,
+        eager_fp32_error=ref.eager_error,
         inference_img_per_s={name: batch / t for name, t in inference.items()},
         training_img_per_s={name: batch / t for name, t in training.items()},
     )
@@ -217,7 +217,7 @@ def markdown(r: dict[str, Any]) -> str:
     card = m.get("gpu", m["cpu"])
     parity_rows = "\n".join(f"| {name} | {value:.2e} |" for name, value in r["parity"].items())
     amp_rows = "\n".join(
-        f"| {name} | {100 * a['top1']:.1f} % | {a['max_rel_diff']:.3g} |" for name, a in r["amp"].items()
+        f"| {name} | {100 * a['top1']:.1f} % | {a['error']:.3g} | {a['limit']:.3g} |" for name, a in r["amp"].items()
     )
     speed = {**r["inference_img_per_s"], **r["training_img_per_s"]}
     speed_rows = "\n".join(f"| {name} | {v:.1f} |" for name, v in speed.items())
@@ -230,8 +230,11 @@ Generated by `python scripts/benchmark_gpu.py` on {time.strftime("%Y-%m-%d %H:%M
 |---|---:|
 {parity_rows}
 
-| reduced precision vs effnetv2 fp32 | top-1 agreement | max relative difference |
-|---|---:|---:|
+Reduced precision against an fp64 copy (`effnetv2.inference.compare`: limit 4× effnetv2 eager in that dtype; eager
+fp32's own error {r["eager_fp32_error"]:.3g}):
+
+| reduced precision | top-1 as fp64 | max relative error vs fp64 | limit |
+|---|---:|---:|---:|
 {amp_rows}
 
 Throughput at batch {r["batch_size"]} × {r["img_size"]} px, channels_last, interleaved rounds:

@@ -4,9 +4,10 @@
 Latency (median of paired rounds, batch 1 and 8) of: timm eager fp32 (NCHW and channels_last; ratios are against
 the faster of the two),
 effnetv2 ``optimize_for_inference`` fp32, ONNX Runtime fp32 (the verified float export) and ONNX Runtime int8
-(:func:`effnetv2.export_int8.export_onnx_int8`). Quality of int8 against fp32 on the well-conditioned stand-in
-model with a nearest-prototype classifier (``scripts/calibrated_model.py``, as the bf16 figures in BENCHMARKS.md
-use): top-1 agreement on blended images, on those with a clear fp32 answer, and the largest relative difference.
+(:func:`effnetv2.export_int8.export_onnx_int8`). Quality of int8 against an fp64 copy (the project's one
+comparison, :mod:`effnetv2.inference.compare`) on the well-conditioned stand-in model with a nearest-prototype
+classifier (``scripts/calibrated_model.py``): top-1 agreement on blended images, on those with a clear answer, and
+the largest relative error next to eager fp32's own.
 
     python scripts/benchmark_int8.py --model tf_efficientnetv2_b0 --img-size 224 --write-markdown BENCHMARKS.md
 """
@@ -29,6 +30,7 @@ from calibrated_model import mixed_images, smooth_images
 
 import effnetv2
 from effnetv2.export_int8 import export_onnx_int8
+from effnetv2.inference.compare import compare, reference, run_batched
 from effnetv2.optimize import optimize_for_inference
 
 
@@ -96,16 +98,14 @@ def main() -> None:
     latency = {b: median_ms(runs, smooth_images(b, size, seed=3), args.rounds) for b in (1, 8)}
 
     test = mixed_images(exemplars, 200, seed=11)
-    expected, got = ours(test), ort_run("int8")(test)
-    probs = expected.softmax(1).topk(2, dim=1).values
-    clear = probs[:, 0] - probs[:, 1] >= 0.2
-    same = got.argmax(1) == expected.argmax(1)
+    comparison = compare(run_batched(ort_run("int8"), test), reference(ours, test), torch.int8)
     quality = dict(
         images=len(test),
-        top1_agreement=same.float().mean().item(),
-        clear_images=int(clear.sum()),
-        clear_agreement=same[clear].float().mean().item() if clear.any() else None,
-        max_rel_diff=((got - expected).abs().max() / expected.abs().max()).item(),
+        top1_agreement=comparison.top1,
+        clear_images=comparison.clear[1],
+        clear_agreement=comparison.clear[0] if comparison.clear[1] else None,
+        max_rel_diff=comparison.error,
+        eager_fp32_error=comparison.eager_error,
         report=report.summary(),
     )
     result = dict(
@@ -133,10 +133,10 @@ onnxruntime {ort.__version__}.
 |---|---|---|---|---|
 {rows}
 
-int8 quality against fp32 ({quality["images"]} blended images, the stand-in model with a 10-class prototype
-classifier): top-1 agreement {100 * quality["top1_agreement"]:.1f} %; on the {quality["clear_images"]} images
-with a clear fp32 answer (top-1 probability ≥ 0.2 above the second) {clear_text}; largest relative logit
-difference {quality["max_rel_diff"]:.3g}."""
+int8 quality against an fp64 copy ({quality["images"]} blended images, the stand-in model with a 10-class
+prototype classifier): top-1 agreement {100 * quality["top1_agreement"]:.1f} %; on the {quality["clear_images"]}
+images with a clear answer (top-1 probability ≥ 0.2 above the second) {clear_text}; largest relative logit
+error {quality["max_rel_diff"]:.3g} (eager fp32: {quality["eager_fp32_error"]:.3g})."""
         write_markdown(args.write_markdown, body, section="int8")
 
 

@@ -22,30 +22,12 @@ Used by ``tests/conftest.py`` (the shared oracle), ``tests/test_optimize.py`` an
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-Size = Union[int, tuple[int, int]]
-
-
-def smooth_images(n: int, size: Size, seed: int = 0, channels: int = 3) -> Tensor:
-    """Natural-looking inputs: smooth random colour fields with finer detail, roughly unit variance.
-
-    The fields are built on grids relative to the image size, so they look alike at every resolution, as
-    normalised photos do (what ``timm``'s ImageNet-normalised eval transform gives has about unit variance too).
-    ``size`` is ``H`` or ``(H, W)``.
-    """
-    h, w = (size, size) if isinstance(size, int) else size
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.randn(n, channels, max(h // 32, 2), max(w // 32, 2), generator=g)
-    middle = torch.randn(n, channels, max(h // 8, 2), max(w // 8, 2), generator=g)
-    fine = torch.randn(n, channels, h, w, generator=g)
-    img = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)
-    img = img + 0.5 * F.interpolate(middle, size=(h, w), mode="bilinear", align_corners=False)
-    return img + 0.05 * fine
+from effnetv2.inference.compare import smooth_images  # the natural-looking fields every comparison uses
 
 
 def residual_branch_norms(model: nn.Module) -> list[nn.BatchNorm2d]:

@@ -36,6 +36,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest -n N: N test processes
 from timm.models import save_for_hf  # noqa: E402
 
 import effnetv2  # noqa: E402
+from effnetv2.inference.compare import relative_difference  # noqa: E402
 
 ARCH = "efficientnetv2_rw_m"
 
@@ -54,14 +55,30 @@ def import_script(name: str):
     return module
 
 
-def rel_diff(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """Largest absolute difference relative to the largest magnitude of the expected tensor."""
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max().clamp_min(1e-12)).item()
+class Method(torch.nn.Module):
+    """``model.<method>(x, **kwargs)`` as a module, so the one comparison can copy it to fp64."""
+
+    def __init__(self, model: torch.nn.Module, method: str, **kwargs) -> None:
+        super().__init__()
+        self.model, self.method, self.kwargs = model, method, kwargs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self.model, self.method)(x, **self.kwargs)
+
+
+class Embedder(torch.nn.Module):
+    """A classifier's pooled embeddings of images (``forward_features``, then ``forward_head(pre_logits=True)``)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = 2e-5) -> None:
-    diff = rel_diff(actual, expected)
+    diff = relative_difference(actual, expected)
     assert diff <= tol, f"relative difference {diff:.3g} > {tol}"
 
 

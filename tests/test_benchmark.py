@@ -67,9 +67,11 @@ def test_benchmark_smoke_json(tmp_path):
         assert row["peak_memory_mib"] > 400  # weights, momentum and the step's activations
     agreement = results["agreement"]
     assert (agreement["images"], agreement["classes"], agreement["img_size"]) == (2, 10, 64)
-    assert agreement["fp32_top1_agreement"] == 1.0
+    # the one comparison against fp64: the folded fp32 and bf16 copies within 4x eager's own error in their precision
+    assert agreement["fp32_accepted"] and agreement["reduced_accepted"], agreement
+    assert 0 < agreement["eager_fp32_error"] < agreement["fp32_limit"] < agreement["reduced_limit"]
     goals = {g["goal"]: g for g in results["goals"]}
-    assert "bf16 top-1 agreement with fp32" in goals
+    assert "bf16 top-1 agreement with fp64" in goals
     lower_is_better = {"checkpointed step peak ÷ timm plain step peak", "plain step time ÷ timm plain step time"}
     assert lower_is_better <= set(goals)
     for name, goal in goals.items():  # "met" is the measured value against the target, whatever the speed
@@ -82,7 +84,7 @@ def test_benchmark_smoke_json(tmp_path):
         assert f"| {row['name']} | {row['img_per_s']:.2f} | {row['img_per_s_vs_timm']:.2f} |" in text
     for row in results["training"]:
         assert f"| {row['name']} | {row['step_s_p50']:.2f} | {row['img_per_s']:.2f} |" in text
-    assert f"| optimised fp32 | 100.0 % | {agreement['fp32_rel_diff']:.2e} |" in text
+    assert f"| optimised fp32 | {agreement['fp32_error']:.2e} | {agreement['fp32_limit']:.2e} |" in text
     assert "### Goals" in text and all(f"| {goal} | " in text for goal in goals)
 
 

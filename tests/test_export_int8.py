@@ -1,7 +1,13 @@
 """int8 ONNX export (issue 16): ONNX Runtime's static quantization of the verified float export, the layers kept in
-float, and an agreement report that an independent run of the written file reproduces."""
+float, and a report (the one comparison against fp64, unjudged) that an independent run of the written file
+reproduces."""
 
 from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -15,9 +21,10 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import effnetv2
-from effnetv2.agreement import HOLDOUT_EVERY
 from effnetv2.cli import main
-from effnetv2.export_int8 import export_onnx_int8
+from effnetv2.export_int8 import WORK_PREFIX, export_onnx_int8
+from effnetv2.inference.calibration import HOLDOUT_EVERY
+from effnetv2.inference.compare import relative_difference
 from effnetv2.weights.loading import load_state_dict_into
 
 calibrated_model = import_script("calibrated_model")
@@ -41,7 +48,8 @@ def test_int8_file_is_quantized_where_said_and_reports_what_it_does(b0, tmp_path
     images = calibrated_model.smooth_images(16, 64, seed=7)
     report = export_onnx_int8(model, tmp_path / "q.onnx", images)
     assert report.calibration_images == 12 and report.check_images == 4
-    assert report.num_bytes < report.float_bytes / 2 and report.float_max_rel_diff < 1e-4
+    assert report.num_bytes < report.float_bytes / 2
+    assert report.comparison.limit is None and report.float_max_rel_diff > 0  # int8 unjudged; the float file verified
 
     graph = onnx.load(str(tmp_path / "q.onnx")).graph
     produced_by = {out: node for node in graph.node for out in node.output}
@@ -63,17 +71,20 @@ def test_int8_file_is_quantized_where_said_and_reports_what_it_does(b0, tmp_path
     sigmoids = [n for n in graph.node if n.op_type == "Sigmoid"]
     assert sigmoids and not any(n.output[0] in quantized for n in sigmoids)
 
-    # the report's numbers, again: the written file run by onnxruntime against the eager model
+    # the report's numbers, again, computed here without the library's comparison: the written file run by
+    # onnxruntime (one batch of 4; the export checked image by image) against a float64 copy of the model
     check = images[::HOLDOUT_EVERY]
     session = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
-    ours = torch.from_numpy(session.run(None, {"input": check.numpy()})[0])
+    ours = torch.from_numpy(session.run(None, {"input": check.numpy()})[0]).double()
     with torch.no_grad():
-        expected = model(check)
+        fp64 = copy.deepcopy(model).double()(check.double())
     assert ours.shape == (4, 1000)  # a dynamic batch, by default
-    assert report.top1_agreement == (ours.argmax(1) == expected.argmax(1)).float().mean().item()
-    rel = ((ours - expected).abs().max() / expected.abs().max()).item()
-    assert report.max_rel_diff == pytest.approx(rel, rel=1e-5) and 0 < rel < 1  # quantized, and not garbage
-    assert "top-1 agreement" in report.summary()
+    assert report.top1_agreement == (ours.argmax(1) == fp64.argmax(1)).double().mean().item()
+    error = ((ours - fp64).abs().max() / fp64.abs().max()).item()
+    # onnxruntime batches differently here: the same error to within fp32 rounding of the int8 file's arithmetic
+    assert report.max_rel_diff == pytest.approx(error, rel=1e-3) and error > 1e3 * report.comparison.eager_error
+    assert relative_difference(ours, fp64) == pytest.approx(error, rel=1e-9)
+    assert "top-1 as fp64" in report.summary() and "not judged" in report.summary()
 
 
 def test_export_int8_command(b0, tmp_path, capsys):
@@ -90,7 +101,7 @@ def test_export_int8_command(b0, tmp_path, capsys):
     assert main([*argv, "--calibration-images", "9"]) == 0
     captured = capsys.readouterr()
     assert "skipped" in captured.err and "00-broken.png" in captured.err  # reported, and calibration went on
-    assert "calibrated on 6 images" in captured.out and "agreement with the float model on 2 held-out" in captured.out
+    assert "calibrated on 6 images" in captured.out and "int8 on 2 held-out images: error" in captured.out
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == [1, 3, 64, 64]  # --static: batch 1, checked image by image
     assert "Number of" not in captured.out  # ONNX Runtime's calibration chatter goes to stderr
@@ -108,3 +119,17 @@ def test_export_int8_command(b0, tmp_path, capsys):
     assert main([*common[:2], "torchscript", *common[3:], "--output", str(tmp_path / "x.pt"), "--int8"]) == 2
     assert "--int8 is for --format onnx" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_killed_exports_work_folder_is_removed_by_the_next(b0, tmp_path):
+    """A work folder whose process is gone (a killed export) goes at the next export into the folder; one of a live
+    process stays."""
+    model, _ = b0
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"{WORK_PREFIX}{int(dead.stdout)}-abc123"
+    (stale / "sub").mkdir(parents=True)
+    (stale / "float.onnx").write_bytes(b"partial")
+    live = tmp_path / f"{WORK_PREFIX}{os.getppid()}-def456"
+    live.mkdir()
+    export_onnx_int8(model, tmp_path / "q.onnx", calibrated_model.smooth_images(4, 64, seed=7))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "q.onnx"])

@@ -93,7 +93,7 @@ def test_tf_same_padding_exports_with_dynamic_sizes(format, tmp_path):
     model = effnetv2.create_model("tf_efficientnetv2_b0").eval()
     suffix = {"onnx": ".onnx", "torchscript": ".pt"}[format]
     report = effnetv2.export_model(model, tmp_path / f"b0{suffix}", format, img_size=72, dynamic_size=True)
-    assert report.max_rel_diff < 1e-4
+    assert report.checks and all(c.comparison.accepted for c in report.checks)  # within 4x eager's own error
     assert len(report.checks) >= 3, report.summary()  # batch 1, batch 3, another height and width
 
 
@@ -152,7 +152,7 @@ def test_the_library_follows_the_registry(tag, tmp_path, capsys):
     assert [m.shape[-1] for m in maps.values()] == [16, 8, 4, 2, 1]  # strides 4..32 of 64 px, and the pooled level
 
     report = effnetv2.export_model(model.eval(), tmp_path / "model.onnx", "onnx", img_size=64)
-    assert report.max_rel_diff < 1e-4
+    assert report.checks and all(c.comparison.accepted for c in report.checks)  # within 4x eager's own error
 
     assert main(["info", "--model", name, "--format", "json"]) == 0
     info = json.loads(capsys.readouterr().out)

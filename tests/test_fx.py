@@ -12,6 +12,7 @@ import torch
 from torchvision.models.feature_extraction import NodePathTracer, create_feature_extractor, get_graph_node_names
 
 import effnetv2
+from effnetv2.inference.compare import natural_images
 
 TRACER = dict(param_shapes_constant=True)  # as timm's tests trace
 
@@ -62,7 +63,7 @@ def test_traced_models_script_and_keep_their_input_errors(name):
     model = effnetv2.create_model(name).eval()
     traced = torch.fx.symbolic_trace(model)
     scripted = torch.jit.script(traced)
-    x = torch.randn(2, 3, 64, 80)
+    x = natural_images(2, (64, 80))
     with torch.no_grad():
         assert torch.equal(traced(x), model(x))
         torch.testing.assert_close(scripted(x), model(x), rtol=1e-5, atol=1e-6)
@@ -85,7 +86,7 @@ def test_the_checks_of_timms_model_tests(name):
     torch.manual_seed(0)
     model = effnetv2.create_model(name).eval()
     cfg = model.default_cfg
-    x = torch.randn(1, 3, 96, 96)
+    x = natural_images(1, 96)
 
     # forward, and gradient checkpointing gives the same output
     with torch.no_grad():

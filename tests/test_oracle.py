@@ -12,9 +12,11 @@ import copy
 
 import pytest
 import torch
-from conftest import assert_close, image_batch, import_script, rel_diff
+from conftest import assert_close, image_batch, import_script
 from torch import nn
 from torchvision.ops import SqueezeExcitation
+
+from effnetv2.inference.compare import relative_difference
 
 calibrated_model = import_script("calibrated_model")
 TOL = 2e-5  # the fp32 parity tolerance of tests/test_parity.py
@@ -40,7 +42,7 @@ def test_oracle_is_well_conditioned(timm_model, inputs, expected):
     x = inputs[:1, :, :96, :96]  # float64 convolutions are slow
     with torch.no_grad():
         fp32, fp64 = timm_model(x), copy.deepcopy(timm_model).double()(x.double())
-    assert rel_diff(fp32, fp64) < 1e-5  # timm's own float32 is accurate here; chaotic weights: 0.67
+    assert relative_difference(fp32, fp64) < 1e-5  # timm's own float32 is accurate here; chaotic weights: 0.67
     assert 1 < expected.std() < 5 and expected.abs().max() < 30  # logits of a few units
     probs = expected.softmax(1)
     assert (probs.max(1).values < 0.99).all()  # softmax is not one-hot
@@ -91,6 +93,6 @@ def test_parity_check_flags_planted_bug(model, inputs, expected, bug):
     BUGS[bug](buggy)
     with torch.no_grad():
         out = buggy(inputs)
-    assert rel_diff(out, expected) > SEEN, rel_diff(out, expected)
+    assert relative_difference(out, expected) > SEEN, relative_difference(out, expected)
     with pytest.raises(AssertionError, match="relative difference"):
         assert_close(out, expected, tol=TOL)

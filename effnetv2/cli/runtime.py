@@ -203,7 +203,7 @@ def inference_model(
             raise CLIError(f"--int8: {e}") from e
         held = "held-out" if int8.agreement.images < len(calibration) else "calibration"  # < 8: checked in-sample
         print(
-            f"effnetv2: int8 against fp32 on {int8.agreement.images} {held} images: {int8.agreement.describe()}",
+            f"effnetv2: int8 on {int8.agreement.images} {held} images: {int8.agreement.describe()}",
             file=sys.stderr,
         )
         return int8, None
