@@ -10,9 +10,10 @@ pulls OpenCV, scikit-learn and SciPy; Captum has no Grad-CAM++ or Score-CAM).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
@@ -49,6 +50,27 @@ def _torchcam_methods():
         ) from e
 
 
+def torchcam_class(method: str) -> type:
+    """The TorchCAM class of ``method``; ImportError when TorchCAM (or this method, in its installed version) is
+    missing."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    methods = _torchcam_methods()
+    cam_class = getattr(methods, METHODS[method], None)
+    if cam_class is None:
+        from importlib.metadata import version
+
+        raise ImportError(
+            f"--method {method}: TorchCAM {version('torchcam')} has no {METHODS[method]}; pip install -U torchcam"
+        )
+    return cam_class
+
+
+def _takes_keyword(function: Callable[..., Any], name: str) -> bool:
+    parameters = inspect.signature(function).parameters.values()
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
 def resolve_layer(model: nn.Module, layer: Union[int, str, None]) -> str:
     """The module name of ``layer``: None → the head conv; an int → that ``feature_info`` level; else a name."""
     if layer is None:
@@ -83,11 +105,16 @@ def explain(
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if getattr(model, "num_classes", 0) < 1:
         raise ValueError("the model has no classifier (num_classes=0): a class activation map needs class scores")
-    methods = _torchcam_methods()
+    if classes is None and not 1 <= topk <= model.num_classes:
+        raise ValueError(f"topk={topk}: the model has {model.num_classes} classes; ask for 1 to {model.num_classes}")
+    cam_class = torchcam_class(method)
     layer_name = resolve_layer(model, layer)
     was_training = model.training
     model.eval()
-    extractor = getattr(methods, METHODS[method])(model, target_layer=layer_name, input_shape=tuple(images.shape[1:]))
+    extractor = cam_class(model, target_layer=layer_name, input_shape=tuple(images.shape[1:]))
+    # The gradient methods back-propagate once per class and must keep the graph for the next; Score-CAM runs the
+    # model on masked inputs instead and takes no such argument (TorchCAM 0.5 raises TypeError on it).
+    keeps_graph = _takes_keyword(extractor._get_weights, "retain_graph")
     try:
         with torch.enable_grad():
             scores = model(images)
@@ -104,7 +131,8 @@ def explain(
             maps = []
             for k in range(chosen.shape[1]):
                 last = k == chosen.shape[1] - 1
-                maps.append(extractor(chosen[:, k].tolist(), scores, retain_graph=not last)[0].detach())
+                options = {"retain_graph": not last} if keeps_graph else {}
+                maps.append(extractor(chosen[:, k].tolist(), scores, **options)[0].detach())
     finally:
         extractor.remove_hooks()
         model.train(was_training)

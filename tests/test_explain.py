@@ -12,6 +12,7 @@ import torch
 from conftest import import_script
 from PIL import Image
 from safetensors import safe_open
+from torchcam import methods as torchcam_methods
 from torchcam.methods import GradCAM, GradCAMpp
 
 import effnetv2
@@ -90,3 +91,67 @@ def test_explain_command_draws_pngs_with_the_inputs_aspect_ratio(checkpoint, tmp
     ):
         assert main(["explain", str(tmp_path / "wide.png"), *common, *argv]) == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def b0_folder(tmp_path_factory):
+    """A 4-class tf_efficientnetv2_b0 saved by save_pretrained: small enough for every method, Score-CAM included."""
+    torch.manual_seed(0)
+    model = effnetv2.create_model("tf_efficientnetv2_b0", num_classes=4)
+    return effnetv2.save_pretrained(model, tmp_path_factory.mktemp("cam") / "b0")
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("photo") / "wide.png"
+    with Image.open(sample_image_path()) as img:
+        img.crop((0, 0, 300, 200)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("method", sorted(effnetv2.cam.METHODS))
+def test_every_offered_method_runs_end_to_end(b0_folder, photo, tmp_path, capsys, method):
+    """Each --method the command offers works with the installed TorchCAM (Score-CAM failed with 0.5's signature):
+    two panels for --topk 2, raw maps in [0, 1] at level 1's resolution, equal to TorchCAM's own class on that layer."""
+    out = tmp_path / "cams"
+    argv = ["explain", str(photo), "--model", f"local-dir:{b0_folder}", "--img-size", "64", "-o", str(out)]
+    assert main([*argv, "--method", method, "--layer", "1", "--topk", "2", "--save-maps"]) == 0, capsys.readouterr()
+    with Image.open(out / "wide.png") as picture:
+        assert picture.size == (2 * 96, 64)
+    with safe_open(str(out / "maps.safetensors"), framework="pt") as f:
+        maps = f.get_tensor("maps.0")
+    assert maps.shape == (2, 16, 24) and maps.min() >= 0 and maps.max() <= 1
+
+    model = effnetv2.create_model(f"local-dir:{b0_folder}", pretrained=True).eval()
+    x = calibrated_model.smooth_images(1, 64, seed=3)
+    torch.manual_seed(0)  # Smooth Grad-CAM++ draws noise
+    result = effnetv2.explain(model, x, topk=2, method=method, layer=1)
+    torch.manual_seed(0)
+    extractor = getattr(torchcam_methods, effnetv2.cam.METHODS[method])(
+        model, target_layer=model.feature_info[1]["module"], input_shape=(3, 64, 64)
+    )
+    try:
+        with torch.enable_grad():
+            scores = model(x)
+            keep = {} if method == "scorecam" else {"retain_graph": True}  # Score-CAM takes no such argument
+            expected = [extractor(result.classes[:, k].tolist(), scores, **keep)[0] for k in range(2)]
+    finally:
+        extractor.remove_hooks()
+    torch.testing.assert_close(result.maps, torch.stack(expected, dim=1).detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_topk_beyond_the_classes_and_no_image_leave_no_folder(b0_folder, photo, tmp_path, capsys):
+    common = ["--model", f"local-dir:{b0_folder}", "--img-size", "64"]
+    out = tmp_path / "cams"
+    assert main(["explain", str(photo), *common, "-o", str(out), "--topk", "5000"]) == 2
+    assert capsys.readouterr().err == "effnetv2: error: --topk 5000 is more than the model's 4 classes\n"
+    (tmp_path / "notes.png").write_text("not a picture")
+    assert main(["explain", str(tmp_path / "notes.png"), *common, "-o", str(out)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"effnetv2: skipped {tmp_path / 'notes.png'}: not an image, or in a format Pillow cannot read",
+        "effnetv2: no image could be read",
+    ]
+    assert not out.exists()  # neither run left an empty folder
+    model = effnetv2.create_model(f"local-dir:{b0_folder}", pretrained=True)
+    with pytest.raises(ValueError, match="topk=5: the model has 4 classes; ask for 1 to 4"):
+        effnetv2.explain(model, torch.zeros(1, 3, 64, 64), topk=5)

@@ -3,6 +3,7 @@ webdataset's reader gives, in its order, and embed to the rows of the same image
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import shutil
@@ -97,7 +98,7 @@ def test_tars_that_cannot_be_indexed_are_one_line_errors(tmp_path, capsys):
     with tarfile.open(empty, "w") as tar:
         tar.add(__file__, arcname="notes.txt")
     for path, message in [
-        ("junk.tar", "not an uncompressed tar file"),
+        ("junk.tar", "junk.tar: not a tar file (invalid header)"),
         ("packed.tar.gz", "a compressed tar file: decompress it"),
         ("empty.tar", "no images in this tar file"),
     ]:
@@ -169,3 +170,80 @@ def test_listed_compressed_tars_and_folders_of_tars(tmp_path, capsys, monkeypatc
     assert f"tar files are read when named: give them (e.g. {tars / '000.tar'})" in error(str(tars))
     monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun, each process would read its own copy of stdin
     assert "under torchrun every process would read standard input" in error("--files-from", "-")
+
+
+def image_tar(path: Path, names: list[str]) -> bytes:
+    """A tar of small JPEGs named ``names``; its bytes."""
+    data = jpeg_bytes(Image.new("RGB", (40, 30), "red"))
+    with tarfile.open(path, "w") as tar:
+        for name in names:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path.read_bytes()
+
+
+def test_links_that_are_not_read_are_said_once(tmp_path, capsys):
+    tar_path = tmp_path / "links.tar"
+    image_tar(tar_path, ["a.jpg"])
+    with tarfile.open(tar_path, "a") as tar:
+        for name, kind, target in [("s.jpg", tarfile.SYMTYPE, "a.jpg"), ("h.jpg", tarfile.LNKTYPE, "later.jpg")]:
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = kind, target
+            tar.addfile(link)
+    assert [m.member for m in find_images([tar_path])] == ["a.jpg"]
+    assert capsys.readouterr().err.splitlines() == [
+        f"effnetv2: warning: {tar_path}: 2 image members are links, not read: s.jpg: a symbolic link (to 'a.jpg'), "
+        "which is not followed (and 1 more)"
+    ]
+    only_links = tmp_path / "only-links.tar"
+    with tarfile.open(only_links, "w") as tar:
+        link = tarfile.TarInfo("s.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "elsewhere.jpg"
+        tar.addfile(link)
+    assert main(["embed", str(only_links), "-o", str(tmp_path / "e.npy")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
+        "no images in this tar file (looked for jpg, jpeg, png, webp, ppm, bmp, tif, tiff); 1 image "
+        "members are links, not read: s.jpg: a symbolic link (to 'elsewhere.jpg'), which is not followed"
+    )
+
+
+def base256_size(header: bytes, size: int) -> bytes:
+    """``header`` with its size field in GNU's base-256 form and the checksum redone."""
+    block = bytearray(header)
+    block[124:136] = bytes([0x80]) + size.to_bytes(11, "big")
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def test_damaged_tars_name_the_member_and_the_damage(tmp_path, capsys):
+    raw = image_tar(tmp_path / "good.tar", ["a.jpg", "b.jpg", "c.jpg"])
+    with tarfile.open(tmp_path / "good.tar") as tar:
+        b = tar.getmember("b.jpg")
+        c = tar.getmember("c.jpg")
+    cases = {
+        # cut inside a.jpg's data, and inside c.jpg's header
+        "cut-data.tar": (raw[:700], "member 'a.jpg': its header says"),
+        "cut-header.tar": (raw[: c.offset + 100], "damaged after member 'b.jpg' (truncated inside a header)"),
+        # b.jpg's size 2^60 in base-256: tarfile's own seek fails with a bare EINVAL
+        "huge.tar": (
+            raw[: b.offset] + base256_size(raw[b.offset : b.offset + 512], 2**60) + raw[b.offset + 512 :],
+            f"member 'b.jpg': its header says {2**60:,} bytes from offset {b.offset_data:,}, but the file ends at "
+            f"{len(raw):,}: a truncated tar file, or a corrupt or unsupported header",
+        ),
+        # garbage where c.jpg's header was: tarfile stops there silently
+        "garbage.tar": (
+            raw[: c.offset] + b"\xff" * 512 + raw[c.offset + 512 :],
+            f"damaged after member 'b.jpg' (a corrupt header at offset {c.offset:,})",
+        ),
+        # gzip data under a .tar name
+        "gzipped.tar": (gzip.compress(raw), "a gzip-compressed file: decompress it to a plain .tar first"),
+    }
+    for name, (data, message) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        assert main(["embed", str(tmp_path / name), "-o", str(tmp_path / "e.npy")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"effnetv2: error: {tmp_path / name}: ") and message in err, err
+        assert len(err.splitlines()) == 1 and "Errno" not in err and ".tar.gz" not in err

@@ -13,9 +13,9 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from effnetv2.atomic import atomic_path
-from effnetv2.cam import METHODS, explain, overlay, resolve_layer
+from effnetv2.cam import METHODS, explain, overlay, resolve_layer, torchcam_class
 from effnetv2.cli import CLIError
-from effnetv2.cli.images import add_input_options, input_images, progress_enabled
+from effnetv2.cli.images import add_input_options, failure_text, input_images, progress_enabled
 from effnetv2.cli.outputs import save_safetensors
 from effnetv2.cli.paths import encode_path
 from effnetv2.cli.predict import class_labels
@@ -41,7 +41,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--class", dest="target", metavar="INDEX|LABEL", help="the class to explain (default: top-1)")
     target.add_argument("--topk", type=positive_int, default=1, metavar="K", help="one panel per top-K class")
-    parser.add_argument("--method", choices=tuple(METHODS), default="gradcam", help="CAM method (default: gradcam)")
+    parser.add_argument(
+        "--method",
+        choices=tuple(METHODS),
+        default="gradcam",
+        help="CAM method (default: gradcam); scorecam runs the model once per channel of --layer (1280 or more for "
+        "the head: slow; a lower --layer has fewer)",
+    )
     parser.add_argument(
         "--layer",
         default=None,
@@ -102,8 +108,14 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args).to(device)
     if model.num_classes < 1:
         raise CLIError("the model has no classifier (num_classes=0): nothing to explain")
+    if args.target is None and args.topk > model.num_classes:  # as predict says it
+        raise CLIError(f"--topk {args.topk} is more than the model's {model.num_classes} classes")
     labels = class_labels(model.num_classes, model.pretrained_cfg.get("label_names"))
     target = parse_target(args.target, labels)
+    try:
+        torchcam_class(args.method)  # TorchCAM and the method are there before any image is read
+    except ImportError as e:
+        raise CLIError(str(e)) from None
     layer: Any = args.layer
     try:
         resolve_layer(model, layer)
@@ -118,15 +130,33 @@ def run(args: argparse.Namespace) -> int:
         ]
     )
     normalize = v2.Normalize(config["mean"], config["std"])
-    args.output.mkdir(exist_ok=True)
+    created = not args.output.exists()
+    try:
+        return draw_maps(args, files, model, device, transform, normalize, labels, target, layer)
+    finally:  # no empty folder is left behind (no image readable, or a failure before the first PNG)
+        if created and args.output.is_dir() and not any(args.output.iterdir()):
+            args.output.rmdir()
 
+
+def draw_maps(
+    args: argparse.Namespace,
+    files: list[Path],
+    model: torch.nn.Module,
+    device: torch.device,
+    transform: v2.Transform,
+    normalize: v2.Transform,
+    labels: list[str],
+    target: Optional[int],
+    layer: Any,
+) -> int:
+    """One PNG per readable image in ``args.output`` (made before the first), and ``--save-maps``' file."""
     taken: set[str] = set()
     failed, saved_maps, records, paths = 0, {}, [], []
     for path in tqdm(files, unit="img", file=sys.stderr, disable=not progress_enabled(sys.stderr)):
         try:
             pixels = transform(open_image(path))
         except Exception as e:  # any decoder error: reported, skipped (as predict does)
-            tqdm.write(f"effnetv2: skipped {encode_path(path)}: {type(e).__name__}: {e}", file=sys.stderr)
+            tqdm.write(f"effnetv2: skipped {encode_path(path)}: {failure_text(e)}", file=sys.stderr)
             failed += 1
             continue
         try:
@@ -142,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         for k, image in enumerate(panels):
             picture.paste(image, (k * shown.width, 0))
         name = unique_name(Path(path).stem, taken)
+        args.output.mkdir(exist_ok=True)
         with atomic_path(args.output / name) as tmp:
             picture.save(tmp, format="PNG")
         saved_maps[f"maps.{len(records)}"] = result.maps[0].cpu()

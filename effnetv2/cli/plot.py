@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 from pathlib import Path
 
 from effnetv2.cli import CLIError
@@ -44,7 +46,26 @@ def read_run(path: Path) -> list[dict]:
         raise CLIError(f"{encode_path(folder / METRICS_FILE)}: {e}") from None
     if not rows:
         raise CLIError(f"{encode_path(folder / METRICS_FILE)}: no finished epoch in it yet")
+    warn_non_finite(folder / METRICS_FILE, rows)
     return rows
+
+
+def warn_non_finite(path: Path, rows: list[dict]) -> None:
+    """One warning line per run whose rows hold NaN or infinite values (a diverged run): they are not drawn."""
+    bad = [
+        (row.get("epoch"), key)
+        for row in rows
+        for key, value in row.items()
+        if isinstance(value, float) and not math.isfinite(value)
+    ]
+    if bad:
+        epochs = sorted({epoch for epoch, _ in bad if isinstance(epoch, int)})
+        keys = ", ".join(sorted({key for _, key in bad}))
+        shown = ", ".join(map(str, epochs[:5])) + (", ..." if len(epochs) > 5 else "")
+        print(
+            f"effnetv2: warning: {encode_path(path)}: NaN or infinite {keys} in epoch(s) {shown}: not drawn",
+            file=sys.stderr,
+        )
 
 
 def run_names(paths: list[Path]) -> list[str]:

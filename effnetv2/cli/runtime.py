@@ -19,6 +19,7 @@ from effnetv2.cli import CLIError
 from effnetv2.cli.images import ImageRun
 from effnetv2.cli.paths import encode_path
 from effnetv2.data import create_transform, resolve_model_data_config
+from effnetv2.data.images import MAX_IMAGE_SIZE
 from effnetv2.errors import CheckpointError, ClassifierNotLoadedWarning
 from effnetv2.registry import create_model
 from effnetv2.weights.hub import PretrainedWeightsUnavailable
@@ -42,10 +43,17 @@ MIN_IMG_SIZE = 32  # the network downsamples by 32: anything smaller leaves no p
 
 
 def image_size(text: str) -> int:
-    """argparse type of ``--img-size``: an integer ≥ 32, as ``train`` asks."""
-    value = int(text)
+    """argparse type of ``--img-size`` (every command): an integer from 32 to :data:`MAX_IMAGE_SIZE` (4096)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < MIN_IMG_SIZE:
         raise argparse.ArgumentTypeError(f"must be >= {MIN_IMG_SIZE} (the network downsamples by 32), got {text}")
+    if value > MAX_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"must be <= {MAX_IMAGE_SIZE}, got {text} (one {value}x{value} image would need gigabytes of activations)"
+        )
     return value
 
 
@@ -95,7 +103,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "--img-size",
         type=image_size,
         metavar="N",
-        help="square input size, >= 32 (default: the pretrained config's test size, 416 for efficientnetv2_rw_m)",
+        help=f"square input size, {MIN_IMG_SIZE} to {MAX_IMAGE_SIZE} (default: the pretrained config's test size, "
+        "416 for efficientnetv2_rw_m)",
     )
     parser.add_argument("--batch-size", type=positive_int, default=16, metavar="N", help="default: %(default)s")
     parser.add_argument(
@@ -143,7 +152,7 @@ def add_calibration_options(parser: argparse.ArgumentParser, flag: str) -> None:
 
 def calibration_batch(args: argparse.Namespace, model: nn.Module) -> Tensor:
     """The first ``--calibration-images`` images of ``--calibration``, as the model's eval transform makes them."""
-    from effnetv2.cli.images import find_images
+    from effnetv2.cli.images import failure_text, find_images
     from effnetv2.data.images import open_image
 
     files = find_images([args.calibration])[: args.calibration_images or CALIBRATION_IMAGES]
@@ -153,7 +162,7 @@ def calibration_batch(args: argparse.Namespace, model: nn.Module) -> Tensor:
         try:
             images.append(transform(open_image(path)))
         except Exception as e:  # any decoder error: that image does not calibrate
-            print(f"effnetv2: skipped {encode_path(path)}: {type(e).__name__}: {e}", file=sys.stderr)
+            print(f"effnetv2: skipped {encode_path(path)}: {failure_text(e)}", file=sys.stderr)
     if len(images) < 2:
         raise CLIError(f"--calibration {encode_path(args.calibration)}: fewer than 2 readable images")
     return torch.stack(images)

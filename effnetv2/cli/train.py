@@ -17,6 +17,8 @@ from effnetv2.cli import CLIError
 from effnetv2.cli.runtime import (
     DEFAULT_MODEL,
     DEVICES,
+    MAX_IMAGE_SIZE,
+    MIN_IMG_SIZE,
     available_cpus,
     non_negative_int,
     positive_int,
@@ -93,7 +95,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=positive_int, default=10, help="total epochs; with --resume a larger value extends")
     p.add_argument("--batch-size", type=positive_int, default=32, help="per process")
     p.add_argument(
-        "--img-size", type=int_range(32), default=None, help="train/val size (None: the model's, 320 for the RW-M)"
+        "--img-size",
+        type=int_range(MIN_IMG_SIZE, MAX_IMAGE_SIZE),
+        default=None,
+        help="train/val size, 32 to 4096 (default: the model's, 320 for the RW-M)",
     )
     p.add_argument("--lr", type=number(0, low_open=True), default=0.01, help="peak LR for --batch-size × processes")
     p.add_argument("--momentum", type=number(0, 1, high_open=True), default=0.9, help="SGD Nesterov momentum")

@@ -27,11 +27,14 @@ import warnings
 from typing import BinaryIO, Union
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from effnetv2.data.tar_images import TarMember
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# The largest input side effnetv2 runs a model at: ``--img-size`` of every command and a config.json's
+# ``input_size`` are refused above it (one 4096x4096 image already needs gigabytes of activations).
+MAX_IMAGE_SIZE = 4096
 
 _FILE_KINDS = (
     (stat.S_ISFIFO, "a FIFO"),
@@ -129,6 +132,10 @@ def open_image(path: Union[str, os.PathLike, TarMember]) -> Image.Image:
             raise ImageTooLargeError(
                 f"not decoded: {str(e).rstrip('.')}; that is above Pillow's decompression-bomb error limit, twice "
                 "PIL.Image.MAX_IMAGE_PIXELS"
+            ) from None
+        except UnidentifiedImageError:  # Pillow names the file object (``<_io.BufferedReader name=4>``): name the path
+            raise UnidentifiedImageError(
+                f"cannot identify image file {os.fsdecode(path)!r}: not an image, or in a format Pillow cannot read"
             ) from None
     if limit and width * height > limit:
         warnings.warn(

@@ -6,6 +6,7 @@ Drawn from the rows of ``metrics.jsonl`` (one dict per epoch: ``epoch``, ``train
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
@@ -24,8 +25,13 @@ def curves_size(panels: int = 2) -> tuple[int, int]:
     return round(PANEL_INCHES[0] * panels * DPI), round(PANEL_INCHES[1] * DPI)
 
 
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    points = [(row["epoch"], row[key]) for row in rows if isinstance(row.get(key), (int, float))]
+    # NaN or infinite values (a run that diverged) are left out: matplotlib would break the line there anyway
+    points = [(row["epoch"], row[key]) for row in rows if _is_finite(row.get(key))]
     return [e for e, _ in points], [v for _, v in points]
 
 
@@ -71,9 +77,20 @@ def draw_curves(
         ax.xaxis.get_major_locator().set_params(integer=True)
     handles, labels = loss_ax.get_legend_handles_labels()
     more_handles, more_labels = lr_ax.get_legend_handles_labels()
-    loss_ax.legend(handles + more_handles, labels + more_labels, fontsize="small")
-    acc_ax.legend(fontsize="small")
+    # A panel without a line (no such metric, or only NaN) says so: an empty legend is a matplotlib warning.
+    if handles or more_handles:
+        loss_ax.legend(handles + more_handles, labels + more_labels, fontsize="small")
+    else:
+        _say_empty(loss_ax)
+    if acc_ax.lines:
+        acc_ax.legend(fontsize="small")
+    else:
+        _say_empty(acc_ax)
     if title:
         fig.suptitle(title)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
+
+
+def _say_empty(ax: Any) -> None:
+    ax.text(0.5, 0.5, "no finite values recorded", ha="center", va="center", transform=ax.transAxes, color="grey")
