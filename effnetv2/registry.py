@@ -20,14 +20,14 @@ from effnetv2.errors import CheckpointError, UnknownModelError
 from effnetv2.model import EfficientNetV2, EfficientNetV2Features
 from effnetv2.spec import SPECS, ModelSpec
 from effnetv2.weights.hub_config import (
-    load_model_config,
+    OpenedModelFiles,
+    open_model_source,
+    open_saved_model,
     parse_config,
     parse_model_name,
-    read_config_file,
-    saved_model_files,
 )
-from effnetv2.weights.loading import load_checkpoint, load_state_dict_into
-from effnetv2.weights.reading import read_state_dict
+from effnetv2.weights.loading import load_state_dict_into
+from effnetv2.weights.reading import PinnedFile, open_weights_file, read_pinned_state_dict
 
 ARCHITECTURES: dict[str, ModelSpec] = SPECS
 
@@ -240,6 +240,11 @@ def create_model(
         device, dtype: where and in which floating-point type the model's parameters are made (as timm's; built
             on ``device`` directly, ``'meta'`` included; weights are cast to ``dtype`` after loading).
         **kwargs: ``num_classes``, ``in_chans``, ``drop_rate``, ``drop_path_rate``, ``global_pool``.
+
+    Each file is read through one open descriptor, and a model folder's ``config.json`` and weights through one
+    descriptor of the folder, so a folder that ``save_pretrained`` replaces meanwhile gives one save's pair.
+    ``model.source_files`` lists the files read (:class:`~effnetv2.weights.reading.SourceFile`: role, path and the
+    version read); ``effnetv2.weights.reading.fingerprint(model.source_files)`` gives their sha256.
     """
     unexpected = sorted(set(kwargs) - set(_MODEL_KWARGS))
     if unexpected:
@@ -248,67 +253,91 @@ def create_model(
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     source, model_id = parse_model_name(model_name)
-    if source:
+    # Every file is opened once and read through that descriptor, the two files of a model folder through one
+    # descriptor of the folder (one save's pair, whatever replaces it meanwhile); they stay open until the weights
+    # are in, and model.source_files remembers which versions were read.
+    with contextlib.ExitStack() as opened:
+        read: list[PinnedFile] = []
+        folder_weights = None  # the weights file of a local-dir: folder, opened with its config.json
+        if source:
+            if pretrained_cfg is not None:
+                raise ValueError(f"pretrained_cfg cannot be combined with {source}: names (their config.json is used)")
+            saved = opened.enter_context(open_model_source(source, model_id, cache_dir, weights=pretrained))
+            model_name, pretrained_cfg, model_args = saved.architecture, saved.pretrained_cfg, saved.model_args
+            read.append(saved.files.config)
+            if saved.files.weights is not None:
+                folder_weights = (saved.pretrained_cfg.get("file"), saved.files.weights)
+            if model_name not in ARCHITECTURES:
+                raise _unknown(f"architecture (named by {model_id}'s config.json)", model_name)
+            _check_model_args(model_args, f"{model_id}'s config.json")
+            for key, value in model_args.items():
+                kwargs.setdefault(key, value)
+        architecture, cfg = get_pretrained_cfg(model_name)
         if pretrained_cfg is not None:
-            raise ValueError(f"pretrained_cfg cannot be combined with {source}: names (their config.json is used)")
-        model_name, pretrained_cfg, model_args = load_model_config(source, model_id, cache_dir)
-        if model_name not in ARCHITECTURES:
-            raise _unknown(f"architecture (named by {model_id}'s config.json)", model_name)
-        _check_model_args(model_args, f"{model_id}'s config.json")
-        for key, value in model_args.items():
-            kwargs.setdefault(key, value)
-    architecture, cfg = get_pretrained_cfg(model_name)
-    if pretrained_cfg is not None:
-        cfg = copy.deepcopy(dict(pretrained_cfg))
-    if pretrained_cfg_overlay:
-        _warn_unknown_overlay_keys(pretrained_cfg_overlay)
-        cfg.update(pretrained_cfg_overlay)
-    spec = ARCHITECTURES[architecture]
+            cfg = copy.deepcopy(dict(pretrained_cfg))
+        if pretrained_cfg_overlay:
+            _warn_unknown_overlay_keys(pretrained_cfg_overlay)
+            cfg.update(pretrained_cfg_overlay)
+        spec = ARCHITECTURES[architecture]
 
-    weights = None
-    if pretrained:
-        from effnetv2.weights.hub import pretrained_file  # imports huggingface_hub only when needed
+        weights = None
+        if pretrained:  # found and opened before building: fail fast when it is unavailable
+            if folder_weights is not None and cfg.get("file") == folder_weights[0]:
+                weights = folder_weights[1]
+            elif folder_weights is None and source == "local-dir" and cfg.get("file") == saved.pretrained_cfg["file"]:
+                from effnetv2.weights.hub import no_weights_message
 
-        weights = pretrained_file(cfg, cache_dir=cache_dir)  # before building: fail fast when it is unavailable
+                raise FileNotFoundError(no_weights_message(Path(model_id)))
+            else:
+                from effnetv2.weights.hub import pretrained_file  # imports huggingface_hub only when needed
 
-    # A checkpoint saved with its config.json (a model folder, or a file beside one) describes the model it holds.
-    if checkpoint_path is not None:
-        checkpoint_path, saved_config = saved_model_files(checkpoint_path)
-        checkpoint_source = str(checkpoint_path)
-        if saved_config is not None and not source:
-            saved_cfg, overridden = _apply_saved_config(saved_config, checkpoint_path, architecture, kwargs)
-            if overridden:
-                checkpoint_source += f" ({overridden})"
-            if pretrained_cfg is None:
-                cfg = {**saved_cfg, **(pretrained_cfg_overlay or {})}
+                weights = opened.enter_context(open_weights_file(pretrained_file(cfg, cache_dir=cache_dir)))
 
-    with torch.device(device) if device is not None else contextlib.nullcontext():
-        if features_only and feature_cls is None:
-            model_kwargs = {k: v for k, v in kwargs.items() if k not in _FEATURES_IGNORED_KWARGS}
-            model: nn.Module = EfficientNetV2Features(spec, out_indices=out_indices, **model_kwargs)
-            cfg = {k: v for k, v in cfg.items() if k not in ("num_classes", "classifier", "global_pool")}
-        else:
-            if features_only:  # a wrapped classifier: its head goes, so its head options do not matter
-                kwargs = {k: v for k, v in kwargs.items() if k not in _FEATURES_IGNORED_KWARGS}
-            kwargs.setdefault("num_classes", cfg.get("num_classes", 1000))
-            model = EfficientNetV2(spec, **kwargs)
-    if isinstance(model, EfficientNetV2) and model.num_classes != cfg.get("num_classes", model.num_classes):
-        for key in ("label_names", "label_descriptions"):
-            cfg.pop(key, None)  # they name the classes of another head
-    model.pretrained_cfg = cfg
+        # A checkpoint saved with its config.json (a model folder, or a file beside one) describes the model it holds.
+        checkpoint = None
+        if checkpoint_path is not None:
+            checkpoint = opened.enter_context(open_saved_model(checkpoint_path))
+            checkpoint_source = str(checkpoint.weights.path)
+            if checkpoint.config is not None and not source:
+                saved_cfg, overridden = _apply_saved_config(checkpoint, architecture, kwargs)
+                read.append(checkpoint.config)
+                if overridden:
+                    checkpoint_source += f" ({overridden})"
+                if pretrained_cfg is None:
+                    cfg = {**saved_cfg, **(pretrained_cfg_overlay or {})}
 
-    # Pretrained-style loading: a classifier of another size stays fresh (with a warning), the stem follows in_chans.
-    if weights is not None:
-        load_checkpoint(model, weights, adapt=True)
-    if checkpoint_path is not None:
-        state_dict = read_state_dict(checkpoint_path)
-        load_state_dict_into(model, state_dict, source=checkpoint_source, adapt=True)
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            if features_only and feature_cls is None:
+                model_kwargs = {k: v for k, v in kwargs.items() if k not in _FEATURES_IGNORED_KWARGS}
+                model: nn.Module = EfficientNetV2Features(spec, out_indices=out_indices, **model_kwargs)
+                cfg = {k: v for k, v in cfg.items() if k not in ("num_classes", "classifier", "global_pool")}
+            else:
+                if features_only:  # a wrapped classifier: its head goes, so its head options do not matter
+                    kwargs = {k: v for k, v in kwargs.items() if k not in _FEATURES_IGNORED_KWARGS}
+                kwargs.setdefault("num_classes", cfg.get("num_classes", 1000))
+                model = EfficientNetV2(spec, **kwargs)
+        if isinstance(model, EfficientNetV2) and model.num_classes != cfg.get("num_classes", model.num_classes):
+            for key in ("label_names", "label_descriptions"):
+                cfg.pop(key, None)  # they name the classes of another head
+        model.pretrained_cfg = cfg
+
+        # Pretrained-style loading: a classifier of another size stays fresh (with a warning), the stem follows
+        # in_chans.
+        if weights is not None:
+            load_state_dict_into(model, read_pinned_state_dict(weights), source=str(weights.path), adapt=True)
+            read.append(weights)
+        if checkpoint is not None:
+            state_dict = read_pinned_state_dict(checkpoint.weights)
+            load_state_dict_into(model, state_dict, source=checkpoint_source, adapt=True)
+            read.append(checkpoint.weights)
+        source_files = tuple(f.identity() for f in read if f is not None)
     if dtype is not None:
         model.to(dtype=dtype)
     if features_only and feature_cls is not None:  # timm too wraps the classifier once its weights are in
         from effnetv2.feature_nets import wrap_features
 
-        return wrap_features(model, feature_cls, out_indices)
+        model = wrap_features(model, feature_cls, out_indices)
+    model.source_files = source_files
     return model
 
 
@@ -337,15 +366,16 @@ def _check_model_args(model_args: Mapping[str, Any], where: str) -> None:
 
 
 def _apply_saved_config(
-    config_path: Path, checkpoint_path: Path, architecture: str, kwargs: dict[str, Any]
+    checkpoint: OpenedModelFiles, architecture: str, kwargs: dict[str, Any]
 ) -> tuple[dict[str, Any], str]:
     """Read the ``config.json`` saved with a checkpoint: its model args fill ``kwargs`` the caller left out.
 
     Returns its pretrained config (data config, label names) and, when the caller's arguments differ from the
     saved ones, a note saying so (it explains the adaptation warning that follows).
     """
+    checkpoint_path, config_path = checkpoint.weights.path, checkpoint.config.path
     saved_arch, saved_cfg, model_args = parse_config(
-        read_config_file(config_path), {"file": str(checkpoint_path), "source": "local-dir"}
+        checkpoint.content, {"file": str(checkpoint_path), "source": "local-dir"}
     )
     if saved_arch != architecture:
         raise CheckpointError(

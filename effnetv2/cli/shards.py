@@ -7,36 +7,56 @@ header metadata key ``paths`` and the skipped ones under ``skipped``; ``OUT/inde
 there. Every file is written atomically, so a crash at any instant leaves whole shards and no index that lists a
 missing one. Shard ``k`` always holds the same files, whatever the number of processes: process ``r`` of ``K``
 writes shards ``r, r + K, ...`` and the folder is the same as one process writes.
+
+Each shard carries the sha256 of its content (header metadata and tensor data, :func:`shard_checksum`) under the
+metadata key ``sha256``, repeated in ``index.json``; ``--resume`` reads every kept shard again and writes a damaged
+one anew. ``run.json`` holds the sha256 of the model's files (weights and ``config.json``, whatever the source): a
+``--resume`` whose model files changed is refused, since its shards would mix two models' outputs.
+
+Test hook, read from the environment (no use to a user): ``EFFNETV2_TEST_STOP_AFTER_SHARD=N`` makes the process
+that writes shard ``N`` kill itself (SIGKILL) right after the shard is renamed into place: a crash at a known point.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
+import secrets
+import signal
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from effnetv2.atomic import write_text
+from effnetv2.atomic import remove_stale_temps, write_text
 from effnetv2.cli import CLIError
 from effnetv2.cli.images import Batch, ImageRun
 from effnetv2.cli.outputs import save_safetensors
 from effnetv2.cli.paths import encode_path
 from effnetv2.cli.runtime import eval_transform, inference_model, positive_int, resolve_device, run_model
-from effnetv2.weights.release import sha256_of
+from effnetv2.errors import CheckpointError
+from effnetv2.weights.reading import fingerprint
 
 SHARD_SIZE = 4096  # images per shard by default, unless their outputs would pass SHARD_BYTES
 SHARD_BYTES = 1 << 30  # a default shard's tensors stay under about 1 GiB (feature maps at 416 px: ~9.6 MB a row)
 RUN_FILE = "run.json"
 INDEX_FILE = "index.json"
 FORMAT = "effnetv2-shards/1"
+CHECKSUM_KEY = "sha256"  # a shard's metadata key for shard_checksum
+STOP_AFTER_SHARD_ENV = "EFFNETV2_TEST_STOP_AFTER_SHARD"
+# run.json keys that say where the model's files were (for messages): their sha256 keys are what must match
+_MODEL_FILE_KEYS = ("weights_file", "config_file")
+_TEMP_NAME = re.compile(r"\.(.+)\.\d+-[0-9a-f]{8}\.tmp")  # effnetv2.atomic's temp files: .{target}.{pid}-{hex}.tmp
 
 
 def shard_name(number: int) -> str:
@@ -54,6 +74,52 @@ def digest(paths: Iterable[Path]) -> str:
     for path in paths:
         h.update(encode_path(path).encode("utf-8") + b"\n")
     return h.hexdigest()
+
+
+def shard_checksum(tensors: Mapping[str, Tensor], header: Mapping[str, str]) -> str:
+    """sha256 of a shard's content: its header metadata (all but :data:`CHECKSUM_KEY`), then each tensor's name,
+    dtype, shape and bytes, in name order. Any byte changed in the file changes it (or makes the file unreadable)."""
+    h = hashlib.sha256()
+    for key in sorted(k for k in header if k != CHECKSUM_KEY):
+        h.update(json.dumps([key, header[key]]).encode("utf-8") + b"\n")
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode("utf-8") + b"\n")
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+def _remove_stale_temps(folder: Path) -> None:
+    """Remove the temp files that killed writers left in ``folder`` (those whose process is gone)."""
+    with contextlib.suppress(OSError):
+        targets = {m.group(1) for m in map(_TEMP_NAME.fullmatch, (p.name for p in folder.iterdir())) if m}
+        for target in targets:
+            remove_stale_temps(folder / target)
+
+
+def _create_exclusive(path: Path, text: str) -> bool:
+    """Write ``path`` whole unless it exists (then False): a temp file, flushed, hard-linked to the name (which
+    fails when the name is taken: two processes cannot both create it). Temp name as :mod:`effnetv2.atomic`'s."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as e:  # a file system without hard links: a rename, which cannot tell a taken name
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+                raise
+            if path.exists():
+                return False
+            os.replace(tmp, path)
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
 
 @dataclass
@@ -110,6 +176,8 @@ class ShardedOutput:
             )
         if not folder.parent.is_dir():
             raise CLIError(f"{encode_path(folder.parent)}: output folder does not exist")
+        if folder.is_dir():
+            _remove_stale_temps(folder)  # a run killed before its run.json was whole started nothing
         started = folder.is_dir() and any(folder.iterdir())
         if started and not resume:
             raise CLIError(
@@ -119,40 +187,85 @@ class ShardedOutput:
         if resume and started and not (folder / RUN_FILE).is_file():
             raise CLIError(f"{encode_path(folder)}: has no {RUN_FILE}, so it is not an effnetv2 output folder")
 
-    def open(self) -> None:
-        """Rank 0: create the folder and ``run.json``, or check that the one there describes this run."""
-        run_file = self.folder / RUN_FILE
-        if run_file.is_file():
-            try:
-                saved = json.loads(run_file.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise CLIError(f"{encode_path(run_file)}: unreadable ({e}); give a new folder") from e
-            changed = sorted(k for k in {*saved, *self.settings} if saved.get(k) != self.settings.get(k))
-            if changed:
-                details = "; ".join(f"{k}: {saved.get(k)!r} then, {self.settings.get(k)!r} now" for k in changed)
-                raise CLIError(
-                    f"{encode_path(self.folder)}: --resume with other settings or inputs than the run that wrote it "
-                    f"({details}); give the same ones, or a new folder"
-                )
-            return
-        self.folder.mkdir(exist_ok=True)
-        write_text(run_file, json.dumps(self.settings, indent=2) + "\n")
+    def open(self, resume: bool = True) -> None:
+        """Rank 0: create the folder and ``run.json``, or (``resume``) check that the one there describes this run.
 
-    def complete(self, shard: Shard) -> bool:
-        """The shard's file is there, readable, and made from the shard's inputs (else it is written again)."""
+        ``run.json`` is created only where none is: of two runs started on one folder at once, the second is told.
+        """
+        run_file = self.folder / RUN_FILE
+        text = json.dumps(self.settings, indent=2) + "\n"
+        if not run_file.is_file():
+            self.folder.mkdir(exist_ok=True)
+            if _create_exclusive(run_file, text):
+                return
+        if not resume:
+            raise CLIError(
+                f"{encode_path(self.folder)}: another effnetv2 run began writing this folder at the same time; give "
+                "a new folder (or --resume once that run ends)"
+            )
+        try:
+            saved = json.loads(run_file.read_text(encoding="utf-8"))
+            if not isinstance(saved, dict):
+                raise ValueError(f"a JSON {type(saved).__name__}, not an object")
+        except (OSError, ValueError) as e:
+            raise CLIError(f"{encode_path(run_file)}: unreadable ({e}); give a new folder") from e
+        self._check_model_files(saved)
+        changed = sorted(
+            k for k in {*saved, *self.settings} if k not in _MODEL_FILE_KEYS and saved.get(k) != self.settings.get(k)
+        )
+        if changed:
+            details = "; ".join(f"{k}: {saved.get(k)!r} then, {self.settings.get(k)!r} now" for k in changed)
+            raise CLIError(
+                f"{encode_path(self.folder)}: --resume with other settings or inputs than the run that wrote it "
+                f"({details}); give the same ones, or a new folder"
+            )
+
+    def _check_model_files(self, saved: Mapping[str, Any]) -> None:
+        """The model files' sha256 in ``run.json`` are this run's: else one line naming the file that changed."""
+        for role in ("weights", "config"):
+            then, now = saved.get(f"{role}_sha256"), self.settings.get(f"{role}_sha256")
+            if then == now:
+                continue
+            name = "config.json" if role == "config" else "weights file"
+            file_then, file_now = saved.get(f"{role}_file"), self.settings.get(f"{role}_file")
+            if then is None:
+                what = f"the run that wrote it read no {name}, this one reads {file_now}"
+            elif now is None:
+                what = f"the run that wrote it read the {name} {file_then}, this one reads none"
+            else:
+                what = f"the {name} {file_now} is not the one it was (sha256 {then[:12]}... then, {now[:12]}... now)"
+            raise CLIError(
+                f"{encode_path(self.folder)}: --resume with another model: {what}; its shards would mix two models' "
+                "outputs: give the model files the run began with, or a new folder"
+            )
+
+    def complete(self, shard: Shard, verify: bool = False) -> bool:
+        """The shard's file is there, readable, and made from the shard's inputs (else it is written again);
+        ``verify``: and its content matches its checksum (every byte is read)."""
         path = self.folder / shard.name
         if not path.is_file():
             return False
         try:
             with safe_open(str(path), framework="pt") as f:
-                return (f.metadata() or {}).get("inputs_sha256") == json.dumps(shard.inputs)
-        except (OSError, SafetensorError, ValueError):
+                header = f.metadata() or {}
+                if header.get("inputs_sha256") != json.dumps(shard.inputs):
+                    return False
+                if not verify:
+                    return True
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        except (OSError, SafetensorError, ValueError, RuntimeError):
             print(f"effnetv2: {encode_path(path)}: unreadable; writing it again", file=sys.stderr)
             return False
+        if header.get(CHECKSUM_KEY) == json.dumps(shard_checksum(tensors, header)):
+            return True
+        why = "damaged (its content does not match its sha256)" if CHECKSUM_KEY in header else "has no sha256"
+        print(f"effnetv2: {encode_path(path)}: {why}; writing it again", file=sys.stderr)
+        return False
 
     def incomplete(self) -> list[int]:
-        """Rank 0: the numbers of the shards still to write (all of them in a new folder)."""
-        return [shard.number for shard in self.shards if not self.complete(shard)]
+        """Rank 0: the numbers of the shards still to write (all of them in a new folder); a kept shard is read
+        whole and checked against its sha256."""
+        return [shard.number for shard in self.shards if not self.complete(shard, verify=True)]
 
     def share(self, incomplete: Sequence[int]) -> list[Shard]:
         """This process's part of the shards still to write: every ``world``-th from ``rank``, so that after a
@@ -192,14 +305,20 @@ class ShardedOutput:
         self, shard: Shard, to_tensors: Callable[[list[Any]], dict[str, Tensor]], metadata: dict[str, Any]
     ) -> None:
         tensors = to_tensors(shard.rows) if shard.rows else {}
-        save_safetensors(
-            self.folder / shard.name,
-            tensors,
-            shard.paths,
+        metadata = {
             **metadata,
-            skipped=[encode_path(self.files[i]) for i in sorted(shard.skipped)],
-            inputs_sha256=shard.inputs,
-        )
+            "skipped": [encode_path(self.files[i]) for i in sorted(shard.skipped)],
+            "inputs_sha256": shard.inputs,
+        }
+        # the header exactly as save_safetensors writes it: JSON-encoded values, the paths escaped
+        header = {
+            "paths": json.dumps([encode_path(p) for p in shard.paths]),
+            **{k: json.dumps(v) for k, v in metadata.items()},
+        }
+        checksum = shard_checksum(tensors, header)
+        save_safetensors(self.folder / shard.name, tensors, shard.paths, **metadata, **{CHECKSUM_KEY: checksum})
+        if os.environ.get(STOP_AFTER_SHARD_ENV) == str(shard.number):
+            os.kill(os.getpid(), signal.SIGKILL)  # the test hook: a crash right after this shard is in place
         # what bounds the memory: one shard's rows and paths at a time
         shard.rows.clear()
         shard.paths.clear()
@@ -216,7 +335,8 @@ class ShardedOutput:
                 meta = f.metadata()
                 rows = len(json.loads(meta["paths"]))
                 skipped += json.loads(meta["skipped"])
-            entries.append({"file": shard.name, "count": rows})
+                checksum = json.loads(meta[CHECKSUM_KEY]) if CHECKSUM_KEY in meta else None
+            entries.append({"file": shard.name, "count": rows, CHECKSUM_KEY: checksum})
             count += rows
         index = {
             "format": FORMAT,
@@ -271,6 +391,18 @@ def is_folder_output(path: Path) -> bool:
     return path.is_dir() or not path.suffix
 
 
+def model_files(model: Any) -> dict[str, Optional[str]]:
+    """The sha256 (and paths) of the weights and ``config.json`` ``model`` was created from: what ``run.json``
+    records so that ``--resume`` never mixes two models' outputs."""
+    try:
+        return {
+            k: v if v is None or k.endswith("sha256") else encode_path(v)
+            for k, v in fingerprint(getattr(model, "source_files", ())).items()
+        }
+    except CheckpointError as e:
+        raise CLIError(str(e)) from None
+
+
 def run_sharded(
     args: Any,
     files: Sequence[Path],
@@ -320,15 +452,13 @@ def run_sharded(
     metadata = describe(model, config)
     runner, amp = inference_model(model, args, device)  # may refuse the settings: before the folder is made
     settings = {"kind": kind, **metadata, "amp": args.amp, "optimize": args.optimize}
-    if args.checkpoint and env.is_main:  # a file replaced under the same name is another model: --resume must not
-        # mix the two (only rank 0 compares run.json)
-        weights = Path((getattr(model, "pretrained_cfg", None) or {}).get("file") or args.checkpoint)
-        if weights.is_file():
-            settings["checkpoint_sha256"] = sha256_of(weights)
+    if env.is_main:  # files replaced under the same names are another model: --resume must not mix the two (only
+        # rank 0 compares run.json)
+        settings.update(model_files(model))
     shard_size = args.shard_size or default_shard_size(row_bytes(model, config))
     out = ShardedOutput(folder, files, shard_size, settings, env.rank, env.world_size)
 
-    on_main(out.open)
+    on_main(lambda: out.open(args.resume))
     incomplete: list[int] = []
     on_main(lambda: incomplete.extend(out.incomplete()))
     shards = out.share(broadcast_object(incomplete, env))

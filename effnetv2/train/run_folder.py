@@ -249,11 +249,41 @@ class RunFolder:
         self.write_metrics(state["metrics"])
 
 
+def model_files(model: nn.Module) -> dict[str, Optional[str]]:
+    """The sha256 and paths of the weights and ``config.json`` ``model`` was created from (``weights_sha256``,
+    ``weights_file``, ``config_sha256``, ``config_file``; ``None`` where it read none): kept in the recipe, so that
+    a ``--resume`` reading other model files is refused."""
+    from effnetv2.weights.reading import fingerprint
+
+    return fingerprint(getattr(model, "source_files", ()))
+
+
+def _check_model_files(saved: Mapping[str, Any], recipe: Mapping[str, Any], where: Path) -> None:
+    """A model file this resume reads (``--checkpoint``, ``--pretrained``, a ``local-dir:``/``hf-hub:`` model's
+    config.json and weights) must be the one the run began with. A resume that reads none (no ``--checkpoint``)
+    is not refused: the state holds the weights. States from before the check have no such keys."""
+    for role, name in (("weights", "weights file"), ("config", "config.json")):
+        key = f"{role}_sha256"
+        now = recipe.get(key)
+        if now is None or key not in saved or saved[key] == now:
+            continue
+        then, file_now = saved[key], recipe.get(f"{role}_file")
+        if then is None:
+            what = f"the run in {where} was started without a {name}, this one reads {file_now}"
+        else:
+            what = (
+                f"the {name} {file_now} is not the one the run in {where} was started from (sha256 {then[:12]}... "
+                f"then, {now[:12]}... now)"
+            )
+        raise TrainError(f"{what}; resume with the model files the run began with, or start a new run")
+
+
 def check_resume(
     state: Mapping[str, Any], recipe: Mapping[str, Any], classes: Sequence[str], epochs: int, where: Path
 ) -> str:
     """Compare a saved state with the new run's settings: ``"continue"``, ``"extend"`` (a larger ``--epochs``) or
-    ``"done"`` (finished, same ``--epochs``). A setting that differs → :class:`TrainError` naming it."""
+    ``"done"`` (finished, same ``--epochs``). A setting that differs → :class:`TrainError` naming it, as does a
+    model file (``recipe``'s ``weights_sha256``/``config_sha256``, see :func:`model_files`) other than the run's."""
     if list(state["classes"]) != list(classes):
         raise TrainError(f"the data classes differ from those of the run in {where}; resume on the same data")
     saved = state["recipe"]
@@ -263,6 +293,7 @@ def check_resume(
                 f"{option}: the run in {where} was started with {_describe(saved.get(key))}, this one has "
                 f"{_describe(recipe[key])}; resume with the same value (only --epochs may change, to extend the run)"
             )
+    _check_model_files(saved, recipe, where)
     done, planned = int(state["epoch"]), int(state["epochs"])
     if epochs < planned:
         raise TrainError(

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from effnetv2.atomic import write_text
 from effnetv2.train.engine import NonFiniteLossError
-from effnetv2.train.run_folder import RunFolder, TrainError, all_finite, check_resume
+from effnetv2.train.run_folder import RunFolder, TrainError, all_finite, check_resume, model_files
 
 STOP_AFTER_ENV = "EFFNETV2_TEST_STOP_AFTER_EPOCHS"
 CHECKSUMS_ENV = "EFFNETV2_TEST_CHECKSUMS_DIR"
@@ -167,23 +167,25 @@ def _fit(opts: TrainOptions, env, device: torch.device, folder: RunFolder, train
     num_classes = len(classes)
     out = folder.path
 
-    # the saved state first: a finished run or a mismatched option stops before the model is built
+    # the saved state first: a mismatched option stops before the model is built
     state = folder.read_state() if opts.resume else None
     recipe = _recipe(opts, env.world_size, len(train_set), opts.img_size)
-    del recipe["img_size"]  # known once the model's default size is
+    if opts.img_size is None:
+        del recipe["img_size"]  # the model's default: known once the model is built
     mode = "new" if state is None else check_resume(state, recipe, classes, opts.epochs, out)
-    if mode == "done":
-        return TrainResult(int(state["epoch"]), int(state["epochs"]), float(state["best_top1"]), True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*classifier.*")  # new num_classes: fresh classifier, expected
+        # a resume reads the same model files as the start (the state's weights replace theirs): check_resume
+        # compares them with the run's
         model = create_model(
             opts.model,
-            pretrained=opts.pretrained and state is None,
-            checkpoint_path=opts.checkpoint if state is None else None,
+            pretrained=opts.pretrained,
+            checkpoint_path=opts.checkpoint,
             num_classes=num_classes,
             drop_rate=opts.drop,
             drop_path_rate=opts.drop_path,
         )
+    recipe.update(model_files(model))
     # transforms from the model's pretrained config, at --img-size
     data_cfg = resolve_model_data_config(model)
     size = opts.img_size or data_cfg["input_size"][-1]
@@ -195,6 +197,8 @@ def _fit(opts: TrainOptions, env, device: torch.device, folder: RunFolder, train
     }
     if state is not None:
         check_resume(state, recipe, classes, opts.epochs, out)
+    if mode == "done":
+        return TrainResult(int(state["epoch"]), int(state["epochs"]), float(state["best_top1"]), True)
 
     norm = dict(interpolation=data_cfg["interpolation"], mean=data_cfg["mean"], std=data_cfg["std"])
     train_set.transform = create_transform(size, is_training=True, auto_augment=opts.auto_augment, **norm)

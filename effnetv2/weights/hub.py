@@ -47,12 +47,16 @@ def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
+def no_weights_message(folder: Path) -> str:
+    return f"no weights file in {folder}: expected one of {', '.join(FOLDER_FILES)}"
+
+
 def file_in_folder(folder: Path) -> Path:
     """The weights file a model folder holds (``model.safetensors`` first), or FileNotFoundError."""
     for name in FOLDER_FILES:
         if (folder / name).is_file():
             return folder / name
-    raise FileNotFoundError(f"no weights file in {folder}: expected one of {', '.join(FOLDER_FILES)}")
+    raise FileNotFoundError(no_weights_message(folder))
 
 
 class PretrainedWeightsUnavailable(CheckpointError):

@@ -13,12 +13,14 @@ Module names inside (``first_conv``, ``classifier``) are timm's in the file and 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -27,6 +29,7 @@ from torch import nn
 from effnetv2.data.config import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from effnetv2.errors import CheckpointError, UnknownModelError
 from effnetv2.weights.key_map import HEAD, STEM
+from effnetv2.weights.reading import PinnedFile
 
 CONFIG_NAME = "config.json"
 MODEL_SOURCES = ("hf-hub", "local-dir")
@@ -65,12 +68,7 @@ def parse_config(config: Mapping[str, Any], extra: Mapping[str, Any]) -> tuple[s
     """A config.json's content → (architecture, pretrained config, model args), as timm's ``_parse_model_cfg``.
 
     ``extra`` (the weights' location: ``hf_hub_id``/``file`` and ``source``) is added to the pretrained config.
-    Values of the wrong type or out of range are refused first (:mod:`effnetv2.weights.config_checks`):
-    :class:`CheckpointError` naming the file and the key.
     """
-    from effnetv2.weights.config_checks import check_config, config_origin
-
-    check_config(config, config_origin(extra, CONFIG_NAME))
     config = copy.deepcopy(dict(config))
     if "pretrained_cfg" not in config:  # the older single-dict format
         pretrained = config
@@ -111,63 +109,200 @@ def parse_config(config: Mapping[str, Any], extra: Mapping[str, Any]) -> tuple[s
     return architecture, pretrained, model_args
 
 
-def read_config_file(path: Union[str, os.PathLike]) -> dict[str, Any]:
+def read_config(f: PinnedFile) -> dict[str, Any]:
+    """The JSON object in an opened ``config.json`` (:class:`CheckpointError` when it is not one)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
+        config = json.loads(f.read_bytes().decode("utf-8"))
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e}); is it a timm config.json?") from e
+        raise CheckpointError(f"{f.path}: not valid JSON ({e}); is it a timm config.json?") from e
     if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, found {type(config).__name__}")
+        raise CheckpointError(f"{f.path}: expected a JSON object, found {type(config).__name__}")
     return config
+
+
+def read_config_file(path: Union[str, os.PathLike]) -> dict[str, Any]:
+    with PinnedFile.open(path, "config") as f:
+        return read_config(f)
+
+
+def _is_model_config(content: Mapping[str, Any]) -> bool:
+    return "architecture" in content or "architecture" in (content.get("pretrained_cfg") or {})
 
 
 WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")  # what timm's save_for_hf writes, preferred first
 
 
-def saved_model_files(path: Union[str, os.PathLike]) -> tuple[Path, Optional[Path]]:
-    """The weights file and the ``config.json`` describing it, for a ``checkpoint_path``.
+@dataclass
+class OpenedModelFiles:
+    """The files of one saved model, each opened once: ``config`` (parsed into ``content``) and ``weights``.
+
+    Reading through these descriptors gives one version of each file, whatever replaces them meanwhile. Close it
+    (or use it as a context manager) once the weights are read.
+    """
+
+    config: Optional[PinnedFile] = None
+    content: Optional[dict[str, Any]] = None
+    weights: Optional[PinnedFile] = None
+    extra: list[PinnedFile] = field(default_factory=list)  # opened but not used (closed with the rest)
+
+    def close(self) -> None:
+        for f in (self.config, self.weights, *self.extra):
+            if f is not None:
+                f.close()
+
+    def __enter__(self) -> OpenedModelFiles:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _open_first(folder: Path, dir_fd: int, names: Sequence[str], role: str) -> Optional[PinnedFile]:
+    for name in names:
+        try:
+            return PinnedFile.open(folder / name, role, dir_fd=dir_fd)
+        except (FileNotFoundError, IsADirectoryError):
+            continue
+    return None
+
+
+def _still_at(folder: Path, dir_fd: int) -> bool:
+    """Whether ``folder`` still names the folder open as ``dir_fd`` (not swapped by a save since)."""
+    try:
+        now, held = os.stat(folder), os.fstat(dir_fd)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+
+def open_model_folder(
+    folder: Union[str, os.PathLike], weights_names: Sequence[str] = WEIGHTS_NAMES, weights: bool = True
+) -> OpenedModelFiles:
+    """Open a saved model folder's ``config.json`` and (``weights``) its first weights file among
+    ``weights_names``, both through one descriptor of the folder: they come from the same save.
+
+    :func:`~effnetv2.weights.saving.save_pretrained` swaps the whole folder in one step and then deletes the old
+    one; a file found missing in a folder that was swapped out meanwhile is looked for again in the folder now at
+    that path. A file the folder really lacks is ``None`` in the result. Raises ``FileNotFoundError`` /
+    ``NotADirectoryError`` when ``folder`` is not a folder.
+    """
+    folder = Path(folder)
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):  # one retry per save that swapped the folder while it was opened: a bound, not a timer
+        dir_fd = os.open(folder, flags)
+        opened = OpenedModelFiles()
+        try:
+            opened.config = _open_first(folder, dir_fd, (CONFIG_NAME,), "config")
+            opened.weights = _open_first(folder, dir_fd, weights_names, "weights") if weights else None
+            complete = opened.config is not None and (opened.weights is not None or not weights)
+            if complete or _still_at(folder, dir_fd):
+                if opened.config is not None:
+                    opened.content = read_config(opened.config)
+                return opened
+        except BaseException:
+            opened.close()
+            raise
+        finally:
+            os.close(dir_fd)
+        opened.close()
+    raise CheckpointError(f"{folder}: replaced faster than it could be read; run again once nothing writes it")
+
+
+def open_saved_model(path: Union[str, os.PathLike]) -> OpenedModelFiles:
+    """The weights file and the ``config.json`` describing it, opened, for a ``checkpoint_path``.
 
     A folder (saved by ``save_pretrained``, ``effnetv2 train`` or timm's ``save_for_hf``) gives its
-    ``model.safetensors`` (else ``pytorch_model.bin``) and its ``config.json``; a file gives itself and the
-    ``config.json`` beside it when that is a timm model config (it has an ``architecture``), else ``None``.
+    ``model.safetensors`` (else ``pytorch_model.bin``) and its ``config.json``, from one save; a file gives itself
+    and the ``config.json`` beside it when that is a timm model config (it has an ``architecture``), else none.
     """
+    from effnetv2.weights.reading import open_weights_file
+
     path = Path(path)
     if path.is_dir():
-        config = path / CONFIG_NAME
-        weights = next((path / name for name in WEIGHTS_NAMES if (path / name).is_file()), None)
-        if weights is None or not config.is_file():
-            absent = [" or ".join(WEIGHTS_NAMES)] if weights is None else []
-            absent += [] if config.is_file() else [CONFIG_NAME]
+        try:
+            opened = open_model_folder(path)
+        except (FileNotFoundError, NotADirectoryError):  # removed since: read_state_dict says so
+            return OpenedModelFiles(weights=open_weights_file(path))
+        if opened.weights is None or opened.config is None:
+            opened.close()
+            absent = [" or ".join(WEIGHTS_NAMES)] if opened.weights is None else []
+            absent += [] if opened.config is not None else [CONFIG_NAME]
             raise CheckpointError(
                 f"{path}: is a folder without {' and '.join(absent)}; a model folder is one written by "
                 "effnetv2.save_pretrained, effnetv2 train or timm's save_for_hf (or pass the weights file itself)"
             )
-        return weights, config
-    config = path.parent / CONFIG_NAME
-    if path.is_file() and config.is_file():
-        try:
-            content = read_config_file(config)
-        except (CheckpointError, OSError, UnicodeDecodeError) as e:
-            warnings.warn(f"{config} beside {path} is ignored: {e}", UserWarning, stacklevel=3)
-            return path, None
-        if "architecture" in content or "architecture" in (content.get("pretrained_cfg") or {}):
-            return path, config
-    return path, None
+        return opened
+    opened = OpenedModelFiles(weights=open_weights_file(path))
+    beside = path.parent / CONFIG_NAME
+    try:
+        with contextlib.ExitStack() as keep:
+            config = PinnedFile.open(beside, "config")
+            keep.callback(config.close)
+            content = read_config(config)
+            if _is_model_config(content):
+                keep.pop_all()
+                opened.config, opened.content = config, content
+    except FileNotFoundError:
+        pass
+    except (CheckpointError, OSError, UnicodeDecodeError) as e:
+        warnings.warn(f"{beside} beside {path} is ignored: {e}", UserWarning, stacklevel=3)
+    return opened
 
 
-def load_model_config(
-    source: str, model_id: str, cache_dir: Optional[Union[str, os.PathLike]] = None
-) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """(architecture, pretrained config, model args) from a Hub repo (``source='hf-hub'``) or a local folder."""
+def saved_model_files(path: Union[str, os.PathLike]) -> tuple[Path, Optional[Path]]:
+    """The weights file and the ``config.json`` describing it, for a ``checkpoint_path`` (see
+    :func:`open_saved_model`, which opens them: what a reader should use, so that both come from one save)."""
+    with open_saved_model(path) as opened:
+        assert opened.weights is not None
+        return opened.weights.path, (opened.config.path if opened.config is not None else None)
+
+
+@dataclass
+class ModelSource:
+    """What a ``hf-hub:``/``local-dir:`` name describes: the architecture, pretrained config and model args of its
+    ``config.json``, and its opened ``files`` (``files.weights``: a local folder's weights, when asked for)."""
+
+    architecture: str
+    pretrained_cfg: dict[str, Any]
+    model_args: dict[str, Any]
+    files: OpenedModelFiles
+
+    def close(self) -> None:
+        self.files.close()
+
+    def __enter__(self) -> ModelSource:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def open_model_source(
+    source: str, model_id: str, cache_dir: Optional[Union[str, os.PathLike]] = None, weights: bool = False
+) -> ModelSource:
+    """Read the ``config.json`` of a Hub repo (``source='hf-hub'``) or a local folder; for a folder, ``weights``
+    also opens its weights file from the same save (a Hub repo's weights are found by ``pretrained_file``)."""
     if source == "local-dir":
+        from effnetv2.weights.hub import FOLDER_FILES
+
         folder = Path(model_id)
-        if not (folder / CONFIG_NAME).is_file():
-            raise FileNotFoundError(
-                f"no {CONFIG_NAME} in {folder}: a local-dir: model is a folder saved by "
-                "effnetv2.save_pretrained or timm's save_for_hf"
-            )
-        return parse_config(read_config_file(folder / CONFIG_NAME), {"file": str(folder), "source": "local-dir"})
+        missing = FileNotFoundError(
+            f"no {CONFIG_NAME} in {folder}: a local-dir: model is a folder saved by "
+            "effnetv2.save_pretrained or timm's save_for_hf"
+        )
+        try:
+            files = open_model_folder(folder, FOLDER_FILES, weights=weights)
+        except (FileNotFoundError, NotADirectoryError):
+            raise missing from None
+        if files.content is None:
+            files.close()
+            raise missing
+        try:
+            parsed = parse_config(files.content, {"file": str(folder), "source": "local-dir"})
+        except BaseException:
+            files.close()
+            raise
+        return ModelSource(*parsed, files)
 
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError
@@ -185,7 +320,22 @@ def load_model_config(
         ) from e
     except (OSError, HfHubHTTPError) as e:
         raise CheckpointError(f"could not get {CONFIG_NAME} of {model_id} from the Hugging Face Hub: {e}") from e
-    return parse_config(read_config_file(path), {"hf_hub_id": model_id, "source": "hf-hub"})
+    files = OpenedModelFiles(config=PinnedFile.open(path, "config"))
+    try:
+        files.content = read_config(files.config)
+        parsed = parse_config(files.content, {"hf_hub_id": model_id, "source": "hf-hub"})
+    except BaseException:
+        files.close()
+        raise
+    return ModelSource(*parsed, files)
+
+
+def load_model_config(
+    source: str, model_id: str, cache_dir: Optional[Union[str, os.PathLike]] = None
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(architecture, pretrained config, model args) from a Hub repo (``source='hf-hub'``) or a local folder."""
+    with open_model_source(source, model_id, cache_dir) as opened:
+        return opened.architecture, opened.pretrained_cfg, opened.model_args
 
 
 def _per_channel_stats(value: Any, in_chans: int) -> tuple[float, ...]:
@@ -253,7 +403,4 @@ def model_config(
     config["model_args"] = {"in_chans": in_chans, "num_classes": model.num_classes, "global_pool": pool}
     config["pretrained_cfg"] = pretrained
     config.update(extra)
-    from effnetv2.weights.config_checks import check_config
-
-    check_config(config, "model_config")  # what loading would refuse is not written
     return config
