@@ -224,7 +224,7 @@ def test_info_matches_timm_model_card_without_weights(capsys, monkeypatch):
     def no_weights(*args, **kwargs):
         raise AssertionError("info must not load weights")
 
-    monkeypatch.setattr(effnetv2.registry, "load_checkpoint", no_weights)
+    monkeypatch.setattr(effnetv2.registry, "read_pinned_state_dict", no_weights)  # how create_model reads weights
     rc, out, err = cli(capsys, "info", "--format", "json")
     assert (rc, err) == (0, "")
     info = json.loads(out)
