@@ -68,7 +68,12 @@ def parse_config(config: Mapping[str, Any], extra: Mapping[str, Any]) -> tuple[s
     """A config.json's content → (architecture, pretrained config, model args), as timm's ``_parse_model_cfg``.
 
     ``extra`` (the weights' location: ``hf_hub_id``/``file`` and ``source``) is added to the pretrained config.
+    Values of the wrong type or out of range are refused first (:mod:`effnetv2.weights.config_checks`):
+    :class:`CheckpointError` naming the file and the key.
     """
+    from effnetv2.weights.config_checks import check_config, config_origin
+
+    check_config(config, config_origin(extra, CONFIG_NAME))
     config = copy.deepcopy(dict(config))
     if "pretrained_cfg" not in config:  # the older single-dict format
         pretrained = config
@@ -403,4 +408,7 @@ def model_config(
     config["model_args"] = {"in_chans": in_chans, "num_classes": model.num_classes, "global_pool": pool}
     config["pretrained_cfg"] = pretrained
     config.update(extra)
+    from effnetv2.weights.config_checks import check_config
+
+    check_config(config, "model_config")  # what loading would refuse is not written
     return config
