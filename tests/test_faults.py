@@ -33,6 +33,7 @@ from effnetv2.cli import main
 from effnetv2.cli.faults import ENVIRONMENT, USAGE, Fault, describe_fault
 from effnetv2.distributed import launched_world_size
 from effnetv2.errors import DistributedEnvError
+from effnetv2.train.run_folder import RunFolder, RunFolderWriteError
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "tf_efficientnetv2_b0"
@@ -177,10 +178,39 @@ def test_full_disk_in_torch_save_of_the_training_state(b0, data, capsys):
     with tmpfs("40m") as disk:
         output = disk / "run"
         rc = main(train_args(data, b0, output))
-        assert rc == ENVIRONMENT and one_line(capsys.readouterr().err) == f"effnetv2: error: {output}: {FULL}"
+        assert rc == ENVIRONMENT and one_line(capsys.readouterr().err) == (
+            f"effnetv2: error: cannot write {output / 'last_state.pt'}: No space left on device; no epoch is "
+            "recorded yet: run the command again (without --resume)"
+        )
         assert (output / "model.safetensors").is_file()  # written first: the fault came from the state's write
         assert not (output / "last_state.pt").exists()
         assert not [name for name in files_under(disk) if name.endswith(".tmp")]
+
+
+def test_full_disk_in_torch_save_keeps_the_previous_epochs_state_and_says_so():
+    # the state written through a Python file: torch.save's "RuntimeError: [enforce fail at inline_container.cc]
+    # unexpected pos" with the file's OSError(ENOSPC) as its context becomes the run folder's own one-line error
+    with tmpfs("2m") as disk:
+        run = RunFolder(disk / "run")
+        run.path.mkdir()
+        run.write_state({"epoch": 1, "model": {"w": torch.zeros(1 << 16)}})  # 256 kB: beyond any write buffer
+        before = run.state_path.read_bytes()
+        fill(disk)
+        filler = disk / "fill"
+        os.truncate(filler, filler.stat().st_size - (1 << 17))  # 128 kB free: the save fails midway (a failing
+        # first write is an OSError from torch.save, already handled: the RuntimeError comes after writes that worked)
+        with pytest.raises(RunFolderWriteError) as caught:
+            run.write_state({"epoch": 2, "model": {"w": torch.ones(1 << 16)}})
+        cause = caught.value.__cause__
+        assert isinstance(cause, RuntimeError) and "inline_container" in str(cause)  # the path under test
+        expected = (
+            f"cannot write {run.state_path}: No space left on device; {run.state_path} still holds the previous "
+            "epoch's state: --resume continues from it"
+        )
+        assert caught.value.errno == errno.ENOSPC and caught.value.strerror == expected
+        assert describe_fault(caught.value, run.path) == Fault(expected, ENVIRONMENT)  # the command line's line
+        assert run.state_path.read_bytes() == before
+        assert files_under(disk) == {"fill", "run/last_state.pt"}  # no temp file
 
 
 def test_read_only_file_system(b0, data, capsys):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -343,3 +344,39 @@ def test_plot_of_nan_rows_warns_in_one_line_of_its_own(tmp_path, capsys):
     ]
     with Image.open(tmp_path / "curves.png") as picture:
         assert np.asarray(picture.convert("L")).std() > 10  # a picture, not blank
+
+
+# --- train --resume: a state that would run code ---------------------------------------------------------------------
+
+
+class _Planted:
+    """Unpickled, it runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+
+
+def test_resume_from_a_state_that_would_run_code_is_refused_in_one_line(b0, tmp_path, capsys):
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        for label in LABELS:
+            photos(data / split / label, count=1)
+    run, marker = tmp_path / "run", tmp_path / "code-ran"
+    run.mkdir()
+    planted = {"format": "effnetv2-train-state", "version": 1, "epoch": 1, "rng": [_Planted(marker)]}
+    torch.save(planted, run / "last_state.pt")
+    line = one_line_error(
+        capsys, "train", data, "--output", run, "--model", "tf_efficientnetv2_b0", "--checkpoint", b0,
+        "--img-size", "64", "--batch-size", "4", "--workers", "0", "--epochs", "1", "--resume",
+    )  # fmt: skip
+    assert line == (
+        f"effnetv2: error: {run / 'last_state.pt'} holds objects other than tensors and plain containers "
+        "(posix.system), which torch.load(weights_only=True) refuses because loading them could run code: it is not "
+        "an effnetv2 training state; start a new run in another --output (or remove the file to start this one again)"
+    )
+    assert not marker.exists()
+    torch.load(run / "last_state.pt", weights_only=False)  # the oracle: the planted object does run code
+    assert marker.exists()

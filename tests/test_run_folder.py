@@ -9,6 +9,7 @@ import json
 import math
 import os
 import pickle
+import shlex
 import signal
 import subprocess
 import sys
@@ -153,9 +154,10 @@ class _Evil:
     [
         ("truncated", "cannot read"),
         ("foreign", "is not an effnetv2 training state"),
-        ("evil", "cannot read"),
+        ("evil", "holds objects other than tensors and plain containers"),
         ("incomplete", "lacks epochs"),
         ("text", "cannot read"),
+        ("garbage", r"cannot read .* \(Unsupported operand 103\); it is damaged"),  # a pickle torch cannot parse
     ],
 )
 def test_bad_state_is_one_line_checkpoint_error(tmp_path, content, message):
@@ -172,12 +174,52 @@ def test_bad_state_is_one_line_checkpoint_error(tmp_path, content, message):
         state = _state(1)
         del state["epochs"]
         run.write_state(state)
+    elif content == "garbage":
+        run.state_path.write_bytes(b"\x80\x02garbage")
     else:
         run.state_path.write_text("hello\n")
     with pytest.raises(CheckpointError, match=message) as info:
         run.read_state()
     assert len(str(info.value).splitlines()) == 1
     assert str(run.state_path) in str(info.value)
+    assert "weights_only=False" not in str(info.value) and "weights_only` set to `False" not in str(info.value)
+
+
+class _Planted:
+    """Unpickled, it runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+
+
+@pytest.mark.parametrize("container", ["torch.save", "pickle"])
+def test_a_state_that_would_run_code_is_refused_in_one_line_of_ours(tmp_path, container):
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir()
+    marker = tmp_path / "code-ran"
+    # a state's plain values, no tensor (a bare pickle of one is refused for torch's own loader, not the payload)
+    planted = {"format": "effnetv2-train-state", "version": 1, "epoch": 1, "rng": [_Planted(marker)]}
+    if container == "torch.save":
+        torch.save(planted, run.state_path)
+    else:  # the legacy format torch.load also reads: a bare pickle
+        run.state_path.write_bytes(pickle.dumps(planted, protocol=2))
+    with pytest.raises(CheckpointError) as info:
+        run.read_state()
+    assert str(info.value) == (
+        f"{run.state_path} holds objects other than tensors and plain containers (posix.system), which "
+        "torch.load(weights_only=True) refuses because loading them could run code: it is not an effnetv2 training "
+        "state; start a new run in another --output (or remove the file to start this one again)"
+    )
+    assert not marker.exists()
+    # the oracle: the planted object is live, unpickling it without the guard runs it (the refusal above is real)
+    if container == "torch.save":
+        torch.load(run.state_path, weights_only=False)
+    else:
+        pickle.loads(run.state_path.read_bytes())
+    assert marker.exists()
 
 
 # -- metrics.jsonl ------------------------------------------------------------------------------------------------

@@ -185,14 +185,15 @@ def run(args: argparse.Namespace) -> int:
     from effnetv2.errors import CheckpointError
     from effnetv2.train.data import DatasetError, UnreadableImageError
     from effnetv2.train.engine import NonFiniteLossError
-    from effnetv2.train.run_folder import RunFolderWriteError, TrainError
+    from effnetv2.train.run_folder import TrainError
     from effnetv2.train.runner import fit
 
     _check_args(args)
     args.device = resolve_device(args.device)
     try:
         result = fit(_options(args))
-    except (TrainError, DatasetError, CheckpointError, NonFiniteLossError, RunFolderWriteError) as e:
+    except (TrainError, DatasetError, CheckpointError, NonFiniteLossError) as e:
+        # (a RunFolderWriteError is an OSError: main's fault handler gives its message with exit status 1, not 2)
         raise CLIError(str(e)) from None
     except (UnreadableImageError, RuntimeError) as e:
         # a worker re-raises the loader's error with its traceback in the message: keep the last line

@@ -20,6 +20,8 @@ import errno
 import fcntl
 import json
 import os
+import pickle
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -72,6 +74,24 @@ class RunFolderWriteError(OSError):
     """A run-folder file could not be written (a full disk...); the previous state is kept."""
 
 
+def _refused_pickle(path: Path, error: pickle.UnpicklingError, hint: str) -> str:
+    """One line of ours for a state ``torch.load(weights_only=True)`` refused: a pickle naming a global it does not
+    allow (any object but tensors and plain containers), or one it cannot parse. Torch's own message goes on to
+    advise ``weights_only=False``, which would run whatever the file holds: it is not passed on."""
+    inner = error.__context__ if isinstance(error.__context__, pickle.UnpicklingError) else None
+    detail = str(inner or "")
+    refused = re.search(r"GLOBAL (\S+) ", detail)  # "Unsupported global: GLOBAL x.y was not allowed ..."
+    if refused or "is blocked" in detail:
+        what = f" ({refused.group(1)})" if refused else ""
+        return (
+            f"{path} holds objects other than tensors and plain containers{what}, which "
+            "torch.load(weights_only=True) refuses because loading them could run code: it is not an effnetv2 "
+            f"training state; {hint}"
+        )
+    reason = (detail.strip().splitlines() or ["not a pickle torch can read"])[0][:200]
+    return f"cannot read {path} ({reason}); it is damaged or not a training state; {hint}"
+
+
 def _describe(value: Any) -> str:
     if value is None:
         return "not set"
@@ -80,15 +100,49 @@ def _describe(value: Any) -> str:
     return str(value)
 
 
+def _write_failure(error: BaseException) -> Optional[tuple[Optional[int], str]]:
+    """``(errno, reason)`` when ``error`` is a failed write, else None.
+
+    A write fails as an ``OSError``, or in other clothes: ``torch.save`` as ``RuntimeError: [enforce fail at
+    inline_container.cc...] unexpected pos`` (the Python file's ``OSError`` in its context), safetensors as
+    ``SafetensorError: ... (os error 28)``.
+    """
+    from safetensors import SafetensorError
+
+    if isinstance(error, OSError):
+        return error.errno, error.strerror or str(error)
+    text = str(error)
+    if isinstance(error, RuntimeError) and "inline_container" in text:
+        behind = error.__cause__ or error.__context__
+        if isinstance(behind, OSError):
+            return behind.errno, behind.strerror or str(behind)
+        return None, (text.strip().splitlines() or [""])[0].split("] ")[-1].strip(". ") or "torch.save failed"
+    if isinstance(error, SafetensorError):
+        match = _RUST_ERRNO.search(text)
+        if match:
+            code = int(match.group(1) or match.group(2))
+            return code, os.strerror(code)
+    return None
+
+
+# safetensors' Rust I/O errors: "... (os error 28)" (0.4 and later) or "Os { code: 28, ... }" (older)
+_RUST_ERRNO = re.compile(r"\(os error (\d+)\)|Os \{ code: (\d+)")
+
+
 @contextlib.contextmanager
 def _writing(path: Path, kept: str) -> Iterator[None]:
-    """An OSError while writing ``path`` (a full disk...) → one :class:`RunFolderWriteError` saying what is kept."""
+    """A failed write of ``path`` (a full disk...: see :func:`_write_failure`) → one :class:`RunFolderWriteError`
+    saying what is kept."""
     try:
         yield
     except RunFolderWriteError:
         raise
-    except OSError as e:
-        raise RunFolderWriteError(e.errno, f"cannot write {path}: {e.strerror or e}; {kept}") from e
+    except Exception as e:
+        failure = _write_failure(e)
+        if failure is None:
+            raise
+        code, reason = failure
+        raise RunFolderWriteError(code, f"cannot write {path}: {reason}; {kept}") from e
 
 
 class RunFolder:
@@ -171,7 +225,9 @@ class RunFolder:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             raise
-        except Exception as e:  # truncated zip, pickle refused by weights_only, not a torch file...
+        except pickle.UnpicklingError as e:  # torch's message advises weights_only=False: never pass that on
+            raise CheckpointError(_refused_pickle(path, e, hint)) from None
+        except Exception as e:  # truncated zip, not a torch file...
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise CheckpointError(
                 f"cannot read {path} ({first[:200]}); it is damaged or not a training state; {hint}"
@@ -190,7 +246,10 @@ class RunFolder:
     def write_state(self, state: Mapping[str, Any]) -> None:
         """Replace the state atomically; a failed write leaves the previous one."""
         state = {"format": STATE_FORMAT, "version": STATE_VERSION, **state}
-        kept = f"{self.state_path} still holds the previous epoch's state"
+        if self.has_state():
+            kept = f"{self.state_path} still holds the previous epoch's state: --resume continues from it"
+        else:
+            kept = "no epoch is recorded yet: run the command again (without --resume)"
         with _writing(self.state_path, kept), atomic_path(self.state_path) as tmp, open(tmp, "wb") as f:
             torch.save(state, f)  # through a Python file: a full disk raises OSError(ENOSPC)
 
