@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from effnetv2.builder import build_stages
-from effnetv2.checkpointing import GRANULARITIES, checkpoint_head, checkpoint_stages, set_bn_act_recompute
 from effnetv2.features import FeatureInfo, resolve_indices
 from effnetv2.layers import GlobalPool
 from effnetv2.layers.blocks import conv_factory
+from effnetv2.layers.grad_checkpointing import GRANULARITIES, checkpoint_head, checkpoint_stages, set_bn_act_recompute
 from effnetv2.layers.init import initialised_once
 from effnetv2.spec import EFFICIENTNETV2_RW_M, ModelSpec
 
@@ -125,7 +125,7 @@ class _Trunk(nn.Module):
                 segment re-run block by block), ``"block"`` (keep every block's input, timm's scheme) or
                 ``"bn_act"`` (re-run no block, only recompute each BatchNorm + SiLU output). All three
                 recompute BN + SiLU.
-                See :mod:`effnetv2.checkpointing`.
+                See :mod:`effnetv2.layers.grad_checkpointing`.
         """
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
