@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,12 +11,19 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
+from torch.distributed.constants import default_pg_nccl_timeout, default_pg_timeout
 from torch.utils.data import Sampler
 
 from effnetv2.errors import DistributedEnvError
 
 # The command line's collectives wait for the slowest process's share of the images (a slow disk, a slow decoder).
 COMMAND_TIMEOUT = timedelta(hours=6)
+
+# How long joining the process group waits for every process to arrive. torchrun starts them together, but one may
+# start late on a loaded machine (importing torch, reading a model): generous. A stray WORLD_SIZE=2 RANK=0
+# MASTER_ADDR/MASTER_PORT left in a shell, which nobody else joins, then fails after this wait, not torch's hours.
+RENDEZVOUS_TIMEOUT = timedelta(minutes=10)
+RENDEZVOUS_TIMEOUT_ENV = "EFFNETV2_RENDEZVOUS_TIMEOUT_S"  # seconds, to wait longer (or less) than that
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,18 @@ def launched_world_size() -> int:
     return world_size
 
 
+def is_first_process() -> bool:
+    """Whether this process is torchrun's first (``RANK`` 0) or runs alone, read from the environment: it holds
+    before the process group is joined, for the messages every process would print alike (about the inputs they
+    all list). A malformed torchrun environment counts as alone: joining the group refuses it in one line."""
+    try:
+        if launched_world_size() == 1:
+            return True
+    except DistributedEnvError:
+        return True
+    return int(os.environ["RANK"]) == 0
+
+
 def _env_int(name: str, text: str, low: int, high: Optional[int] = None) -> int:
     try:
         value = int(text)
@@ -79,27 +99,83 @@ def _env_int(name: str, text: str, low: int, high: Optional[int] = None) -> int:
     return value
 
 
+def rendezvous_timeout() -> timedelta:
+    """How long joining the process group waits for the other processes: :data:`RENDEZVOUS_TIMEOUT`, or the
+    seconds in ``EFFNETV2_RENDEZVOUS_TIMEOUT_S`` (a malformed value → :class:`~effnetv2.errors.DistributedEnvError`)."""
+    text = os.environ.get(RENDEZVOUS_TIMEOUT_ENV, "").strip()
+    if not text:
+        return RENDEZVOUS_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise DistributedEnvError(
+            f"{RENDEZVOUS_TIMEOUT_ENV}={text!r} is not a number of seconds > 0: unset it to wait "
+            f"{RENDEZVOUS_TIMEOUT.total_seconds():g} s"
+        )
+    return timedelta(seconds=seconds)
+
+
 def init_distributed(device: torch.device, timeout: Optional[timedelta] = None) -> DistEnv:
     """Join torchrun's process group when launched by it (NCCL on CUDA, gloo otherwise); else a 1-process env.
 
     ``timeout``: how long a collective (a barrier) may wait for the other processes; torch's default (10 minutes
     for NCCL) suits training steps, not a process that has finished its share and waits for the others'.
-    An incomplete torchrun environment, or a process group that cannot be joined (no one listening at
-    MASTER_ADDR:MASTER_PORT) → :class:`~effnetv2.errors.DistributedEnvError` (one line).
+    Joining waits :func:`rendezvous_timeout` for the other processes (not ``timeout``: a stray torchrun
+    environment nobody joins must not wait hours). An incomplete torchrun environment, a process group that cannot
+    be joined (MASTER_PORT taken) or one nobody else joins in time → :class:`~effnetv2.errors.DistributedEnvError`
+    (one line).
     """
-    if launched_world_size() == 1:
+    world_size = launched_world_size()
+    if world_size == 1:
         return DistEnv()
     if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        wait = rendezvous_timeout()
         try:
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+            store = _rendezvous(wait)
         except (ValueError, RuntimeError) as e:  # torch's rendezvous errors (DistNetworkError is a RuntimeError)
-            first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-            address = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
-            raise DistributedEnvError(
-                f"cannot join the torchrun process group at {address} ({first[:200]}): launch with torchrun, or "
-                "unset WORLD_SIZE to run in one process"
-            ) from None
+            if isinstance(e, dist.DistError) and "timed out" in str(e).lower():
+                raise DistributedEnvError(
+                    f"no other process joined within {wait.total_seconds():g} s (WORLD_SIZE={world_size}, "
+                    f"rendezvous at {_address()}; {RENDEZVOUS_TIMEOUT_ENV} sets the wait): launch with torchrun, "
+                    "or unset WORLD_SIZE to run in one process"
+                ) from None
+            raise _cannot_join(e) from None
+        timeout = timeout or (default_pg_nccl_timeout if backend == "nccl" else None) or default_pg_timeout
+        store.set_timeout(timeout)  # from here on the store waits as long as the collectives, as torch's own
+        # init_process_group(init_method="env://") has it (with one timeout for both)
+        try:
+            dist.init_process_group(
+                backend,
+                store=dist.PrefixStore("default_pg", store),
+                rank=int(os.environ["RANK"]),
+                world_size=world_size,
+                timeout=timeout,
+            )
+        except (ValueError, RuntimeError) as e:
+            raise _cannot_join(e) from None
     return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _address() -> str:
+    return f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+
+
+def _cannot_join(error: Exception) -> DistributedEnvError:
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return DistributedEnvError(
+        f"cannot join the torchrun process group at {_address()} ({first[:200]}): launch with torchrun, or unset "
+        "WORLD_SIZE to run in one process"
+    )
+
+
+def _rendezvous(wait: timedelta) -> dist.Store:
+    """torch's ``env://`` rendezvous (the TCP store at MASTER_ADDR:MASTER_PORT, or torchrun's agent store),
+    waiting at most ``wait`` for every process to arrive."""
+    store, _, _ = next(dist.rendezvous("env://", timeout=wait))
+    return store
 
 
 def rank_device(device: torch.device, env: DistEnv) -> torch.device:

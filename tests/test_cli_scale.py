@@ -131,3 +131,42 @@ def test_optimize_with_amp_runs_the_reduced_precision_copy(checkpoint, images, t
     got = read(out)["embeddings"]
     assert_close(got, expected, tol=1e-6)
     assert not torch.equal(got, plain)  # reduced precision did run
+
+
+def test_input_warnings_under_torchrun_are_printed_once(images, tmp_path):
+    """Every process lists the same inputs: the warnings about them (formats a folder leaves out, tar members that
+    are links) come from rank 0 alone, as predict's output does."""
+    import tarfile
+
+    import effnetv2
+
+    b0 = effnetv2.save_pretrained(effnetv2.create_model("tf_efficientnetv2_b0", num_classes=2), tmp_path / "b0")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "0.png").write_bytes((images / "0.png").read_bytes())
+    (folder / "moving.gif").write_bytes(b"GIF89a")  # an extension a folder search leaves out: one warning
+    tar_path = tmp_path / "links.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        tar.add(images / "1.png", arcname="1.png")
+        link = tarfile.TarInfo("s.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "1.png"
+        tar.addfile(link)  # a link member: not read, one warning
+    args = ["predict", folder, tar_path, "--model", f"local-dir:{b0}", "--img-size", SIZE, "--workers", "0"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
+    proc = subprocess.run(
+        [*torchrun, "effnetv2", *map(str, args), "--format", "csv"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [line for line in proc.stderr.splitlines() if line.startswith("effnetv2: warning:")] == [
+        f"effnetv2: warning: {tar_path}: 1 image members are links, not read: s.png: a symbolic link (to '1.png'), "
+        "which is not followed",
+        f"effnetv2: warning: 1 .gif files in the folders given are not read (e.g. {folder / 'moving.gif'}): a folder "
+        "gives the extensions .jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp only; name such files, or list "
+        "them with --files-from, to read them (the first frame of an animation)",
+    ]
+    assert len(proc.stdout.splitlines()) == 1 + 2 * 2  # both images predicted once: a header, 2 images × 2 classes

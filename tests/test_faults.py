@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from PIL import Image
 import effnetv2
 from effnetv2.cli import main
 from effnetv2.cli.faults import ENVIRONMENT, USAGE, Fault, describe_fault
-from effnetv2.distributed import launched_world_size
+from effnetv2.distributed import RENDEZVOUS_TIMEOUT, launched_world_size, rendezvous_timeout
 from effnetv2.errors import DistributedEnvError
 from effnetv2.train.run_folder import RunFolder, RunFolderWriteError
 
@@ -140,6 +141,7 @@ def full_disk() -> Iterator[Path]:
         ("embed", "e.npy"),  # an OSError from np.save into the atomic temp file
         ("embed", "shards"),  # sharded output: run.json, shards, index
         ("features", "f.safetensors"),
+        ("features", "fshards"),
         ("explain", "pngs"),  # one PNG per image into a folder
     ],
 )
@@ -149,7 +151,40 @@ def test_full_disk_is_one_line_naming_the_output(command, output, full_disk, b0,
     line = one_line(capsys.readouterr().err)
     assert rc == ENVIRONMENT and line == f"effnetv2: error: {target}: {FULL}"
     assert files_under(full_disk) == {"fill"}  # nothing partial: no output, no temp file
-    assert not target.exists() or not any(target.iterdir())  # a folder output may be there, empty
+    if command == "explain":
+        assert not target.exists() or not any(target.iterdir())  # its folder may be there, empty
+    else:  # a sharded output folder this run created, left empty, is removed
+        assert sorted(p.name for p in full_disk.iterdir()) == ["fill"]
+
+
+@pytest.mark.parametrize("fmt, name", [("torchscript", "m.pt"), ("onnx", "m.onnx")])
+def test_full_disk_during_export_is_one_line_and_leaves_nothing(fmt, name, full_disk, b0, capsys):
+    # torch.jit.save by path aborts the process on a full disk (C++): the export is saved through memory
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+    target = full_disk / name
+    argv = ["export", "--format", fmt, "--output", str(target), "--model", MODEL, "--checkpoint", str(b0)]
+    rc = main([*argv, "--img-size", "64"])
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("effnetv2: ")]  # (torch's FutureWarnings aside)
+    assert rc == ENVIRONMENT and "Traceback" not in err
+    assert ours == [
+        f"effnetv2: exporting {b0} to {fmt}, then verifying it ...",
+        f"effnetv2: error: {target}: {FULL}",
+    ]
+    assert err.strip().splitlines()[-1] == ours[-1]
+    assert files_under(full_disk) == {"fill"}  # no export, no .tmp file beside it
+
+
+@pytest.mark.parametrize("command", ["embed", "features"])
+def test_full_disk_keeps_the_empty_output_folder_the_user_made(command, b0, data, capsys):
+    with tmpfs("1m") as disk:
+        mine = disk / "mine"
+        mine.mkdir()
+        fill(disk)
+        rc = main([command, str(images(data)), "-o", str(mine), *model_args(b0)])
+        assert rc == ENVIRONMENT and one_line(capsys.readouterr().err) == f"effnetv2: error: {mine}: {FULL}"
+        assert sorted(p.name for p in disk.iterdir()) == ["fill", "mine"] and not any(mine.iterdir())
 
 
 def test_torch_save_to_a_path_on_a_full_disk(full_disk):
@@ -253,24 +288,29 @@ json.dump(results, open(sys.argv[1], "w"))
 PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
 
 
-def _without_file_capabilities():
-    """preexec_fn for a root child: drop the capabilities that bypass file permissions (kept: its uid, its files)."""
+def _without_file_capabilities(umask: int | None = None):
+    """preexec_fn for a child: as root, drop the capabilities that bypass file permissions (kept: its uid, its
+    files); and set ``umask``, when given."""
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, in the parent: the child only calls it
+    root = os.geteuid() == 0
 
     def drop() -> None:
-        for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) if root else ():
             if prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
                 raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+        if umask is not None:
+            os.umask(umask)
 
     return drop
 
 
-def run_unprivileged(cases: list[list[str]], probe: Path, tmp_path: Path) -> list[dict]:
-    """Run ``main(argv)`` for each case in a child that file permissions bind (root: without CAP_DAC_OVERRIDE)."""
+def run_unprivileged(cases: list[list[str]], probe: Path, tmp_path: Path, umask: int | None = None) -> list[dict]:
+    """Run ``main(argv)`` for each case in a child that file permissions bind (root: without CAP_DAC_OVERRIDE),
+    with ``umask`` when given."""
     results = tmp_path / "results.json"
     cmd = [sys.executable, "-c", _DRIVER, str(results), json.dumps(cases), str(probe)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    preexec = _without_file_capabilities() if os.geteuid() == 0 else None
+    preexec = _without_file_capabilities(umask) if os.geteuid() == 0 or umask is not None else None
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, preexec_fn=preexec, timeout=HANG_GUARD_S)
     except subprocess.SubprocessError as e:  # the capability could not be dropped (a restricted container)
@@ -305,6 +345,27 @@ def test_unwritable_folders_are_one_line_naming_the_path(b0, data, tmp_path):
         assert result["rc"] == ENVIRONMENT, (argv, result)
         assert one_line(result["err"]) == f"effnetv2: error: {path}: {DENIED}", argv
     assert not list(locked.iterdir()) and not list(pngs.iterdir())
+
+
+def test_sharded_output_folder_left_empty_by_a_permission_fault_is_removed(b0, data, tmp_path):
+    # umask 0o277: the folder a run creates is r-x for its owner, so its run.json cannot be written there
+    top, mine = tmp_path / "top", tmp_path / "top" / "mine"
+    mine.mkdir(parents=True)
+    mine.chmod(0o555)  # a folder the user made, empty and read-only: it stays
+    source = str(images(data))
+    cases = {
+        top / "e": ["embed", source, "-o", str(top / "e"), *model_args(b0)],
+        top / "f": ["features", source, "-o", str(top / "f"), *model_args(b0)],
+        mine: ["embed", source, "-o", str(mine), *model_args(b0)],
+    }
+    try:
+        results = run_unprivileged(list(cases.values()), probe=mine / "probe", tmp_path=tmp_path, umask=0o277)
+    finally:
+        mine.chmod(0o755)
+    for (path, argv), result in zip(cases.items(), results, strict=True):
+        assert result["rc"] == ENVIRONMENT, (argv, result)
+        assert one_line(result["err"]) == f"effnetv2: error: {path}/run.json: {DENIED}", argv
+    assert sorted(p.name for p in top.iterdir()) == ["mine"] and not any(mine.iterdir())
 
 
 # -- the user's paths ----------------------------------------------------------------------------------------------
@@ -416,6 +477,77 @@ def test_process_group_that_cannot_be_joined_is_one_line(b0, data):
     line = one_line(proc.stderr)
     assert f"cannot join the torchrun process group at 127.0.0.1:{port} (" in line and "address already in use" in line
     assert line.endswith("launch with torchrun, or unset WORLD_SIZE to run in one process")
+
+
+STRAY_WORLD_SIZES = {
+    "2": "WORLD_SIZE=2 is set but RANK, MASTER_ADDR, MASTER_PORT are not: launch with torchrun (torchrun "
+    "--nproc_per_node 2 -m effnetv2 ...), or unset WORLD_SIZE to run in one process",
+    "abc": "WORLD_SIZE='abc' is not an integer >= 1: launch with torchrun, or unset WORLD_SIZE to run in one process",
+}
+
+
+@pytest.mark.parametrize("output", ["e.npy", "shards", "--files-from -"])
+@pytest.mark.parametrize("world_size", sorted(STRAY_WORLD_SIZES))
+def test_stray_world_size_is_the_same_line_for_every_output(world_size, output, b0, data, tmp_path):
+    # embed -o FILE checks WORLD_SIZE for itself (a file output under torchrun), --files-from - too (stdin under
+    # torchrun): both read it through launched_world_size, so they refuse as the process group does
+    if output == "--files-from -":
+        inputs, stdin, target = ["--files-from", "-"], f"{images(data) / '0.png'}\n", tmp_path / "shards"
+    else:
+        inputs, stdin, target = [str(images(data))], None, tmp_path / output
+    cmd = [sys.executable, "-m", "effnetv2", "embed", *inputs, "-o", str(target), *model_args(b0), "--workers", "0"]
+    env = without_torchrun(WORLD_SIZE=world_size)
+    proc = subprocess.run(cmd, env=env, input=stdin, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert proc.returncode == USAGE and proc.stdout == ""
+    assert one_line(proc.stderr) == f"effnetv2: error: {STRAY_WORLD_SIZES[world_size]}"
+    assert not target.exists()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", ["predict", "embed"])
+def test_complete_torchrun_environment_nobody_joins_waits_a_bounded_time(command, b0, data, tmp_path):
+    # WORLD_SIZE=2 RANK=0 MASTER_ADDR MASTER_PORT, all well-formed, and no second process: rank 0 waits for it as
+    # long as EFFNETV2_RENDEZVOUS_TIMEOUT_S says (a few seconds here; 10 minutes by default), then says so
+    port, output = free_port(), tmp_path / "out"
+    argv = [
+        command,
+        str(images(data)),
+        *model_args(b0),
+        "--workers",
+        "0",
+        *(["-o", str(output)] * (command == "embed")),
+    ]
+    env = without_torchrun(
+        WORLD_SIZE="2", RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), EFFNETV2_RENDEZVOUS_TIMEOUT_S="2"
+    )
+    cmd = [sys.executable, "-m", "effnetv2", *argv]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert proc.returncode == USAGE and proc.stdout == ""
+    assert one_line(proc.stderr) == (
+        f"effnetv2: error: no other process joined within 2 s (WORLD_SIZE=2, rendezvous at 127.0.0.1:{port}; "
+        "EFFNETV2_RENDEZVOUS_TIMEOUT_S sets the wait): launch with torchrun, or unset WORLD_SIZE to run in one process"
+    )
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("text", ["abc", "0", "-5", "inf", "nan", ""])
+def test_rendezvous_timeout_from_the_environment(text, monkeypatch):
+    monkeypatch.setenv("EFFNETV2_RENDEZVOUS_TIMEOUT_S", text)
+    if text == "":
+        assert rendezvous_timeout() == RENDEZVOUS_TIMEOUT == timedelta(minutes=10)
+        return
+    with pytest.raises(DistributedEnvError) as caught:
+        rendezvous_timeout()
+    assert str(caught.value) == (
+        f"EFFNETV2_RENDEZVOUS_TIMEOUT_S={text!r} is not a number of seconds > 0: unset it to wait 600 s"
+    )
+    monkeypatch.setenv("EFFNETV2_RENDEZVOUS_TIMEOUT_S", " 2.5 ")
+    assert rendezvous_timeout() == timedelta(seconds=2.5)
 
 
 def test_single_process_torchrun_variables_are_ignored(b0, data, capsys, monkeypatch):

@@ -168,7 +168,10 @@ def test_listed_compressed_tars_and_folders_of_tars(tmp_path, capsys, monkeypatc
     assert "packed.tar.gz: a compressed tar file: decompress it" in error("--files-from", str(tmp_path / "list.txt"))
     assert "no images in this folder (looked for .jpg" in error(str(tars))
     assert f"tar files are read when named: give them (e.g. {tars / '000.tar'})" in error(str(tars))
-    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun, each process would read its own copy of stdin
+    # under torchrun (its whole environment: a stray WORLD_SIZE alone is refused first), each process would read its
+    # own copy of stdin
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(name, value)
     assert "under torchrun every process would read standard input" in error("--files-from", "-")
 
 

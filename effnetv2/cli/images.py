@@ -23,6 +23,7 @@ from effnetv2.cli import CLIError
 from effnetv2.cli.paths import encode_path
 from effnetv2.data.images import ImageTooLargeError, LargeImageWarning, NotRegularFileError, open_image
 from effnetv2.data.tar_images import IMAGE_EXTENSIONS, TarFormatError, TarMember, index_tar
+from effnetv2.distributed import is_first_process, launched_world_size
 
 
 def find_images(paths: Sequence[Union[str, Path]]) -> list[Union[Path, TarMember]]:
@@ -72,8 +73,10 @@ OTHER_IMAGE_EXTENSIONS = (".gif", ".apng", ".avif", ".heic", ".heif", ".jp2", ".
 
 
 def warn(message: str) -> None:
-    """One warning line on stderr, as the command line writes them."""
-    tqdm.write(f"effnetv2: warning: {message}", file=sys.stderr)
+    """One warning line on stderr, as the command line writes them; under torchrun by the first process only
+    (every process lists the same inputs, and would say the same)."""
+    if is_first_process():
+        tqdm.write(f"effnetv2: warning: {message}", file=sys.stderr)
 
 
 def others_text(files: Sequence[Path]) -> str:
@@ -165,7 +168,7 @@ def read_file_list(source: str) -> list[Union[Path, TarMember]]:
     looked at here: a missing or unreadable image is reported and skipped when read, as a bad image is, so a list
     of millions costs no stat calls. Under torchrun every process reads the list, so it must be a file, not ``-``.
     """
-    if source == "-" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launched_world_size() > 1 and source == "-":  # a stray or malformed WORLD_SIZE: refused in one line first
         raise CLIError(
             "--files-from -: under torchrun every process would read standard input; write the list to a file and "
             "give --files-from FILE"

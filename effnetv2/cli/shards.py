@@ -44,6 +44,7 @@ from effnetv2.cli.images import Batch, ImageRun
 from effnetv2.cli.outputs import save_safetensors
 from effnetv2.cli.paths import encode_path
 from effnetv2.cli.runtime import eval_transform, inference_model, positive_int, resolve_device, run_model
+from effnetv2.distributed import launched_world_size
 from effnetv2.errors import CheckpointError
 from effnetv2.weights.reading import fingerprint
 
@@ -195,9 +196,9 @@ class ShardedOutput:
         run_file = self.folder / RUN_FILE
         text = json.dumps(self.settings, indent=2) + "\n"
         if not run_file.is_file():
-            self.folder.mkdir(exist_ok=True)
-            if _create_exclusive(run_file, text):
-                return
+            with self._removed_if_left_empty():
+                if _create_exclusive(run_file, text):
+                    return
         if not resume:
             raise CLIError(
                 f"{encode_path(self.folder)}: another effnetv2 run began writing this folder at the same time; give "
@@ -219,6 +220,24 @@ class ShardedOutput:
                 f"{encode_path(self.folder)}: --resume with other settings or inputs than the run that wrote it "
                 f"({details}); give the same ones, or a new folder"
             )
+
+    @contextlib.contextmanager
+    def _removed_if_left_empty(self) -> Iterator[None]:
+        """Create the folder (unless there) for the block; when the block fails (a full disk, no permission) and
+        the folder is one this call created and still empty, remove it: a failed run leaves nothing behind. A folder
+        the user made, or one holding anything, is never removed (``rmdir`` removes only an empty folder)."""
+        try:
+            self.folder.mkdir()
+            created = True
+        except FileExistsError:
+            created = False
+        try:
+            yield
+        except BaseException:
+            if created:
+                with contextlib.suppress(OSError):  # not empty (another run's run.json): it stays
+                    self.folder.rmdir()
+            raise
 
     def _check_model_files(self, saved: Mapping[str, Any]) -> None:
         """The model files' sha256 in ``run.json`` are this run's: else one line naming the file that changed."""
@@ -375,11 +394,13 @@ def add_shard_options(parser: argparse.ArgumentParser) -> None:
 
 
 def check_file_output_options(args: argparse.Namespace) -> None:
-    """--resume, --shard-size and torchrun need a folder output."""
+    """--resume, --shard-size and torchrun need a folder output; a stray or malformed torchrun environment is
+    refused first, in the same line as everywhere (:func:`~effnetv2.distributed.launched_world_size`)."""
+    world_size = launched_world_size()
     if args.resume or args.shard_size is not None:
         option = "--resume" if args.resume else "--shard-size"
         raise CLIError(f"{option} is for folder output (-o OUTPUT without a suffix), not {encode_path(args.output)}")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if world_size > 1:
         raise CLIError(
             f"under torchrun every process would write {encode_path(args.output)}: give a folder (-o OUTPUT without "
             "a suffix) for sharded output"
