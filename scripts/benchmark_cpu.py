@@ -7,7 +7,7 @@ and batch 1 of ``--img-size`` px, against timm eager fp32 in channels_last (timm
 (``optimize_for_inference(dtype=torch.int8)``: PT2E, compiled to oneDNN int8 kernels). Compiling happens in the
 warm-up rounds. The CPU's own peaks (large fp32/bf16 matmuls, int8 ``torch._int_mm``) are measured in the same run.
 
-Quality, on the well-conditioned stand-in (``scripts/calibrated_model.py``: 10-class nearest-prototype classifier,
+Quality, on the well-conditioned stand-in (:mod:`effnetv2.testing`: 10-class nearest-prototype classifier,
 blended images from confident to near ties), through the project's one comparison
 (:mod:`effnetv2.inference.compare`): each path's largest relative error against an fp64 copy and its limit, top-1
 agreement with fp64 (overall and on the images with a clear answer, issue 16's ≥ 99 % bar), next to timm's own bf16
@@ -22,71 +22,32 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import ARCH, channels_last, log, machine_info, stand_in_pair, write_markdown
-from calibrated_model import mixed_images, smooth_images
+from _bench import (
+    ARCH,
+    channels_last,
+    comparison_dict,
+    log,
+    machine_info,
+    matmul_gflops,
+    paired_ratio,
+    paired_rounds,
+    stand_in_pair,
+    write_markdown,
+)
 
 import effnetv2
 from effnetv2.atomic import write_text
-from effnetv2.inference.compare import Comparison, compare, reference, run_batched
+from effnetv2.inference.compare import compare, reference, run_batched
 from effnetv2.optimize import optimize_for_inference
+from effnetv2.testing import mixed_images, smooth_images
 
 GOALS = {"fp32": 1.3, "bf16": 4.0, "int8": 3.0}  # × timm eager fp32 channels_last (issue 16)
 CLEAR_BAR = 0.99  # top-1 agreement with fp32 on images with a clear fp32 answer
-
-
-def comparison_dict(c: Comparison) -> dict[str, Any]:
-    """A comparison as JSON-able values."""
-    return {**c.__dict__, "precision": str(c.precision), "eager_dtype": str(c.eager_dtype), "accepted": c.accepted}
-
-
-def matmul_peaks(n: int = 2048, reps: int = 5) -> dict[str, Optional[float]]:
-    """GFLOP/s (GOP/s for int8) of an n×n×n matmul: what this CPU's cores reach in each precision."""
-    peaks: dict[str, Optional[float]] = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("int8", torch.int8)):
-        if dtype == torch.int8:
-            a = torch.randint(-64, 64, (n, n), dtype=dtype)
-            b = torch.randint(-64, 64, (n, n), dtype=dtype)
-            fn: Callable[[], Any] = lambda a=a, b=b: torch._int_mm(a, b)  # noqa: E731
-        else:
-            a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-            fn = lambda a=a, b=b: a @ b  # noqa: E731
-        try:
-            fn()
-            times = []
-            for _ in range(reps):
-                start = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - start)
-            peaks[name] = 2 * n**3 / min(times) / 1e9
-        except RuntimeError:  # no int8 matmul kernel on this build
-            peaks[name] = None
-    return peaks
-
-
-def paired(runs: dict[str, Callable[[], Any]], rounds: int, warmup: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for r in range(warmup + rounds):
-        for name, fn in runs.items():
-            start = time.perf_counter()
-            fn()
-            if r >= warmup:
-                times[name].append(time.perf_counter() - start)
-        log(f"  round {r + 1}/{warmup + rounds}")
-    return times
-
-
-def ratio(base: list[float], times: list[float]) -> float:
-    """Median over rounds of base time ÷ this path's time (paired within each round)."""
-    return statistics.median(b / t for b, t in zip(base, times, strict=True))
 
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
@@ -126,16 +87,21 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         paths["effnetv2 optimised bf16 compiled"] = optimize_for_inference(ours, torch.bfloat16, compile=True)
 
     log("matmul peaks ...")
-    peaks = matmul_peaks()
+    peaks = {
+        name: matmul_gflops(dtype)
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("int8", torch.int8))
+    }
     speed: dict[int, dict[str, Any]] = {}
     for batch in args.batch_sizes:
         x = mixed_images(exemplars, batch, seed=3).contiguous(memory_format=torch.channels_last)
         log(f"batch {batch}: timing (the first calls at a new batch size compile)")
         rounds = args.rounds * (2 if batch == 1 else 1)
-        times = paired({name: (lambda m=m, x=x: m(x)) for name, m in paths.items()}, rounds, args.warmup)
+        runs = {name: (lambda m=m, x=x: m(x)) for name, m in paths.items()}
+        times = paired_rounds(runs, rounds, args.warmup, label=f"batch {batch}")
         base = times["timm eager fp32 channels_last"]
         speed[batch] = {
-            name: dict(ms=1e3 * statistics.median(t), vs_timm_cl=ratio(base, t), times_s=t) for name, t in times.items()
+            name: dict(ms=1e3 * statistics.median(t), vs_timm_cl=paired_ratio(base, t), times_s=t)
+            for name, t in times.items()
         }
 
     log("quality: each path against an fp64 copy on the blended images (slow: fp64 runs ~7x fp32) ...")

@@ -30,9 +30,6 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
 
 def make_images(folder: Path, count: int, size: int) -> None:
     """``count`` JPEGs of ``size`` px: smooth random colour fields, 100 per subfolder."""
@@ -90,7 +87,7 @@ def timm_child(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
-    from benchmark import machine_info
+    from _bench import machine_info  # imported here: the timm child measured for memory needs none of it
 
     import effnetv2
 
@@ -196,7 +193,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     results = run(args)
     text = markdown(results)
     if args.write_markdown:
-        from benchmark import write_markdown
+        from _bench import write_markdown
 
         write_markdown(args.write_markdown, text, "embed")
     print(json.dumps(results, indent=2) if args.json else text)

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,39 +28,14 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import ARCH, log, machine_info, stand_in_pair, write_markdown
-from calibrated_model import mixed_images
+from _bench import ARCH, comparison_dict, log, machine_info, medians, paired_rounds, stand_in_pair, write_markdown
 
 import effnetv2
 from effnetv2.atomic import write_text
-from effnetv2.inference.compare import Comparison, compare, reference, relative_difference, run_batched
+from effnetv2.inference.compare import compare, reference, relative_difference, run_batched
 from effnetv2.optimize import optimize_for_inference
+from effnetv2.testing import mixed_images
 from effnetv2.weights import KeyMap
-
-
-def as_json(c: Comparison) -> dict[str, Any]:
-    return {**c.__dict__, "precision": str(c.precision), "eager_dtype": str(c.eager_dtype), "accepted": c.accepted}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def paired(runs: dict[str, Callable[[], Any]], rounds: int, warmup: int, device: torch.device) -> dict[str, float]:
-    """Median seconds per call, each round running every configuration once (compiles happen in warm-up)."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for r in range(warmup + rounds):
-        for name, fn in runs.items():
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            if r >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def parity(ours: torch.nn.Module, theirs: torch.nn.Module, key_map: KeyMap, x: torch.Tensor) -> dict[str, float]:
@@ -134,10 +107,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             for label, model in (("effnetv2", ours), ("timm", theirs)):
                 with torch.autocast(device.type, dtype=dtype):
                     got = run_batched(model, test, 32)
-                amp_result[f"{label} autocast {name}"] = as_json(compare(got, ref, dtype))
+                amp_result[f"{label} autocast {name}"] = comparison_dict(compare(got, ref, dtype))
             if device.type == "cuda" or dtype != torch.float16:  # float16 weights are for CUDA only
                 got = run_batched(optimize_for_inference(ours, dtype=dtype), test, 32)
-                amp_result[f"effnetv2 optimised {name}"] = as_json(compare(got, ref, dtype))
+                amp_result[f"effnetv2 optimised {name}"] = comparison_dict(compare(got, ref, dtype))
 
     log("throughput ...")
     x = mixed_images(exemplars, batch, seed=3).contiguous(memory_format=torch.channels_last)
@@ -165,7 +138,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         runs[f"effnetv2 optimised {amp_name} compiled"] = infer(
             optimize_for_inference(ours, dtype=amp_dtype, compile=True)
         )
-    inference = paired(runs, args.rounds, args.warmup, device)
+    inference = medians(paired_rounds(runs, args.rounds, args.warmup, device))
 
     def step(model: torch.nn.Module) -> Callable[[], Any]:
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
@@ -183,12 +156,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
 
     steps = {f"timm train step ({amp_name} AMP)": step(theirs.train())}
     steps[f"effnetv2 train step ({amp_name} AMP)"] = step(ours.train())
-    training = paired(
-        steps,
-        max(1, args.rounds // 2),
-        1 if args.warmup else 0,
-        device,
-    )
+    training = medians(paired_rounds(steps, max(1, args.rounds // 2), 1 if args.warmup else 0, device))
     machine = machine_info(device)
     if device.type == "cuda":
         machine["cuda"] = torch.version.cuda

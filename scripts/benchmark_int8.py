@@ -6,7 +6,7 @@ the faster of the two),
 effnetv2 ``optimize_for_inference`` fp32, ONNX Runtime fp32 (the verified float export) and ONNX Runtime int8
 (:func:`effnetv2.export_int8.export_onnx_int8`). Quality of int8 against an fp64 copy (the project's one
 comparison, :mod:`effnetv2.inference.compare`) on the well-conditioned stand-in model with a nearest-prototype
-classifier (``scripts/calibrated_model.py``): top-1 agreement on blended images, on those with a clear answer, and
+classifier (:mod:`effnetv2.testing`): top-1 agreement on blended images, on those with a clear answer, and
 the largest relative error next to eager fp32's own.
 
     python scripts/benchmark_int8.py --model tf_efficientnetv2_b0 --img-size 224 --write-markdown BENCHMARKS.md
@@ -16,22 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import sys
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import channels_last, machine_info, stand_in_pair, write_markdown
-from calibrated_model import mixed_images, smooth_images
+from _bench import channels_last, machine_info, medians, paired_rounds, stand_in_pair, write_markdown
 
 import effnetv2
 from effnetv2.export_int8 import export_onnx_int8
 from effnetv2.inference.compare import compare, reference, run_batched
 from effnetv2.optimize import optimize_for_inference
+from effnetv2.testing import mixed_images, smooth_images
 
 
 def int8_hardware(isa: list[str]) -> str:
@@ -43,17 +39,10 @@ def int8_hardware(isa: list[str]) -> str:
     return "no VNNI or AMX: int8 runs on AVX2 integer instructions"
 
 
-def median_ms(runs: dict, x: torch.Tensor, rounds: int) -> dict[str, float]:
-    """Paired rounds: each round runs every path once, so a slow moment of the machine hits all of them."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for fn in runs.values():
-        fn(x)  # warm-up
-    for _ in range(rounds):
-        for name, fn in runs.items():
-            start = time.perf_counter()
-            fn(x)
-            times[name].append(1e3 * (time.perf_counter() - start))
-    return {name: statistics.median(t) for name, t in times.items()}
+def median_ms(runs: dict[str, Callable[[torch.Tensor], object]], x: torch.Tensor, rounds: int) -> dict[str, float]:
+    """Median milliseconds of each path on ``x`` over paired rounds, after one untimed round."""
+    times = paired_rounds({name: (lambda fn=fn: fn(x)) for name, fn in runs.items()}, rounds, warmup=1)
+    return {name: 1e3 * seconds for name, seconds in medians(times).items()}
 
 
 def main() -> None:

@@ -6,7 +6,7 @@
 The folder is in timm's Hugging Face format (``model.safetensors`` + ``config.json``, as ``save_pretrained``
 writes it), so every command and ``create_model(..., checkpoint_path=...)``, ``'local-dir:...'`` and timm accept
 it. The weights are a fresh random initialisation conditioned as the test suite's oracle is
-(``scripts/calibrated_model.py``: calibrated BatchNorm statistics, small residual gains, a tempered classifier), so
+(:mod:`effnetv2.testing`: calibrated BatchNorm statistics, small residual gains, a tempered classifier), so
 outputs behave like a trained network's (no saturation, logits of a few units); they know nothing about images.
 The config says so (``pretrained_cfg.tag = "random_demo"`` and a ``description``). Needs no timm.
 """
@@ -19,10 +19,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from calibrated_model import condition, smooth_images
-
 import effnetv2
+from effnetv2.testing import condition, smooth_images
 
 DESCRIPTION = "RANDOM weights for offline demos (effnetv2 scripts/make_demo_checkpoint.py): predictions are meaningless"
 

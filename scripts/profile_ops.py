@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Where the time of ``optimize_for_inference``'s model goes, by op kind, against this CPU's peaks.
 
-The model (well-conditioned stand-in weights, ``scripts/calibrated_model.py``) runs under ``torch.profiler`` with
+The model (well-conditioned stand-in weights, :mod:`effnetv2.testing`) runs under ``torch.profiler`` with
 input shapes recorded; each aten op's self CPU time is put in a kind (depthwise conv, 1×1 conv, k×k conv, SiLU,
 squeeze-excite, residual add, layout copies, other). Convs get their FLOPs from forward hooks (each conv's weight
 and output shape). Peaks measured by the same run: a large fp32 (and, with ``--bf16``, bf16) matmul for compute,
@@ -19,21 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import torch
+from _bench import machine_info, matmul_gflops, write_markdown
 from torch.profiler import ProfilerActivity, profile
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import machine_info, write_markdown
-from calibrated_model import condition, smooth_images
 
 import effnetv2
 from effnetv2.optimize import optimize_for_inference
+from effnetv2.testing import condition, smooth_images
 
 CONV_KERNELS = ("aten::mkldnn_convolution", "aten::_slow_conv2d_forward", "aten::_mkldnn_convolution_pointwise")
 SE_OPS = (
@@ -47,15 +44,6 @@ SE_OPS = (
     "aten::mul_",
 )
 COPY_OPS = ("aten::copy_", "aten::contiguous", "aten::to", "aten::_to_copy", "aten::clone")
-
-
-def peak_matmul(dtype: torch.dtype, n: int = 2048, rounds: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(rounds):
-        a @ b
-    return 2 * n**3 * rounds / (time.perf_counter() - start) / 1e9
 
 
 def peak_bandwidth(mib: int = 512, rounds: int = 5) -> float:
@@ -194,7 +182,7 @@ def main() -> None:
     model = condition(effnetv2.create_model(args.model), smooth_images(8, 128, seed=1)).eval()
     x = smooth_images(args.batch_size, args.img_size, seed=3)
     dtypes = {"fp32": torch.float32, **({"bf16": torch.bfloat16} if args.bf16 else {})}
-    peaks = {f"{name}_gflops": peak_matmul(dtype) for name, dtype in dtypes.items()}
+    peaks = {f"{name}_gflops": matmul_gflops(dtype) for name, dtype in dtypes.items()}
     peaks["bandwidth_gbs"] = peak_bandwidth()
     results = {}
     for name, dtype in dtypes.items():

@@ -1,6 +1,6 @@
 """Shared fixtures: a well-conditioned timm oracle, saved as the hub repo stores it, and inputs like its own.
 
-The oracle is a random timm network conditioned as a trained one is (``scripts/calibrated_model.py``: calibrated
+The oracle is a random timm network conditioned as a trained one is (:mod:`effnetv2.testing`: calibrated
 BatchNorm statistics, small residual-branch gains, a tempered classifier), so that a wrong activation, bias or eps
 in effnetv2 moves the outputs far beyond the parity tolerance (``tests/test_oracle.py`` plants such bugs).
 """
@@ -36,6 +36,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest -n N: N test processes
 from timm.models import save_for_hf  # noqa: E402
 
 import effnetv2  # noqa: E402
+from effnetv2 import testing as calibrated_model  # noqa: E402  (the well-conditioned stand-in)
 from effnetv2.inference.compare import relative_difference  # noqa: E402
 
 ARCH = "efficientnetv2_rw_m"
@@ -45,7 +46,12 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def import_script(name: str):
-    """Import ``scripts/<name>.py`` (the scripts folder is not a package)."""
+    """Import ``scripts/<name>.py`` (the scripts folder is not a package).
+
+    The scripts' shared library ``scripts/_bench.py`` is found as when a script runs: the folder goes on
+    ``sys.path`` (last, so that it shadows nothing installed)."""
+    if str(SCRIPTS) not in sys.path:
+        sys.path.append(str(SCRIPTS))
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
@@ -82,7 +88,6 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = 2e-5
     assert diff <= tol, f"relative difference {diff:.3g} > {tol}"
 
 
-calibrated_model = import_script("calibrated_model")
 CALIBRATION = dict(images=16, size=128, seed=1)  # 8 images or 96 px generalise worse to other inputs and sizes
 
 

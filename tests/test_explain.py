@@ -9,18 +9,16 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import import_script
 from PIL import Image
 from safetensors import safe_open
 from torchcam import methods as torchcam_methods
 from torchcam.methods import GradCAM, GradCAMpp
 
 import effnetv2
+from effnetv2 import testing as calibrated_model
 from effnetv2.cli import main
 from effnetv2.data import sample_image_path
 from effnetv2.weights.loading import load_state_dict_into
-
-calibrated_model = import_script("calibrated_model")
 
 
 @pytest.fixture(scope="module")

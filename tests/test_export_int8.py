@@ -15,19 +15,17 @@ import onnxruntime as ort
 import pytest
 import timm
 import torch
-from conftest import import_script
 from onnx import numpy_helper
 from PIL import Image
 from safetensors.torch import save_file
 
 import effnetv2
+from effnetv2 import testing as calibrated_model
 from effnetv2.cli import main
 from effnetv2.export_int8 import WORK_PREFIX, export_onnx_int8
 from effnetv2.inference.calibration import HOLDOUT_EVERY
 from effnetv2.inference.compare import relative_difference
 from effnetv2.weights.loading import load_state_dict_into
-
-calibrated_model = import_script("calibrated_model")
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,12 @@ import json
 import pytest
 import timm
 import torch
-from conftest import HF_CACHE_DIR, assert_close, image_batch, import_script, populate_hf_cache
+from conftest import HF_CACHE_DIR, assert_close, image_batch, populate_hf_cache
 from test_train_cli import FAST, make_image_folder
 from timm.models import save_for_hf
 
 import effnetv2
+from effnetv2 import testing as calibrated_model
 from effnetv2.cli import main
 from effnetv2.detection import FeatureBackbone
 from effnetv2.layers import BLOCK_TYPES
@@ -23,7 +24,6 @@ from effnetv2.weights.convert import spec_for
 from effnetv2.weights.key_map import KeyMap
 from effnetv2.weights.loading import load_state_dict_into
 
-calibrated_model = import_script("calibrated_model")
 FAMILY = sorted(SPECS)
 # rw_m has the rest of the suite; the others are built here once each (XL: 208 M parameters).
 OTHERS = [name for name in FAMILY if name != "efficientnetv2_rw_m"]

@@ -12,15 +12,15 @@ import warnings
 
 import pytest
 import torch
-from conftest import ARCH, Method, import_script
+from conftest import ARCH, Method
 from torch import nn
 
 import effnetv2
 import effnetv2.optimize as optimize_module
+from effnetv2 import testing as calibrated_model
 from effnetv2.inference.compare import compare, judge, natural_images, reference, run_batched
 from effnetv2.optimize import optimize_for_inference
 
-calibrated_model = import_script("calibrated_model")
 IMG = 96
 
 
@@ -29,7 +29,7 @@ def calibrated(model, timm_model):
     """The shared well-conditioned oracle with a 10-class prototype classifier, its exemplars, and timm's copy.
 
     A raw random network is chaotic: eager fp32 itself is ~1e-4 from fp64, so 1e-5 comparisons would be
-    meaningless there (see scripts/calibrated_model.py).
+    meaningless there (see effnetv2/testing.py).
     """
     ours = copy.deepcopy(model)
     exemplars = calibrated_model.smooth_images(10, IMG, seed=2)

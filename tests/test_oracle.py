@@ -12,13 +12,13 @@ import copy
 
 import pytest
 import torch
-from conftest import assert_close, image_batch, import_script
+from conftest import assert_close, image_batch
 from torch import nn
 from torchvision.ops import SqueezeExcitation
 
+from effnetv2 import testing as calibrated_model
 from effnetv2.inference.compare import relative_difference
 
-calibrated_model = import_script("calibrated_model")
 TOL = 2e-5  # the fp32 parity tolerance of tests/test_parity.py
 SEEN = 50 * TOL  # a planted bug must move the outputs by at least this much
 

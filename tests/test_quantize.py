@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from conftest import Embedder, import_script
+from conftest import Embedder
 from PIL import Image
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
 
 import effnetv2
+from effnetv2 import testing as calibrated_model
 from effnetv2.cli import main
 from effnetv2.data import create_transform, resolve_model_data_config
 from effnetv2.data.images import open_image
@@ -31,7 +32,6 @@ from effnetv2.inference.compare import CLEAR_MARGIN, compare, reference, run_bat
 from effnetv2.quantize import calibration_images, quantize_int8
 from effnetv2.weights.loading import load_state_dict_into
 
-calibrated_model = import_script("calibrated_model")
 IMG = 64
 aten, qd = torch.ops.aten, torch.ops.quantized_decomposed
 

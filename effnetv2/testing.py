@@ -1,33 +1,57 @@
-"""Randomly initialised networks made well-conditioned, as trained ones are: the test oracle and the benchmark's model.
+"""A well-conditioned stand-in for a trained EfficientNet: benchmark and test code without downloading weights.
 
-Neither the tests nor the benchmark can download trained weights, and a freshly initialised 60-block network is
-chaotic: with unit-gain residual branches and BatchNorm statistics from other inputs its activations grow to ~1e7,
-most squeeze-excite gates saturate at 0 or 1, and float32 itself (against float64) is off by tens of percent. On
-such weights a wrong activation or bias can change the outputs by nothing, and a parity test proves nothing.
-This module turns a fresh network into a stand-in that behaves like a trained one. It works on timm's EfficientNets
-(the test oracle, built by timm) and on effnetv2's (the benchmark), finding the parts by what they are, not by name:
+A freshly initialised 60-block network is chaotic: with unit-gain residual branches and BatchNorm statistics from
+other inputs its activations grow to ~1e7, most squeeze-excite gates saturate at 0 or 1, and float32 itself
+(against float64) is off by tens of percent. On such weights a wrong activation or bias can change the outputs by
+nothing, a parity test proves nothing and a speed or precision measurement means little. This module turns a fresh
+network into a stand-in that behaves like a trained one (O(1) activations, few saturated gates, logits of a few
+units). It works on timm's EfficientNets and on effnetv2's, finding the parts by what they are, not by name, and
+imports neither timm nor anything outside torch and effnetv2:
+
+    import effnetv2
+    from effnetv2.testing import condition, smooth_images
+
+    model = condition(effnetv2.create_model("tf_efficientnetv2_b0"), smooth_images(16, 128, seed=1))
 
 - :func:`condition`: mildly random BatchNorm affine terms and squeeze-excite biases, each residual branch's last
   BatchNorm gain scaled by ``residual_gain`` (trained EfficientNets have small gains there), then every BatchNorm's
   running statistics measured in eval mode, in network order, on natural-looking images
   (:func:`calibrate_batchnorm`), so that activations stay O(1) through all blocks; then a tempered classifier
   (:func:`temper_classifier`): logits of a few units.
-- :func:`prototype_classifier` and :func:`mixed_images` give a task the model can get right or wrong: a
-  nearest-prototype classifier over exemplar images, and blends of exemplars with a spread of fp32 margins, from
-  confident to nearly tied, so top-1 agreement of reduced precision with fp32 is a real measurement.
-- :func:`conditioning` measures what the tests assert: the largest activation, the share of saturated gates.
+- :func:`prototype_classifier`, :func:`make_calibrated_model` and :func:`mixed_images` give a task the model can
+  get right or wrong: a nearest-prototype classifier over exemplar images, and blends of exemplars with a spread
+  of fp32 margins, from confident to nearly tied, so top-1 agreement of reduced precision with fp32 is a real
+  measurement.
+- :func:`conditioning` measures what a test can assert: the largest activation, the share of saturated gates.
+- :func:`smooth_images` (from :mod:`effnetv2.inference.compare`, re-exported here): the natural-looking fields
+  the stand-in is calibrated and judged on.
 
-Used by ``tests/conftest.py`` (the shared oracle), ``tests/test_optimize.py`` and ``scripts/benchmark.py``.
+The test suite's timm oracle (``tests/conftest.py``), the benchmark scripts (``scripts/``) and
+``scripts/make_demo_checkpoint.py`` are built with it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from effnetv2.inference.compare import smooth_images  # the natural-looking fields every comparison uses
+
+__all__ = [
+    "calibrate_batchnorm",
+    "condition",
+    "conditioning",
+    "make_calibrated_model",
+    "mixed_images",
+    "prototype_classifier",
+    "randomize_affine",
+    "residual_branch_norms",
+    "smooth_images",
+    "temper_classifier",
+]
 
 
 def residual_branch_norms(model: nn.Module) -> list[nn.BatchNorm2d]:
@@ -63,13 +87,18 @@ def calibrate_batchnorm(model: nn.Module, images: Tensor, capture: Optional[nn.M
     hooks = [bn.register_forward_pre_hook(set_stats) for bn in bns]
     if capture is not None:
         hooks.append(capture.register_forward_pre_hook(lambda module, inputs: captured.append(inputs[0])))
+    _eval_pass(model, images, hooks)
+    return captured[0] if captured else None
+
+
+def _eval_pass(model: nn.Module, images: Tensor, hooks: list[torch.utils.hooks.RemovableHandle]) -> None:
+    """One eval-mode forward of ``images`` for its hooks' sake; the hooks are removed after it, whatever happens."""
     try:
         model.eval()
         model(images)
     finally:
         for hook in hooks:
             hook.remove()
-    return captured[0] if captured else None
 
 
 @torch.no_grad()
@@ -149,7 +178,7 @@ def mixed_images(exemplars: Tensor, n: int, max_mix: float = 0.5, noise: float =
 
 
 def make_calibrated_model(
-    create, img_size: int, num_classes: int = 10, calib_images: int = 16, seed: int = 0
+    create: Callable[[], nn.Module], img_size: int, num_classes: int = 10, calib_images: int = 16, seed: int = 0
 ) -> tuple[nn.Module, Tensor]:
     """``create()`` → a conditioned model with a prototype classifier, and its exemplar images."""
     torch.manual_seed(seed)
@@ -179,12 +208,7 @@ def conditioning(model: nn.Module, images: Tensor) -> dict[str, float]:
             gates.append(output.detach().flatten())
 
     hooks = [m.register_forward_hook(track) for m in model.modules()]
-    try:
-        model.eval()
-        model(images)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    _eval_pass(model, images, hooks)
     gate = torch.cat(gates) if gates else torch.empty(0)
     saturated = ((gate < 0.01) | (gate > 0.99)).double().mean().item() if gates else 0.0
     return dict(max_activation=peak.item(), saturated_gates=saturated, gates=gate.numel())

@@ -1,0 +1,229 @@
+"""A library for the benchmark scripts of ``scripts/``, not a script: timing, the machine, timm's twin, BENCHMARKS.md.
+
+The scripts never import each other; what they share is here. A script run as ``python scripts/<name>.py`` finds
+this module next to it (Python puts the script's folder first on ``sys.path``); the tests import scripts through
+``tests/conftest.py``'s ``import_script``, which does the same.
+
+- Timing: :func:`paired_rounds` runs every configuration once per round, after untimed warm-up rounds (where
+  ``torch.compile`` compiles), synchronising CUDA around each call; :func:`paired_ratio` is the median of
+  per-round ratios. The configurations of one round run back to back, so a ratio within a round cancels the slow
+  swings in speed that a shared machine has (measured: ±15 % between minutes); a ratio of overall medians does not.
+- The machine: :func:`machine_info` (CPU, ISA flags, threads, versions, GPU), :func:`matmul_gflops` (a peak).
+- Models: :func:`stand_in_pair` (the well-conditioned stand-in of :mod:`effnetv2.testing` with a prototype
+  classifier, and timm's model with the same weights), :func:`timm_twin`.
+- Reports: :func:`write_markdown` replaces one generated section of BENCHMARKS.md; :func:`comparison_dict`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+import effnetv2
+from effnetv2.atomic import write_text
+from effnetv2.inference.compare import Comparison
+from effnetv2.testing import make_calibrated_model
+from effnetv2.weights import KeyMap
+
+ARCH = "efficientnetv2_rw_m"
+
+
+def log(message: str) -> None:
+    """Progress on stderr (stdout carries the results)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Timing
+
+
+def sync(device: Optional[torch.device]) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; the CPU needs nothing)."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: Optional[torch.device] = None) -> float:
+    """Seconds ``fn()`` takes, the device's queued work included."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def paired_rounds(
+    runs: Mapping[str, Callable[[], Any]],
+    rounds: int,
+    warmup: int = 0,
+    device: Optional[torch.device] = None,
+    label: Optional[str] = None,
+) -> dict[str, list[float]]:
+    """Seconds per call of each run in ``rounds`` timed rounds, after ``warmup`` untimed ones.
+
+    Each round calls every run once, in order, so a slow moment of the machine hits all of them alike. ``label``:
+    log each round's progress under that name.
+    """
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for round_ in range(warmup + rounds):
+        for name, fn in runs.items():
+            seconds = timed(fn, device)
+            if round_ >= warmup:
+                times[name].append(seconds)
+        if label:
+            log(f"  {label} round {round_ + 1}/{warmup + rounds}")
+    return times
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median over rounds of ``numerator[i] / denominator[i]`` (a base's time over a configuration's: its speed-up)."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
+
+
+def medians(times: Mapping[str, list[float]]) -> dict[str, float]:
+    """The median of each run's times."""
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (inclusive method; one value is every percentile of itself)."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    return statistics.quantiles(ordered, n=100, method="inclusive")[int(q) - 1]
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> Optional[float]:
+    """GFLOP/s (int8: GOP/s, ``torch._int_mm``) of the fastest of ``reps`` n×n×n matmuls after one untimed:
+    what this CPU's cores reach in ``dtype``. None where this build has no such matmul kernel."""
+    if dtype == torch.int8:
+        a, b = (torch.randint(-64, 64, (n, n), dtype=dtype) for _ in range(2))
+        fn: Callable[[], Any] = lambda: torch._int_mm(a, b)  # noqa: E731
+    else:
+        a, b = (torch.randn(n, n, dtype=dtype) for _ in range(2))
+        fn = lambda: a @ b  # noqa: E731
+    try:
+        fn()
+    except RuntimeError:  # no int8 matmul kernel on this build
+        return None
+    return 2 * n**3 / min(timed(fn) for _ in range(reps)) / 1e9
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The machine
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's vector ISA flags that matter here (AVX2, FMA, AVX-512, VNNI, AMX)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line.split(":", 1)[1].split()
+                return sorted(f for f in flags if f in ("avx2", "fma", "avx_vnni") or f.startswith(("avx512", "amx")))
+    return []
+
+
+def import_timm():
+    """timm, or None where it is not installed."""
+    try:
+        import timm
+    except ImportError:
+        return None
+    return timm
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """What a result depends on: CPU, ISA, cores and threads, torch/torchvision/timm/Python versions, the GPU."""
+    info: dict[str, Any] = dict(
+        cpu=cpu_model(),
+        cpu_isa=cpu_flags(),
+        cores=os.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        python=platform.python_version(),
+        platform=platform.platform(),
+    )
+    with contextlib.suppress(ImportError):
+        import torchvision
+
+        info["torchvision"] = torchvision.__version__
+    timm = import_timm()
+    info["timm"] = timm.__version__ if timm else None
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Models
+
+
+def timm_twin(arch: str, ours: nn.Module) -> nn.Module:
+    """timm's ``arch`` with ``ours``' weights (through the key map) and classes, in eval mode."""
+    theirs = import_timm().create_model(arch, num_classes=ours.num_classes)
+    key_map = KeyMap(ours.spec)
+    theirs.load_state_dict({key_map.to_timm(k): v for k, v in ours.state_dict().items()})
+    return theirs.eval()
+
+
+def stand_in_pair(arch: str, img_size: int) -> tuple[nn.Module, torch.Tensor, nn.Module]:
+    """The stand-in with a 10-class prototype classifier (:func:`effnetv2.testing.make_calibrated_model`), its
+    exemplar images, and timm's model with the same weights, both in eval mode."""
+    ours, exemplars = make_calibrated_model(lambda: effnetv2.create_model(arch), img_size)
+    return ours.eval(), exemplars, timm_twin(arch, ours)
+
+
+def channels_last(model: nn.Module) -> nn.Module:
+    """A channels_last copy of ``model``."""
+    return copy.deepcopy(model).to(memory_format=torch.channels_last)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reports
+
+
+def comparison_dict(c: Comparison) -> dict[str, Any]:
+    """A comparison (:mod:`effnetv2.inference.compare`) as JSON-able values."""
+    return {**c.__dict__, "precision": str(c.precision), "eager_dtype": str(c.eager_dtype), "accepted": c.accepted}
+
+
+def marks(section: str) -> tuple[str, str]:
+    """The marks around one generated section of BENCHMARKS.md (``benchmark``: the main run; ``family``, ...)."""
+    return (
+        f"<!-- {section}:begin (generated by scripts/benchmark.py; edit outside these marks) -->",
+        f"<!-- {section}:end -->",
+    )
+
+
+def write_markdown(path: Path, body: str, section: str = "benchmark") -> None:
+    """Replace one generated section of ``path`` (between its marks), keeping the hand-written rest; atomic.
+    A section not there yet is appended."""
+    begin, end = marks(section)
+    block = f"{begin}\n{body}\n{end}"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = f"{text.rstrip()}\n\n{block}\n"
+    write_text(path, text)
