@@ -45,8 +45,8 @@ from _bench import (
 from torch import nn
 
 import effnetv2
+from effnetv2.inference import optimize_for_inference
 from effnetv2.inference.compare import Comparison, compare, reference, run_batched
-from effnetv2.optimize import optimize_for_inference
 from effnetv2.testing import condition, make_calibrated_model, mixed_images, smooth_images
 
 MIB = 2**20
@@ -101,7 +101,7 @@ def slow_bf16_profile(device: torch.device) -> bool:
     """Whether profiling bfloat16 inference is slow here: a CPU without native bf16 runs grouped convolutions as one
     small convolution per channel (~70 k calls per image, measured), and the profiler behind :func:`peak_bytes` then
     takes ~25 s for one 64 px image: ``--smoke`` leaves that one measurement out."""
-    from effnetv2.optimize import _cpu_has_native_bf16
+    from effnetv2.inference.folded import _cpu_has_native_bf16
 
     return device.type == "cpu" and not _cpu_has_native_bf16()
 

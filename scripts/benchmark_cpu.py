@@ -42,8 +42,8 @@ from _bench import (
 
 import effnetv2
 from effnetv2.atomic import write_text
+from effnetv2.inference import optimize_for_inference
 from effnetv2.inference.compare import compare, reference, run_batched
-from effnetv2.optimize import optimize_for_inference
 from effnetv2.testing import mixed_images, smooth_images
 
 GOALS = {"fp32": 1.3, "bf16": 4.0, "int8": 3.0}  # × timm eager fp32 channels_last (issue 16)

@@ -32,8 +32,8 @@ from _bench import ARCH, comparison_dict, log, machine_info, medians, paired_rou
 
 import effnetv2
 from effnetv2.atomic import write_text
+from effnetv2.inference import optimize_for_inference
 from effnetv2.inference.compare import compare, reference, relative_difference, run_batched
-from effnetv2.optimize import optimize_for_inference
 from effnetv2.testing import mixed_images
 from effnetv2.weights import KeyMap
 

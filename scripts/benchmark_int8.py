@@ -4,7 +4,7 @@
 Latency (median of paired rounds, batch 1 and 8) of: timm eager fp32 (NCHW and channels_last; ratios are against
 the faster of the two),
 effnetv2 ``optimize_for_inference`` fp32, ONNX Runtime fp32 (the verified float export) and ONNX Runtime int8
-(:func:`effnetv2.export_int8.export_onnx_int8`). Quality of int8 against an fp64 copy (the project's one
+(:func:`effnetv2.export.export_onnx_int8`). Quality of int8 against an fp64 copy (the project's one
 comparison, :mod:`effnetv2.inference.compare`) on the well-conditioned stand-in model with a nearest-prototype
 classifier (:mod:`effnetv2.testing`): top-1 agreement on blended images, on those with a clear answer, and
 the largest relative error next to eager fp32's own.
@@ -24,9 +24,9 @@ import torch
 from _bench import channels_last, machine_info, medians, paired_rounds, stand_in_pair, write_markdown
 
 import effnetv2
-from effnetv2.export_int8 import export_onnx_int8
+from effnetv2.export import export_onnx_int8
+from effnetv2.inference import optimize_for_inference
 from effnetv2.inference.compare import compare, reference, run_batched
-from effnetv2.optimize import optimize_for_inference
 from effnetv2.testing import mixed_images, smooth_images
 
 

@@ -29,7 +29,7 @@ from _bench import machine_info, matmul_gflops, write_markdown
 from torch.profiler import ProfilerActivity, profile
 
 import effnetv2
-from effnetv2.optimize import optimize_for_inference
+from effnetv2.inference import optimize_for_inference
 from effnetv2.testing import condition, smooth_images
 
 CONV_KERNELS = ("aten::mkldnn_convolution", "aten::_slow_conv2d_forward", "aten::_mkldnn_convolution_pointwise")

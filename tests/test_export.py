@@ -263,7 +263,7 @@ def test_a_planted_bug_in_the_exported_graph_is_refused(tmp_path, eager, monkeyp
     outputs far beyond 4x the eager model's own error from fp64, on every CPU."""
     from torchvision.ops import SqueezeExcitation
 
-    import effnetv2.export as export_module
+    import effnetv2.export.formats as export_module
 
     exporter = export_module._EXPORTERS["onnx"]
 

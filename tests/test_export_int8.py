@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 import effnetv2
 from effnetv2 import testing as calibrated_model
 from effnetv2.cli import main
-from effnetv2.export_int8 import WORK_PREFIX, export_onnx_int8
+from effnetv2.export.onnx_int8 import WORK_PREFIX, export_onnx_int8
 from effnetv2.inference.calibration import HOLDOUT_EVERY
 from effnetv2.inference.compare import relative_difference
 from effnetv2.weights.loading import load_state_dict_into

@@ -16,8 +16,8 @@ import effnetv2
 from effnetv2 import testing as calibrated_model
 from effnetv2.cli import main
 from effnetv2.detection import FeatureBackbone
+from effnetv2.inference.folded import INFERENCE_BLOCKS
 from effnetv2.layers import BLOCK_TYPES
-from effnetv2.optimize import INFERENCE_BLOCKS
 from effnetv2.registry import PRETRAINED_CFGS, UNTRAINED_CFGS, get_pretrained_cfg
 from effnetv2.spec import SPECS
 from effnetv2.weights.convert import spec_for

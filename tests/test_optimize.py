@@ -16,10 +16,10 @@ from conftest import ARCH, Method
 from torch import nn
 
 import effnetv2
-import effnetv2.optimize as optimize_module
+import effnetv2.inference.folded as optimize_module
 from effnetv2 import testing as calibrated_model
+from effnetv2.inference import optimize_for_inference
 from effnetv2.inference.compare import compare, judge, natural_images, reference, run_batched
-from effnetv2.optimize import optimize_for_inference
 
 IMG = 96
 

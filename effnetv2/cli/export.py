@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
 
     source = encode_path(args.checkpoint) if args.checkpoint else args.model
     if args.int8:
-        from effnetv2.export_int8 import export_onnx_int8
+        from effnetv2.export import export_onnx_int8
 
         calibration = calibration_batch(args, model)
         print(f"effnetv2: exporting {source} to onnx, quantizing it to int8, then checking it ...", file=sys.stderr)

@@ -21,6 +21,7 @@ from effnetv2.cli.paths import encode_path
 from effnetv2.data import create_transform, resolve_model_data_config
 from effnetv2.data.images import MAX_IMAGE_SIZE
 from effnetv2.errors import CheckpointError, ClassifierNotLoadedWarning
+from effnetv2.inference.calibration import DEFAULT_CALIBRATION_IMAGES
 from effnetv2.registry import create_model
 from effnetv2.weights.hub import PretrainedWeightsUnavailable
 
@@ -128,13 +129,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "--int8",
         action="store_true",
         help="with --optimize, on the CPU: run an int8 copy (post-training static quantization through PT2E, "
-        "compiled to oneDNN's int8 kernels; needs torchao), calibrated on --calibration images; its agreement "
-        "with the fp32 model on held-out calibration images is printed to stderr",
+        "compiled to oneDNN's int8 kernels; needs torchao), calibrated on --calibration images; its error from fp64 "
+        "and top-1 agreement on held-out calibration images are printed to stderr",
     )
     add_calibration_options(parser, "--int8")
-
-
-CALIBRATION_IMAGES = 64
 
 
 def add_calibration_options(parser: argparse.ArgumentParser, flag: str) -> None:
@@ -146,26 +144,25 @@ def add_calibration_options(parser: argparse.ArgumentParser, flag: str) -> None:
         "--calibration-images",
         type=positive_int,
         metavar="N",
-        help=f"{flag}: use the first N images of --calibration, sorted (default: {CALIBRATION_IMAGES})",
+        help=f"{flag}: use the first N images of --calibration, sorted (default: {DEFAULT_CALIBRATION_IMAGES})",
     )
 
 
 def calibration_batch(args: argparse.Namespace, model: nn.Module) -> Tensor:
-    """The first ``--calibration-images`` images of ``--calibration``, as the model's eval transform makes them."""
+    """The first ``--calibration-images`` images of ``--calibration``, as the model's eval transform makes them
+    (:func:`effnetv2.inference.calibration.calibration_images`: unreadable ones reported and skipped)."""
     from effnetv2.cli.images import failure_text, find_images
-    from effnetv2.data.images import open_image
+    from effnetv2.inference.calibration import calibration_images
 
-    files = find_images([args.calibration])[: args.calibration_images or CALIBRATION_IMAGES]
-    transform, _ = eval_transform(model, args.img_size)
-    images = []
-    for path in files:
-        try:
-            images.append(transform(open_image(path)))
-        except Exception as e:  # any decoder error: that image does not calibrate
-            print(f"effnetv2: skipped {encode_path(path)}: {failure_text(e)}", file=sys.stderr)
-    if len(images) < 2:
-        raise CLIError(f"--calibration {encode_path(args.calibration)}: fewer than 2 readable images")
-    return torch.stack(images)
+    def skipped(path: Path, error: Exception) -> None:
+        print(f"effnetv2: skipped {encode_path(path)}: {failure_text(error)}", file=sys.stderr)
+
+    files = find_images([args.calibration])
+    limit = args.calibration_images or DEFAULT_CALIBRATION_IMAGES
+    try:
+        return calibration_images(files, model, limit, img_size=args.img_size, on_skip=skipped)
+    except ValueError as e:
+        raise CLIError(f"--calibration {encode_path(args.calibration)}: {e}") from e
 
 
 def check_calibration_options(args: argparse.Namespace) -> bool:
@@ -201,7 +198,7 @@ def inference_model(
     model = model.to(device)
     if not args.optimize:
         return model, args.amp
-    from effnetv2.optimize import optimize_for_inference
+    from effnetv2.inference import optimize_for_inference
 
     if args.int8:
         calibration = calibration_batch(args, model)

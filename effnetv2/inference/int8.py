@@ -21,23 +21,23 @@ holds its error from an fp64 copy of the model next to fp32's own, and its top-1
 from __future__ import annotations
 
 import fnmatch
-import os
-from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-from effnetv2.compiling import FrozenCompiled
-from effnetv2.inference.calibration import split_holdout
+from effnetv2.inference.calibration import (
+    Calibration,
+    calibration_images,
+    split_holdout,
+)
 from effnetv2.inference.compare import Comparison, compare, reference
+from effnetv2.inference.compiled import FrozenCompiled
+from effnetv2.inference.folded import fold_for_inference
 from effnetv2.model import EfficientNetV2, EfficientNetV2Features, check_input
 
-Calibration = Union[Tensor, Iterable[Any], str, os.PathLike]
-
 CALIBRATION_BATCH = 8  # images per calibration forward pass
-DEFAULT_CALIBRATION_IMAGES = 256  # read at most this many from a folder or loader unless told otherwise
 # Modules of the inference copy left in float: names (fnmatch patterns) in InferenceEfficientNetV2, or module types
 # (Linear: squeeze-excite and the classifier). Adding "*.project" (the blocks' 1x1 projections and residual adds)
 # buys accuracy at small inputs for about a third of the int8 speed-up (BENCHMARKS.md).
@@ -52,77 +52,6 @@ def _torchao() -> Any:
     except ImportError as e:
         raise ImportError(f"{TORCHAO_HINT} ({e})") from e
     return quantize_pt2e, x86_inductor_quantizer
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Calibration images
-
-
-def _folder_images(path: Path, model: nn.Module, limit: int) -> Tensor:
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    from effnetv2.data import create_transform, resolve_model_data_config
-    from effnetv2.data.images import open_image
-
-    if not path.exists():
-        raise FileNotFoundError(f"calibration: {path}: no such file or folder")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
-    if not files:
-        raise ValueError(f"calibration: no images in {path} (looked for {', '.join(IMG_EXTENSIONS)})")
-    config = resolve_model_data_config(model, use_test_size=True)  # as effnetv2 predict/validate read images
-    transform = create_transform(**config, is_training=False)
-    images = []
-    for file in files[:limit]:
-        try:
-            images.append(transform(open_image(file)))
-        except (OSError, ValueError) as e:  # an unreadable image does not calibrate; the rest still can
-            raise ValueError(f"calibration: cannot read {file}: {e}") from e
-    return torch.stack(images)
-
-
-def _loader_images(batches: Iterable[Any], limit: int) -> Tensor:
-    taken: list[Tensor] = []
-    count = 0
-    for batch in batches:
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        if not isinstance(images, Tensor):
-            raise TypeError(
-                f"calibration batches must be image tensors or (images, targets) pairs, got {type(images).__name__}"
-            )
-        taken.append(images if images.dim() == 4 else images.unsqueeze(0))
-        count += taken[-1].shape[0]
-        if count >= limit:
-            break
-    if not taken:
-        raise ValueError("calibration: the loader gave no batches")
-    return torch.cat(taken)[:limit]
-
-
-def calibration_images(calibration: Calibration, model: nn.Module, limit: int = DEFAULT_CALIBRATION_IMAGES) -> Tensor:
-    """``calibration`` as one (N, C, H, W) float batch of at most ``limit`` images.
-
-    A tensor is taken as it is (normalised images as the model takes them); a ``DataLoader`` (or any iterable of
-    image batches or ``(images, targets)`` pairs) is read until ``limit`` images; a folder (or one image file) is
-    read sorted, through the model's eval transform (``pretrained_cfg``'s test size, crop and normalisation).
-    """
-    if isinstance(calibration, Tensor):
-        images = calibration
-    elif isinstance(calibration, (str, os.PathLike)):
-        images = _folder_images(Path(calibration), model, limit)
-    elif isinstance(calibration, Iterable):
-        images = _loader_images(calibration, limit)
-    else:
-        raise TypeError(
-            "calibration must be an image batch (Tensor), a DataLoader of images, or a folder path, got "
-            f"{type(calibration).__name__}"
-        )
-    if images.dim() != 4 or images.shape[0] < 2:
-        raise ValueError(f"calibration must hold 2 or more images (N, C, H, W), got shape {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise TypeError(f"calibration images must be normalised float tensors, got {images.dtype}")
-    if not images.isfinite().all():
-        raise ValueError("calibration images hold NaN or infinite values")
-    return images[:limit].detach().float().cpu()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -222,7 +151,7 @@ def quantize_int8(
     model: Union[EfficientNetV2, EfficientNetV2Features],
     calibration: Calibration,
     *,
-    calibration_limit: int = DEFAULT_CALIBRATION_IMAGES,
+    calibration_limit: Optional[int] = None,
     compile: bool = True,
     keep_float: Optional[Sequence[Union[str, type[nn.Module]]]] = None,
 ) -> Int8EfficientNetV2:
@@ -232,7 +161,8 @@ def quantize_int8(
         model: an fp32 :class:`EfficientNetV2` or :class:`EfficientNetV2Features` on the CPU (not changed).
         calibration: normalised images (N, C, H, W), a DataLoader of them, or a folder of image files (read through
             the model's eval transform). The int8 model takes inputs of the calibration images' size.
-        calibration_limit: at most this many images are used (every 4th of them checks the result).
+        calibration_limit: at most this many images are used (every 4th of them checks the result); default: all of a
+            tensor, :data:`~effnetv2.inference.calibration.DEFAULT_CALIBRATION_IMAGES` of files or a loader.
         compile: lower to oneDNN's int8 kernels with ``torch.compile`` (the fast path; the first call at each
             batch size compiles, ~20 s for ``tf_efficientnetv2_b0`` on 2 cores). ``False`` runs the quantized
             graph as reference float ops (same numbers, slower than fp32: for checking accuracy).
@@ -242,19 +172,15 @@ def quantize_int8(
     Raises ``ImportError`` without torchao, ``ValueError``/``TypeError`` for bad calibration data or a model that is
     not on the CPU, ``RuntimeError`` when the int8 model returns non-finite values.
     """
-    from effnetv2.optimize import optimize_for_inference
-
     quantize_pt2e, x86 = _torchao()
     if not isinstance(model, (EfficientNetV2, EfficientNetV2Features)):
         raise TypeError(f"expected an effnetv2 EfficientNetV2 or EfficientNetV2Features, got {type(model).__name__}")
     if next(model.parameters()).device.type != "cpu":
         raise ValueError("int8 inference is for CPUs (oneDNN's int8 kernels); move the model to the CPU first")
-    if calibration_limit < 2:
-        raise ValueError(f"calibration_limit must be 2 or more, got {calibration_limit}")
     images = calibration_images(calibration, model, calibration_limit)
     check_input(images, model.in_chans)
     calibrate, check = split_holdout(images)
-    fp32 = optimize_for_inference(model)  # BatchNorm folded: the quantizer sees conv + bias, as inference runs
+    fp32 = fold_for_inference(model)  # BatchNorm folded: the quantizer sees conv + bias, as inference runs
     with torch.no_grad():
         batch = torch.export.Dim("batch", min=1, max=65536)
         example = next(_batches(calibrate))
@@ -284,4 +210,4 @@ def quantize_int8(
     return int8
 
 
-__all__ = ["KEPT_FLOAT", "Int8EfficientNetV2", "calibration_images", "quantize_int8"]
+__all__ = ["KEPT_FLOAT", "Calibration", "Int8EfficientNetV2", "calibration_images", "quantize_int8"]

@@ -1,8 +1,9 @@
-"""An inference-only copy of a model: BatchNorm folded into the convs, channels_last, in-place epilogues.
+"""The float inference copy of a model: BatchNorm folded into the convs, channels_last, in-place epilogues.
 
-(``dtype=torch.int8`` hands over to :mod:`effnetv2.quantize`, which quantizes this fp32 copy.)
+(:mod:`effnetv2.inference.int8` quantizes this fp32 copy.)
 
-``optimize_for_inference(model)`` rebuilds the network from the trained modules into lean eval-only ones:
+``fold_for_inference(model)`` (``effnetv2.optimize_for_inference`` for float dtypes) rebuilds the network from the
+trained modules into lean eval-only ones:
 
 - every conv + BatchNorm pair becomes one conv with a bias (``torch.nn.utils.fusion.fuse_conv_bn_eval``),
   which removes 169 passes over the activations;
@@ -17,14 +18,14 @@ Only plain aten ops are used, so the result scripts, exports (``torch.export``, 
 What was measured and kept (or dropped) is in BENCHMARKS.md: calling oneDNN's fused conv + SiLU / conv + add
 kernels (``torch.ops.mkldnn._convolution_pointwise``) from eager code gave no wall-clock gain on the reference
 CPU, so the eager copy does not; ``compile=True`` gets them from inductor, with prepacked weights
-(:mod:`effnetv2.compiling`): 2–13 % faster in fp32, 18–33 % in bf16 (BENCHMARKS.md *CPU inference goals*).
+(:mod:`effnetv2.inference.compiled`): 2–13 % faster in fp32, 18–33 % in bf16 (BENCHMARKS.md *CPU inference goals*).
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -32,14 +33,11 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.ops import SqueezeExcitation
 
-from effnetv2.compiling import FrozenCompiled
+from effnetv2.inference.compiled import FrozenCompiled
 from effnetv2.layers import ConvResidual, FusedMBConv, GlobalPool, MBConv
 from effnetv2.model import EfficientNetV2, EfficientNetV2Features, check_input
 
-if TYPE_CHECKING:
-    from effnetv2.quantize import Calibration
-
-__all__ = ["InferenceEfficientNetV2", "InferenceEfficientNetV2Features", "optimize_for_inference"]
+__all__ = ["INFERENCE_BLOCKS", "InferenceEfficientNetV2", "InferenceEfficientNetV2Features", "fold_for_inference"]
 
 
 class FoldedConv(nn.Module):
@@ -249,53 +247,14 @@ def _cpu_has_native_bf16() -> bool:
     return any(p() for p in probes)
 
 
-def optimize_for_inference(
+def fold_for_inference(
     model: Union[EfficientNetV2, EfficientNetV2Features],
     dtype: torch.dtype = torch.float32,
     channels_last: bool = True,
-    compile: Optional[bool] = None,
-    calibration: Optional[Calibration] = None,
+    compile: bool = False,
 ) -> nn.Module:
-    """An eval-only copy of ``model``: BatchNorm folded into the convs, channels_last, in-place epilogues.
-
-    The caller's model is not changed. In fp32 the outputs equal the model's to rounding (rel ≤ 1e-5 on a
-    well-conditioned network). The copy is for inference: call it under ``torch.inference_mode()``;
-    ``train()`` raises. It keeps ``forward``, ``forward_features`` and ``forward_head`` (classifier) or
-    returns the feature list (``features_only``), and ``pretrained_cfg``, ``feature_info``,
-    ``num_classes`` and ``num_features``. It scripts and exports (``torch.jit.script``, ``torch.export``,
-    ONNX) like the model itself.
-
-    Args:
-        model: an :class:`EfficientNetV2` or :class:`EfficientNetV2Features` (``features_only=True``).
-        dtype: ``torch.float32``, ``torch.bfloat16``, ``torch.float16`` (CUDA only), or ``torch.int8`` (CPU:
-            post-training static quantization, which needs ``calibration``; see :mod:`effnetv2.quantize`). Float
-            weights are folded in fp32, then cast; inputs are cast inside ``forward``; outputs come back in the
-            input's dtype (float32 for int8).
-        channels_last: store weights and run activations in NHWC (what oneDNN and cuDNN prefer).
-        compile: return ``torch.compile`` of the result, whose ``forward`` is compiled; the uncompiled module
-            is its ``_orig_mod``. On the CPU with weight freezing (:class:`effnetv2.compiling.FrozenCompiled`:
-            weights prepacked for oneDNN, conv + SiLU/add fused); call it without autograd. The first call
-            at each batch size compiles (about a minute for rw_m on 2 CPU cores; less with inductor's cache
-            warm). Default: ``False`` for float dtypes, ``True`` for int8 (whose uncompiled graph runs
-            reference float ops, slower than fp32).
-        calibration: int8 only: normalised images (N, C, H, W), a DataLoader of them, or a folder of image files;
-            the int8 model takes inputs of their size (:func:`effnetv2.quantize.quantize_int8`).
-
-    Reduced precision: on CPUs without native bfloat16 (no AVX512-BF16 or AMX) oneDNN emulates it and
-    bfloat16 is slower than float32; a warning says so.
-    """
-    if not isinstance(model, (EfficientNetV2, EfficientNetV2Features)):
-        raise TypeError(f"expected an effnetv2 EfficientNetV2 or EfficientNetV2Features, got {type(model).__name__}")
-    if dtype == torch.int8:
-        if calibration is None:
-            raise ValueError("dtype=torch.int8 needs calibration images: an (N, C, H, W) batch, a DataLoader, a folder")
-        if not channels_last:
-            raise ValueError("int8 inference runs channels_last (oneDNN's int8 convolutions); leave channels_last=True")
-        from effnetv2.quantize import quantize_int8
-
-        return quantize_int8(model, calibration, compile=True if compile is None else compile)
-    if calibration is not None:
-        raise ValueError(f"calibration is for dtype=torch.int8; {dtype} needs none")
+    """The float inference copy of :func:`effnetv2.optimize_for_inference` (see there): BatchNorm folded in fp32,
+    then cast to ``dtype`` (float32, bfloat16, or float16 on CUDA)."""
     if dtype not in (torch.float32, *_REDUCED):
         raise ValueError(f"dtype must be torch.float32, torch.bfloat16, torch.float16 or torch.int8, got {dtype}")
     param = next(model.parameters())

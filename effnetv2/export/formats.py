@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from effnetv2.atomic import atomic_path
 from effnetv2.errors import ExportError
 from effnetv2.inference.compare import Comparison, compare, model_natural_images, reference, run_batched
-from effnetv2.optimize import optimize_for_inference
+from effnetv2.inference.folded import fold_for_inference
 
 FORMATS = ("onnx", "torchscript", "exported-program")
 
@@ -158,7 +158,7 @@ def export_model(
         dynamic_size: make height and width dynamic too (also verified at a second, non-square size).
             TorchScript modules are shape-generic whatever these flags say.
         opset: ONNX opset, 7–20; default 17.
-        optimize: export ``effnetv2.optimize.optimize_for_inference(model)`` (BatchNorm folded into the
+        optimize: export ``effnetv2.optimize_for_inference(model)`` (BatchNorm folded into the
             convs) instead, still verified against ``model`` itself.
         verify: run the check; with ``False`` the file is written unchecked.
         tolerance: the largest accepted error from fp64 (max|file - fp64| / max|fp64| over each output), given
@@ -187,7 +187,7 @@ def export_model(
         _require("onnx")
         if verify:
             _require("onnxruntime")
-    exported = optimize_for_inference(model) if optimize else model
+    exported = fold_for_inference(model) if optimize else model
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None else torch.float32

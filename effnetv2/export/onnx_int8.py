@@ -30,8 +30,8 @@ from torch import Tensor, nn
 
 from effnetv2.atomic import atomic_path, pid_alive
 from effnetv2.errors import ExportError
-from effnetv2.export import INPUT_NAME, _require, check_export_options, export_model
-from effnetv2.inference.calibration import split_holdout
+from effnetv2.export.formats import INPUT_NAME, _require, check_export_options, export_model
+from effnetv2.inference.calibration import Calibration, calibration_images, split_holdout
 from effnetv2.inference.compare import Comparison, compare, reference
 
 WORK_PREFIX = ".effnetv2-int8-"  # + "{pid}-{random}": the work folder beside the output
@@ -81,13 +81,14 @@ class Int8Report:
 def export_onnx_int8(
     model: nn.Module,
     path: Union[str, os.PathLike],
-    calibration: Tensor,
+    calibration: Calibration,
     *,
     opset: Optional[int] = None,
     dynamic_batch: bool = True,
 ) -> Int8Report:
-    """Export ``model`` to an int8 ONNX file at ``path``, calibrated on ``calibration`` (N, C, H, W: normalised
-    images as the model takes them, at the export size). Raises ``ImportError`` without onnx/onnxruntime,
+    """Export ``model`` to an int8 ONNX file at ``path``, calibrated on ``calibration``: normalised images
+    (N, C, H, W) as the model takes them, at the export size, or files or a loader read as every int8 path reads
+    them (:func:`effnetv2.inference.calibration.calibration_images`). Raises ``ImportError`` without onnx/onnxruntime,
     ``ValueError`` for fewer than 2 images, :class:`~effnetv2.errors.ExportError` when a step fails or the int8
     model returns non-finite values (nothing is written then)."""
     path = check_export_options(path, "onnx", opset)
@@ -102,9 +103,7 @@ def export_onnx_int8(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if calibration.dim() != 4 or calibration.shape[0] < 2:
-        raise ValueError(f"calibration must be an (N >= 2, C, H, W) batch, got shape {tuple(calibration.shape)}")
-    calibration = calibration.detach().float().cpu()
+    calibration = calibration_images(calibration, model)
     calibrate, check = split_holdout(calibration)
 
     class Images(CalibrationDataReader):
