@@ -264,7 +264,7 @@ def test_a_file_pillow_cannot_identify_is_named_by_its_path(b0, tmp_path, capsys
     rc, _, err = cli(capsys, *argv, "--optimize", "--int8", "--calibration", calibration)
     assert rc == 2 and err.splitlines() == [
         f"effnetv2: skipped {calibration / 'z.jpg'}: not an image, or in a format Pillow cannot read",
-        f"effnetv2: error: --calibration {calibration}: fewer than 2 readable images",
+        f"effnetv2: error: --calibration {calibration}: fewer than 2 readable calibration images (of 2)",
     ]
 
 

@@ -70,7 +70,7 @@ def read_files(
         except Exception as e:  # any decoder error: that image does not calibrate; the rest still can
             on_skip(Path(file), e)
     if len(images) < 2:
-        raise ValueError(f"calibration: fewer than 2 readable images among {len(files)}")
+        raise ValueError(f"fewer than 2 readable calibration images (of {len(files)})")
     return torch.stack(images)
 
 
