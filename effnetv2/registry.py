@@ -9,6 +9,7 @@ import fnmatch
 import os
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -17,9 +18,12 @@ from torch import nn
 
 from effnetv2.data.config import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from effnetv2.errors import CheckpointError, UnknownModelError
+from effnetv2.feature_nets import check_feature_cls, wrap_features
 from effnetv2.model import EfficientNetV2, EfficientNetV2Features
 from effnetv2.spec import SPECS, ModelSpec
+from effnetv2.weights.hub import no_weights_message, pretrained_file
 from effnetv2.weights.hub_config import (
+    ModelSource,
     OpenedModelFiles,
     open_model_source,
     open_saved_model,
@@ -194,12 +198,12 @@ def _warn_unknown_overlay_keys(overlay: Mapping[str, Any]) -> None:
             f"pretrained_cfg_overlay keys effnetv2 does not know (they have no effect): {', '.join(hints)}; "
             "known keys are timm's PretrainedCfg fields (file, hf_hub_id, hf_hub_revision, source, url, ...)",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,  # create_model's caller (through _resolve_config)
         )
     for key, why in _UNSUPPORTED_CFG_KEYS.items():
         if overlay.get(key) is not None:
             message = f"pretrained_cfg_overlay[{key!r}] is not supported by effnetv2 (it has no effect): {why}"
-            warnings.warn(message, UserWarning, stacklevel=3)
+            warnings.warn(message, UserWarning, stacklevel=4)
 
 
 def create_model(
@@ -246,107 +250,191 @@ def create_model(
     ``model.source_files`` lists the files read (:class:`~effnetv2.weights.reading.SourceFile`: role, path and the
     version read); ``effnetv2.weights.reading.fingerprint(model.source_files)`` gives their sha256.
     """
+    feature_cls = _check_arguments(kwargs, feature_cls, feature_cfg, features_only, dtype)
+    # Every file is opened once and read through that descriptor, the two files of a model folder through one
+    # descriptor of the folder (one save's pair, whatever replaces it meanwhile); they stay open until the weights
+    # are in, and model.source_files remembers which versions were read.
+    with contextlib.ExitStack() as opened:
+        resolved = _resolve_config(
+            model_name, pretrained, pretrained_cfg, pretrained_cfg_overlay, cache_dir, kwargs, opened
+        )
+        # The weights files are opened here, in the caller's frame: the warnings of pretrained_file (a release-file
+        # fallback) and open_saved_model (an ignored config.json) name the line that called create_model.
+        if pretrained:  # found and opened before building: fail fast when it is unavailable
+            resolved.weights = _folder_weights(resolved) or opened.enter_context(
+                open_weights_file(pretrained_file(resolved.cfg, cache_dir=cache_dir))
+            )
+        if checkpoint_path is not None:
+            checkpoint = opened.enter_context(open_saved_model(checkpoint_path))
+            _use_checkpoint(resolved, checkpoint, pretrained_cfg is None, pretrained_cfg_overlay)
+        model = _build(resolved, features_only, feature_cls, out_indices, device)
+        _load_weights(model, resolved)
+        source_files = tuple(f.identity() for f in resolved.read if f is not None)
+    if dtype is not None:
+        model.to(dtype=dtype)
+    if features_only and feature_cls is not None:  # timm too wraps the classifier once its weights are in
+        model = wrap_features(model, feature_cls, out_indices)
+    model.source_files = source_files
+    return model
+
+
+def _check_arguments(
+    kwargs: Mapping[str, Any],
+    feature_cls: Optional[str],
+    feature_cfg: Optional[Mapping[str, Any]],
+    features_only: bool,
+    dtype: Optional[torch.dtype],
+) -> Optional[str]:
+    """Refuse what ``create_model`` does not take, before anything is read; returns the checked ``feature_cls``."""
     unexpected = sorted(set(kwargs) - set(_MODEL_KWARGS))
     if unexpected:
         raise TypeError(f"create_model() got unexpected keyword argument(s) {unexpected}; accepted: {_MODEL_KWARGS}")
     feature_cls = _feature_cls(feature_cls, feature_cfg, features_only)
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+    return feature_cls
+
+
+@dataclass
+class _Resolved:
+    """What ``create_model`` builds and loads: the architecture, its pretrained config and model arguments, and
+    the weights files, opened."""
+
+    architecture: str
+    cfg: dict[str, Any]
+    kwargs: dict[str, Any]  # the model's arguments: the caller's, filled in from a saved config.json
+    source: str  # "hf-hub", "local-dir" or "" (a model name)
+    model_id: str
+    saved: Optional[ModelSource]  # the hf-hub:/local-dir: model's config.json (and a folder's weights), opened
+    read: list[PinnedFile]  # the files read, in order (config files first): model.source_files
+    weights: Optional[PinnedFile] = None  # the pretrained weights
+    checkpoint: Optional[OpenedModelFiles] = None  # checkpoint_path's weights (and config.json)
+    checkpoint_source: str = ""  # how loading messages name the checkpoint
+
+
+def _resolve_config(
+    model_name: str,
+    pretrained: bool,
+    pretrained_cfg: Optional[Mapping[str, Any]],
+    pretrained_cfg_overlay: Optional[Mapping[str, Any]],
+    cache_dir: Optional[Union[str, os.PathLike]],
+    kwargs: dict[str, Any],
+    opened: contextlib.ExitStack,
+) -> _Resolved:
+    """The architecture, pretrained config and model arguments that the name (a ``hf-hub:``/``local-dir:`` name's
+    ``config.json``, kept open by ``opened``) and the arguments give."""
     source, model_id = parse_model_name(model_name)
-    # Every file is opened once and read through that descriptor, the two files of a model folder through one
-    # descriptor of the folder (one save's pair, whatever replaces it meanwhile); they stay open until the weights
-    # are in, and model.source_files remembers which versions were read.
-    with contextlib.ExitStack() as opened:
-        read: list[PinnedFile] = []
-        folder_weights = None  # the weights file of a local-dir: folder, opened with its config.json
-        if source:
-            if pretrained_cfg is not None:
-                raise ValueError(f"pretrained_cfg cannot be combined with {source}: names (their config.json is used)")
-            saved = opened.enter_context(open_model_source(source, model_id, cache_dir, weights=pretrained))
-            model_name, pretrained_cfg, model_args = saved.architecture, saved.pretrained_cfg, saved.model_args
-            read.append(saved.files.config)
-            if saved.files.weights is not None:
-                folder_weights = (saved.pretrained_cfg.get("file"), saved.files.weights)
-            if model_name not in ARCHITECTURES:
-                raise _unknown(f"architecture (named by {model_id}'s config.json)", model_name)
-            _check_model_args(model_args, f"{model_id}'s config.json")
-            for key, value in model_args.items():
-                kwargs.setdefault(key, value)
-        architecture, cfg = get_pretrained_cfg(model_name)
+    saved = None
+    if source:
         if pretrained_cfg is not None:
-            cfg = copy.deepcopy(dict(pretrained_cfg))
-        if pretrained_cfg_overlay:
-            _warn_unknown_overlay_keys(pretrained_cfg_overlay)
-            cfg.update(pretrained_cfg_overlay)
-        spec = ARCHITECTURES[architecture]
+            raise ValueError(f"pretrained_cfg cannot be combined with {source}: names (their config.json is used)")
+        saved = _open_model_source(source, model_id, pretrained, cache_dir, kwargs, opened)
+        model_name, pretrained_cfg = saved.architecture, saved.pretrained_cfg
+    architecture, cfg = get_pretrained_cfg(model_name)
+    if pretrained_cfg is not None:
+        cfg = copy.deepcopy(dict(pretrained_cfg))
+    if pretrained_cfg_overlay:
+        _warn_unknown_overlay_keys(pretrained_cfg_overlay)
+        cfg.update(pretrained_cfg_overlay)
+    read = [saved.files.config] if saved is not None else []
+    return _Resolved(architecture, cfg, kwargs, source, model_id, saved, read)
 
-        weights = None
-        if pretrained:  # found and opened before building: fail fast when it is unavailable
-            if folder_weights is not None and cfg.get("file") == folder_weights[0]:
-                weights = folder_weights[1]
-            elif folder_weights is None and source == "local-dir" and cfg.get("file") == saved.pretrained_cfg["file"]:
-                from effnetv2.weights.hub import no_weights_message
 
-                raise FileNotFoundError(no_weights_message(Path(model_id)))
-            else:
-                from effnetv2.weights.hub import pretrained_file  # imports huggingface_hub only when needed
+def _open_model_source(
+    source: str,
+    model_id: str,
+    pretrained: bool,
+    cache_dir: Optional[Union[str, os.PathLike]],
+    kwargs: dict[str, Any],
+    opened: contextlib.ExitStack,
+) -> ModelSource:
+    """A ``hf-hub:``/``local-dir:`` model's ``config.json`` (and a folder's weights), opened; its model args fill
+    the ``kwargs`` the caller left out."""
+    saved = opened.enter_context(open_model_source(source, model_id, cache_dir, weights=pretrained))
+    if saved.architecture not in ARCHITECTURES:
+        raise _unknown(f"architecture (named by {model_id}'s config.json)", saved.architecture)
+    _check_model_args(saved.model_args, f"{model_id}'s config.json")
+    for key, value in saved.model_args.items():
+        kwargs.setdefault(key, value)
+    return saved
 
-                weights = opened.enter_context(open_weights_file(pretrained_file(cfg, cache_dir=cache_dir)))
 
-        # A checkpoint saved with its config.json (a model folder, or a file beside one) describes the model it holds.
-        checkpoint = None
-        if checkpoint_path is not None:
-            checkpoint = opened.enter_context(open_saved_model(checkpoint_path))
-            checkpoint_source = str(checkpoint.weights.path)
-            if checkpoint.config is not None and not source:
-                saved_cfg, overridden = _apply_saved_config(checkpoint, architecture, kwargs)
-                read.append(checkpoint.config)
-                if overridden:
-                    checkpoint_source += f" ({overridden})"
-                if pretrained_cfg is None:
-                    cfg = {**saved_cfg, **(pretrained_cfg_overlay or {})}
+def _folder_weights(resolved: _Resolved) -> Optional[PinnedFile]:
+    """A ``local-dir:`` model's own weights (opened with its config.json) when the config still names them; None:
+    the Hub's or the release's are wanted."""
+    saved = resolved.saved
+    own = saved.files.weights if saved is not None else None
+    if own is not None and resolved.cfg.get("file") == saved.pretrained_cfg.get("file"):
+        return own
+    if own is None and resolved.source == "local-dir" and resolved.cfg.get("file") == saved.pretrained_cfg["file"]:
+        raise FileNotFoundError(no_weights_message(Path(resolved.model_id)))
+    return None
 
-        with torch.device(device) if device is not None else contextlib.nullcontext():
-            if features_only and feature_cls is None:
-                model_kwargs = {k: v for k, v in kwargs.items() if k not in _FEATURES_IGNORED_KWARGS}
-                model: nn.Module = EfficientNetV2Features(spec, out_indices=out_indices, **model_kwargs)
-                cfg = {k: v for k, v in cfg.items() if k not in ("num_classes", "classifier", "global_pool")}
-            else:
-                if features_only:  # a wrapped classifier: its head goes, so its head options do not matter
-                    kwargs = {k: v for k, v in kwargs.items() if k not in _FEATURES_IGNORED_KWARGS}
-                kwargs.setdefault("num_classes", cfg.get("num_classes", 1000))
-                model = EfficientNetV2(spec, **kwargs)
-        if isinstance(model, EfficientNetV2) and model.num_classes != cfg.get("num_classes", model.num_classes):
-            for key in ("label_names", "label_descriptions"):
-                cfg.pop(key, None)  # they name the classes of another head
-        model.pretrained_cfg = cfg
 
-        # Pretrained-style loading: a classifier of another size stays fresh (with a warning), the stem follows
-        # in_chans.
-        if weights is not None:
-            load_state_dict_into(model, read_pinned_state_dict(weights), source=str(weights.path), adapt=True)
-            read.append(weights)
-        if checkpoint is not None:
-            state_dict = read_pinned_state_dict(checkpoint.weights)
-            load_state_dict_into(model, state_dict, source=checkpoint_source, adapt=True)
-            read.append(checkpoint.weights)
-        source_files = tuple(f.identity() for f in read if f is not None)
-    if dtype is not None:
-        model.to(dtype=dtype)
-    if features_only and feature_cls is not None:  # timm too wraps the classifier once its weights are in
-        from effnetv2.feature_nets import wrap_features
+def _use_checkpoint(
+    resolved: _Resolved,
+    checkpoint: OpenedModelFiles,
+    replace_cfg: bool,
+    pretrained_cfg_overlay: Optional[Mapping[str, Any]],
+) -> None:
+    """Add the opened ``checkpoint`` to what is loaded. A checkpoint saved with its config.json (a model folder, or a
+    file beside one) describes the model it holds: its model args fill the caller's gaps and (``replace_cfg``: no
+    ``pretrained_cfg`` was passed) its pretrained config, overlaid, is the model's."""
+    resolved.checkpoint = checkpoint
+    resolved.checkpoint_source = str(checkpoint.weights.path)
+    if checkpoint.config is None or resolved.source:
+        return
+    saved_cfg, overridden = _apply_saved_config(checkpoint, resolved.architecture, resolved.kwargs)
+    resolved.read.append(checkpoint.config)
+    if overridden:
+        resolved.checkpoint_source += f" ({overridden})"
+    if replace_cfg:
+        resolved.cfg = {**saved_cfg, **(pretrained_cfg_overlay or {})}
 
-        model = wrap_features(model, feature_cls, out_indices)
-    model.source_files = source_files
+
+def _build(
+    resolved: _Resolved,
+    features_only: bool,
+    feature_cls: Optional[str],
+    out_indices: Union[int, tuple[int, ...]],
+    device: Optional[Union[str, torch.device]],
+) -> nn.Module:
+    """The model, built on ``device``, with its pretrained config (less what does not apply to it)."""
+    spec, cfg, kwargs = ARCHITECTURES[resolved.architecture], resolved.cfg, resolved.kwargs
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        if features_only and feature_cls is None:
+            model_kwargs = {k: v for k, v in kwargs.items() if k not in _FEATURES_IGNORED_KWARGS}
+            model: nn.Module = EfficientNetV2Features(spec, out_indices=out_indices, **model_kwargs)
+            cfg = {k: v for k, v in cfg.items() if k not in ("num_classes", "classifier", "global_pool")}
+        else:
+            if features_only:  # a wrapped classifier: its head goes, so its head options do not matter
+                kwargs = {k: v for k, v in kwargs.items() if k not in _FEATURES_IGNORED_KWARGS}
+            kwargs.setdefault("num_classes", cfg.get("num_classes", 1000))
+            model = EfficientNetV2(spec, **kwargs)
+    if isinstance(model, EfficientNetV2) and model.num_classes != cfg.get("num_classes", model.num_classes):
+        for key in ("label_names", "label_descriptions"):
+            cfg.pop(key, None)  # they name the classes of another head
+    model.pretrained_cfg = cfg
     return model
+
+
+def _load_weights(model: nn.Module, resolved: _Resolved) -> None:
+    """Pretrained weights, then the checkpoint, loaded pretrained-style: a classifier of another size stays fresh
+    (with a warning), the stem follows in_chans."""
+    if resolved.weights is not None:
+        weights = resolved.weights
+        load_state_dict_into(model, read_pinned_state_dict(weights), source=str(weights.path), adapt=True)
+        resolved.read.append(weights)
+    if resolved.checkpoint is not None:
+        state_dict = read_pinned_state_dict(resolved.checkpoint.weights)
+        load_state_dict_into(model, state_dict, source=resolved.checkpoint_source, adapt=True)
+        resolved.read.append(resolved.checkpoint.weights)
 
 
 def _feature_cls(
     feature_cls: Optional[str], feature_cfg: Optional[Mapping[str, Any]], features_only: bool
 ) -> Optional[str]:
     """timm's ``feature_cls`` argument, given directly or in ``feature_cfg``; checked."""
-    from effnetv2.feature_nets import check_feature_cls
-
     cfg = dict(feature_cfg or {})
     other = sorted(set(cfg) - {"feature_cls"})
     if other:

@@ -19,18 +19,30 @@ import math
 import os
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from effnetv2.atomic import write_text
-from effnetv2.train.engine import NonFiniteLossError
+from effnetv2.data import create_transform, resolve_model_data_config
+from effnetv2.distributed import DistEnv, ShardSampler, broadcast_buffers, init_distributed, rank_device
+from effnetv2.registry import create_model
+from effnetv2.train.data import image_folders
+from effnetv2.train.ema import create_ema
+from effnetv2.train.engine import NonFiniteLossError, StepConfig, evaluate, train_one_epoch
+from effnetv2.train.mix import mixup_cutmix
+from effnetv2.train.param_groups import apply_lr_scale, param_groups_layer_decay, param_groups_weight_decay
+from effnetv2.train.reporting import RunReport
+from effnetv2.train.rng import get_rng_state, seed_everything, set_rng_state
 from effnetv2.train.run_folder import RunFolder, TrainError, all_finite, check_resume, model_files
+from effnetv2.train.schedule import WarmupCosineLR, cosine_with_warmup
 
 STOP_AFTER_ENV = "EFFNETV2_TEST_STOP_AFTER_EPOCHS"
 CHECKSUMS_ENV = "EFFNETV2_TEST_CHECKSUMS_DIR"
@@ -120,9 +132,6 @@ _RECIPE_FROM_OPTIONS = (
 
 def fit(opts: TrainOptions) -> TrainResult:
     """Run (or resume, or extend) the training that ``opts`` describes; rank 0 writes ``opts.output``."""
-    from effnetv2.distributed import init_distributed, rank_device
-    from effnetv2.train.data import image_folders
-
     device = torch.device(opts.device)
     env = init_distributed(device)
     device = rank_device(device, env)
@@ -142,42 +151,84 @@ def fit(opts: TrainOptions) -> TrainResult:
             dist.destroy_process_group()
 
 
-def _fit(opts: TrainOptions, env, device: torch.device, folder: RunFolder, train_set, val_set) -> TrainResult:
-    from effnetv2 import create_model
-    from effnetv2.data import create_transform, resolve_model_data_config
-    from effnetv2.distributed import ShardSampler, broadcast_buffers
-    from effnetv2.train import (
-        apply_lr_scale,
-        cosine_with_warmup,
-        create_ema,
-        get_rng_state,
-        mixup_cutmix,
-        param_groups_layer_decay,
-        param_groups_weight_decay,
-        seed_everything,
-        set_rng_state,
-    )
-    from effnetv2.train.engine import StepConfig, evaluate, train_one_epoch
-    from effnetv2.train.reporting import RunReport
+@dataclass
+class _Run:
+    """The fixed facts of a run: its options, this process, the run folder, the recipe and the class names."""
 
-    stop_after = int(os.environ.get(STOP_AFTER_ENV) or 0)
-    checksums = os.environ.get(CHECKSUMS_ENV)
+    opts: TrainOptions
+    env: DistEnv
+    folder: RunFolder
+    recipe: dict[str, Any]
+    classes: list[str]
+
+
+@dataclass
+class _Loaders:
+    train: DataLoader
+    val: DataLoader
+    train_sampler: DistributedSampler
+
+
+@dataclass
+class _Trainer:
+    """What the epoch loop steps: the model, the RW recipe's optimizer, schedule and EMA, and how a step runs."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: WarmupCosineLR
+    ema: Optional[AveragedModel]
+    scaler: Optional[torch.amp.GradScaler]
+    loss_fn: nn.Module
+    step_cfg: StepConfig
+    steps: int  # optimizer steps per epoch
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is evaluated and saved as the best model: the EMA weights when there are some."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+@dataclass
+class _Progress:
+    """Where the run stands: the first epoch this process runs, the best top-1 so far, the metrics rows."""
+
+    start_epoch: int = 0
+    best_top1: float = -1.0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _fit(opts: TrainOptions, env: DistEnv, device: torch.device, folder: RunFolder, train_set, val_set) -> TrainResult:
+    """Steps of a run in its opened folder: the model and data, then the epoch loop, from the start or the saved
+    state (a finished run with the same ``--epochs``: nothing to do)."""
     seed_everything(opts.seed + env.rank)  # ranks augment differently; DDP copies rank 0's initial weights
-    classes = list(train_set.classes)
-    num_classes = len(classes)
-    out = folder.path
-
+    run = _Run(opts, env, folder, _recipe(opts, env.world_size, len(train_set), opts.img_size), list(train_set.classes))
+    if opts.img_size is None:
+        del run.recipe["img_size"]  # the model's default: known once the model is built
     # the saved state first: a mismatched option stops before the model is built
     state = folder.read_state() if opts.resume else None
-    recipe = _recipe(opts, env.world_size, len(train_set), opts.img_size)
-    if opts.img_size is None:
-        del recipe["img_size"]  # the model's default: known once the model is built
-    mode = "new" if state is None else check_resume(state, recipe, classes, opts.epochs, out)
+    mode = "new" if state is None else check_resume(state, run.recipe, run.classes, opts.epochs, folder.path)
+    model = _create_model(opts, len(run.classes))
+    run.recipe.update(model_files(model))
+    data_cfg, size = _evaluation_size(model, opts.img_size)
+    run.recipe["img_size"] = size
+    if state is not None:
+        check_resume(state, run.recipe, run.classes, opts.epochs, folder.path)
+    if mode == "done":
+        return TrainResult(int(state["epoch"]), int(state["epochs"]), float(state["best_top1"]), True)
+
+    loaders = _loaders(opts, env, device, train_set, val_set, data_cfg, size)
+    trainer = _trainer(opts, env, device, _place_model(model, opts, env, device), len(run.classes), len(loaders.train))
+    progress = _Progress() if state is None else _resume(run, trainer, state, extend=mode == "extend")
+    del state  # the saved weights, optimizer and EMA: not kept through the run
+    return _run_epochs(run, trainer, loaders, progress)
+
+
+def _create_model(opts: TrainOptions, num_classes: int) -> nn.Module:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*classifier.*")  # new num_classes: fresh classifier, expected
         # a resume reads the same model files as the start (the state's weights replace theirs): check_resume
         # compares them with the run's
-        model = create_model(
+        return create_model(
             opts.model,
             pretrained=opts.pretrained,
             checkpoint_path=opts.checkpoint,
@@ -185,21 +236,25 @@ def _fit(opts: TrainOptions, env, device: torch.device, folder: RunFolder, train
             drop_rate=opts.drop,
             drop_path_rate=opts.drop_path,
         )
-    recipe.update(model_files(model))
-    # transforms from the model's pretrained config, at --img-size
+
+
+def _evaluation_size(model: nn.Module, img_size: Optional[int]) -> tuple[dict[str, Any], int]:
+    """The model's data config and the run's image size (``img_size``, else the model's); the model's
+    ``pretrained_cfg`` made to say that size."""
     data_cfg = resolve_model_data_config(model)
-    size = opts.img_size or data_cfg["input_size"][-1]
-    recipe["img_size"] = size
+    size = img_size or data_cfg["input_size"][-1]
     # The saved config.json describes this run's evaluation: predict/validate on the saved model see what val saw.
     model.pretrained_cfg = {
         **{k: v for k, v in model.pretrained_cfg.items() if k not in ("test_input_size", "test_crop_pct", "file")},
         "input_size": (model.in_chans, size, size),
     }
-    if state is not None:
-        check_resume(state, recipe, classes, opts.epochs, out)
-    if mode == "done":
-        return TrainResult(int(state["epoch"]), int(state["epochs"]), float(state["best_top1"]), True)
+    return data_cfg, size
 
+
+def _loaders(
+    opts: TrainOptions, env: DistEnv, device: torch.device, train_set, val_set, data_cfg: dict[str, Any], size: int
+) -> _Loaders:
+    """Transforms from the model's pretrained config at ``size``; this process's share of each set."""
     norm = dict(interpolation=data_cfg["interpolation"], mean=data_cfg["mean"], std=data_cfg["std"])
     train_set.transform = create_transform(size, is_training=True, auto_augment=opts.auto_augment, **norm)
     val_set.transform = create_transform(size, is_training=False, crop_pct=data_cfg["crop_pct"], **norm)
@@ -214,7 +269,11 @@ def _fit(opts: TrainOptions, env, device: torch.device, folder: RunFolder, train
             f"{len(train_set)} training images make no full batch of {opts.batch_size} per process; lower --batch-size"
         )
     val_loader = DataLoader(val_set, sampler=ShardSampler(len(val_set), env.rank, env.world_size), **loader_kw)
+    return _Loaders(train_loader, val_loader, train_sampler)
 
+
+def _place_model(model: nn.Module, opts: TrainOptions, env: DistEnv, device: torch.device) -> nn.Module:
+    """Checkpointing, SyncBatchNorm, device and memory format as the options ask."""
     if opts.grad_checkpointing:
         model.set_grad_checkpointing(True)
     if opts.sync_bn and env.enabled:
@@ -222,14 +281,18 @@ def _fit(opts: TrainOptions, env, device: torch.device, folder: RunFolder, train
     model.to(device)
     if opts.channels_last:
         model.to(memory_format=torch.channels_last)
+    return model
 
-    # the RW recipe: SGD-Nesterov, no decay on norms/biases, AGC, cosine with warmup, per step
+
+def _trainer(
+    opts: TrainOptions, env: DistEnv, device: torch.device, model: nn.Module, num_classes: int, steps: int
+) -> _Trainer:
+    """The RW recipe: SGD-Nesterov, no decay on norms/biases, AGC, cosine with warmup (per step), optional EMA."""
     if opts.layer_decay is not None:
         groups = param_groups_layer_decay(model, opts.weight_decay, layer_decay=opts.layer_decay)
     else:
         groups = param_groups_weight_decay(model, opts.weight_decay)
     optimizer = torch.optim.SGD(apply_lr_scale(groups, opts.lr), lr=opts.lr, momentum=opts.momentum, nesterov=True)
-    steps = len(train_loader)
     scheduler = cosine_with_warmup(optimizer, opts.epochs * steps, round(opts.warmup_epochs * steps))
     ema = create_ema(model, opts.ema) if opts.ema is not None else None
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[opts.amp]
@@ -243,127 +306,183 @@ def _fit(opts: TrainOptions, env, device: torch.device, folder: RunFolder, train
         batch_transform=mixup_cutmix(num_classes, opts.mixup, opts.cutmix),
         progress=env.is_main and sys.stderr.isatty(),
     )
+    return _Trainer(model, optimizer, scheduler, ema, scaler, loss_fn, step_cfg, steps)
 
-    options = dataclasses.asdict(opts)  # saved for information: what the run was started or resumed with
-    start_epoch, best_top1, rows = 0, -1.0, []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if mode == "extend":  # the cosine re-planned from here to the new end (see WarmupCosineLR.extend)
-            scheduler.extend(opts.epochs * steps)
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, best_top1, rows = int(state["epoch"]), float(state["best_top1"]), list(state["metrics"])
-        set_rng_state(state["rng"][env.rank])
-        if env.is_main:  # a kill between the state and the metrics write left the file one row behind
-            folder.write_metrics(rows)
-        del state
 
-    report = None
-    if env.is_main:
-        events = None if opts.tensorboard is None else Path(opts.tensorboard or out / "tensorboard")
-        report = RunReport(out, events, steps, start_epoch)
-        report.resumed(rows)
+def _resume(run: _Run, trainer: _Trainer, state: dict[str, Any], extend: bool) -> _Progress:
+    """Load the saved state into ``trainer`` and this process's random generators; where the run stands."""
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    if extend:  # the cosine re-planned from here to the new end (see WarmupCosineLR.extend)
+        trainer.scheduler.extend(run.opts.epochs * trainer.steps)
+    if trainer.ema is not None:
+        trainer.ema.load_state_dict(state["ema"])
+    if trainer.scaler is not None and state.get("scaler"):
+        trainer.scaler.load_state_dict(state["scaler"])
+    progress = _Progress(int(state["epoch"]), float(state["best_top1"]), list(state["metrics"]))
+    set_rng_state(state["rng"][run.env.rank])
+    if run.env.is_main:  # a kill between the state and the metrics write left the file one row behind
+        run.folder.write_metrics(progress.rows)
+    return progress
+
+
+def _run_epochs(run: _Run, trainer: _Trainer, loaders: _Loaders, progress: _Progress) -> TrainResult:
+    """The epoch loop, from ``progress.start_epoch`` to ``--epochs`` (or the test hook's stop)."""
+    opts, env = run.opts, run.env
+    stop_after = int(os.environ.get(STOP_AFTER_ENV) or 0)
+    checksums = os.environ.get(CHECKSUMS_ENV)
+    args = _saved_args(opts)
+    report = _open_report(run, trainer.steps, progress)
     try:
-        ddp, frozen, done = None, None, start_epoch
-        for epoch in range(start_epoch, opts.epochs):
-            now_frozen = epoch < opts.freeze_backbone_epochs
-            if now_frozen != frozen:
-                frozen = now_frozen
-                head = {id(p) for p in model.get_classifier().parameters()}
-                for p in model.parameters():
-                    p.requires_grad_(not frozen or id(p) in head)
-                # DDP registers the parameters that need gradients when it wraps: wrap again after (un)freezing
-                ddp = (
-                    DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-                    if env.enabled
-                    else model
-                )
-            train_sampler.set_epoch(epoch)
-            last_good = f"{out / 'last_state.pt'} still holds epoch {epoch}" if epoch else "no epoch was saved"
-            try:
-                stats = train_one_epoch(
-                    ddp,
-                    train_loader,
-                    loss_fn,
-                    optimizer,
-                    scheduler,
-                    step_cfg,
-                    env,
-                    scaler,
-                    ema,
-                    clip_target=model,
-                    desc=f"epoch {epoch + 1}/{opts.epochs}",
-                    on_step=None if report is None else lambda step, values, e=epoch: report.step(e, step, values),
-                )
-            except NonFiniteLossError as e:
-                raise NonFiniteLossError(
-                    f"{e} of epoch {epoch + 1} (step {epoch * steps + e.step} of the run); stopped, {last_good}; "
-                    "lower --lr" + (" or use --amp bf16" if opts.amp == "fp16" else ""),
-                    e.step,
-                ) from None
-            # same BN statistics everywhere → same evaluation and the same EMA on every rank
-            broadcast_buffers(model, env)
-            if ema is not None:
-                broadcast_buffers(ema.module, env)
-            if not all_finite(model, ema.module if ema is not None else None):
-                raise NonFiniteLossError(
-                    f"the weights became NaN or infinite in epoch {epoch + 1}; stopped, {last_good}; lower --lr", steps
-                )
-            eval_model = ema.module if ema is not None else model
-            stats.update(evaluate(eval_model, val_loader, step_cfg, env))
-            if not math.isfinite(stats["val_loss"]):
-                raise NonFiniteLossError(
-                    f"the validation loss became {stats['val_loss']} after epoch {epoch + 1}; stopped, {last_good}; "
-                    "lower --lr",
-                    steps,
-                )
-            stats = {"epoch": epoch + 1, **stats, "lr": max(g["lr"] for g in optimizer.param_groups)}
-            rng = [get_rng_state()]
-            if env.enabled:
-                rng = [None] * env.world_size
-                dist.all_gather_object(rng, get_rng_state())
+        ddp, frozen, done = None, None, progress.start_epoch
+        for epoch in range(progress.start_epoch, opts.epochs):
+            if (epoch < opts.freeze_backbone_epochs) != frozen:
+                frozen = epoch < opts.freeze_backbone_epochs
+                ddp = _freeze_backbone(trainer, frozen, env)
+            loaders.train_sampler.set_epoch(epoch)
+            stats = _train_epoch(run, trainer, ddp, loaders.train, epoch, report)
+            stats = _evaluate_epoch(run, trainer, loaders.val, epoch, stats)
+            rng = _gathered_rng_states(env)
             if env.is_main:
-                improved = stats["val_top1"] > best_top1
-                best_top1 = max(best_top1, stats["val_top1"])
-                rows.append(stats)
-                folder.end_epoch(
-                    dict(
-                        epoch=epoch + 1,
-                        epochs=opts.epochs,
-                        best_top1=best_top1,
-                        metrics=rows,
-                        recipe=recipe,
-                        classes=classes,
-                        model=model.state_dict(),
-                        optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(),
-                        ema=ema.state_dict() if ema is not None else None,
-                        scaler=scaler.state_dict() if scaler is not None else None,
-                        rng=rng,
-                        args={
-                            k: v if isinstance(v, (int, float, bool)) or v is None else str(v)
-                            for k, v in options.items()
-                        },
-                    ),
-                    best_model=eval_model if improved else None,
-                    label_names=classes,
-                )
+                _save_epoch(run, trainer, progress, stats, rng, args)
                 print(json.dumps(stats), flush=True)
-                report.epoch(rows)
+                report.epoch(progress.rows)
             done = epoch + 1
             if checksums:
-                write_text(Path(checksums, f"rank{env.rank}.sha256"), weights_checksum(model))
-                if ema is not None:
-                    write_text(Path(checksums, f"rank{env.rank}.ema.sha256"), weights_checksum(ema.module))
+                _write_checksums(Path(checksums), env, trainer)
             if env.enabled:
                 dist.barrier()
-            if stop_after and done - start_epoch >= stop_after:
+            if stop_after and done - progress.start_epoch >= stop_after:
                 break
-        return TrainResult(done, opts.epochs, best_top1)
+        return TrainResult(done, opts.epochs, progress.best_top1)
     finally:
         if report is not None:
             report.close()
+
+
+def _saved_args(opts: TrainOptions) -> dict[str, Any]:
+    """The options, saved for information: what the run was started or resumed with."""
+    return {
+        k: v if isinstance(v, (int, float, bool)) or v is None else str(v) for k, v in dataclasses.asdict(opts).items()
+    }
+
+
+def _open_report(run: _Run, steps: int, progress: _Progress) -> Optional[RunReport]:
+    """Curves and TensorBoard events, written by the main process only."""
+    if not run.env.is_main:
+        return None
+    out = run.folder.path
+    events = None if run.opts.tensorboard is None else Path(run.opts.tensorboard or out / "tensorboard")
+    report = RunReport(out, events, steps, progress.start_epoch)
+    report.resumed(progress.rows)
+    return report
+
+
+def _freeze_backbone(trainer: _Trainer, frozen: bool, env: DistEnv) -> nn.Module:
+    """Train only the classifier (``frozen``) or everything; returns the module to step (DDP-wrapped under DDP)."""
+    model = trainer.model
+    head = {id(p) for p in model.get_classifier().parameters()}
+    for p in model.parameters():
+        p.requires_grad_(not frozen or id(p) in head)
+    if not env.enabled:
+        return model
+    # DDP registers the parameters that need gradients when it wraps: wrap again after (un)freezing
+    device = trainer.step_cfg.device
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _last_good(run: _Run, epoch: int) -> str:
+    """What a stop in ``epoch`` leaves to resume from, for its message."""
+    return f"{run.folder.path / 'last_state.pt'} still holds epoch {epoch}" if epoch else "no epoch was saved"
+
+
+def _train_epoch(
+    run: _Run, trainer: _Trainer, ddp: nn.Module, loader: DataLoader, epoch: int, report: Optional[RunReport]
+) -> dict[str, Any]:
+    """One epoch of optimizer steps; a non-finite loss stops the run with a message that says where and what next."""
+    try:
+        return train_one_epoch(
+            ddp,
+            loader,
+            trainer.loss_fn,
+            trainer.optimizer,
+            trainer.scheduler,
+            trainer.step_cfg,
+            run.env,
+            trainer.scaler,
+            trainer.ema,
+            clip_target=trainer.model,
+            desc=f"epoch {epoch + 1}/{run.opts.epochs}",
+            on_step=None if report is None else lambda step, values: report.step(epoch, step, values),
+        )
+    except NonFiniteLossError as e:
+        raise NonFiniteLossError(
+            f"{e} of epoch {epoch + 1} (step {epoch * trainer.steps + e.step} of the run); stopped, "
+            f"{_last_good(run, epoch)}; lower --lr" + (" or use --amp bf16" if run.opts.amp == "fp16" else ""),
+            e.step,
+        ) from None
+
+
+def _evaluate_epoch(
+    run: _Run, trainer: _Trainer, loader: DataLoader, epoch: int, stats: dict[str, Any]
+) -> dict[str, Any]:
+    """Synchronise BatchNorm statistics, refuse non-finite weights, evaluate: the epoch's metrics row."""
+    # same BN statistics everywhere → same evaluation and the same EMA on every rank
+    broadcast_buffers(trainer.model, run.env)
+    if trainer.ema is not None:
+        broadcast_buffers(trainer.ema.module, run.env)
+    last_good = _last_good(run, epoch)
+    if not all_finite(trainer.model, trainer.ema.module if trainer.ema is not None else None):
+        raise NonFiniteLossError(
+            f"the weights became NaN or infinite in epoch {epoch + 1}; stopped, {last_good}; lower --lr", trainer.steps
+        )
+    stats.update(evaluate(trainer.eval_model, loader, trainer.step_cfg, run.env))
+    if not math.isfinite(stats["val_loss"]):
+        raise NonFiniteLossError(
+            f"the validation loss became {stats['val_loss']} after epoch {epoch + 1}; stopped, {last_good}; lower --lr",
+            trainer.steps,
+        )
+    return {"epoch": epoch + 1, **stats, "lr": max(g["lr"] for g in trainer.optimizer.param_groups)}
+
+
+def _gathered_rng_states(env: DistEnv) -> list[Any]:
+    """Every process's random generator states, by rank (saved so that a resume draws what the run would have)."""
+    if not env.enabled:
+        return [get_rng_state()]
+    rng: list[Any] = [None] * env.world_size
+    dist.all_gather_object(rng, get_rng_state())
+    return rng
+
+
+def _save_epoch(
+    run: _Run, trainer: _Trainer, progress: _Progress, stats: dict[str, Any], rng: list[Any], args: dict[str, Any]
+) -> None:
+    """Record the epoch in the run folder (main process): the best model when it improved, the state, metrics."""
+    improved = stats["val_top1"] > progress.best_top1
+    progress.best_top1 = max(progress.best_top1, stats["val_top1"])
+    progress.rows.append(stats)
+    ema, scaler = trainer.ema, trainer.scaler
+    state = dict(
+        epoch=stats["epoch"],
+        epochs=run.opts.epochs,
+        best_top1=progress.best_top1,
+        metrics=progress.rows,
+        recipe=run.recipe,
+        classes=run.classes,
+        model=trainer.model.state_dict(),
+        optimizer=trainer.optimizer.state_dict(),
+        scheduler=trainer.scheduler.state_dict(),
+        ema=ema.state_dict() if ema is not None else None,
+        scaler=scaler.state_dict() if scaler is not None else None,
+        rng=rng,
+        args=args,
+    )
+    run.folder.end_epoch(state, best_model=trainer.eval_model if improved else None, label_names=run.classes)
+
+
+def _write_checksums(folder: Path, env: DistEnv, trainer: _Trainer) -> None:
+    """The test hook: this rank's weights (and EMA weights) as SHA-256, to compare ranks."""
+    write_text(Path(folder, f"rank{env.rank}.sha256"), weights_checksum(trainer.model))
+    if trainer.ema is not None:
+        write_text(Path(folder, f"rank{env.rank}.ema.sha256"), weights_checksum(trainer.ema.module))
