@@ -40,7 +40,7 @@ for entry in "${caps[@]}"; do
         ONEDNN_MAX_CPU_ISA=$cap ATEN_CPU_CAPABILITY=$aten python -m pytest -q -p no:cacheprovider "${files[@]}" >"$log" 2>&1
     fi
     rc=$?
-    result=$(grep -E '^=+ .*(passed|failed|error).* =+$' "$log" | tail -1 | tr -d '=' | xargs)
+    result=$(grep -E '[0-9]+ (passed|failed|error)' "$log" | tail -1 | tr -d '=' | xargs)
     if [ $rc -eq 0 ]; then
         summary+=("$cap: passed ($result)")
     else
