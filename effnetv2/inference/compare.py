@@ -12,7 +12,7 @@ where ``error`` is the largest relative difference from fp64 (:func:`relative_di
 roundoff of the candidate's precision (:data:`UNIT_ROUNDOFF`). Why this shape:
 
 - A trained network amplifies some input directions: how far even fp32 lands from fp64 depends on the weights,
-  the inputs and the CPU's kernels (on white noise, 30-100x more than on photos). The eager model's own error on
+  the inputs and the CPU's kernels (rw_m on white noise: 25x). The eager model's own error on
   the same inputs, on the same machine, is the yardstick; a fixed tolerance tuned on one CPU is not.
 - A candidate computing in another precision is held to the eager model computed in that precision (a bfloat16
   copy to the model cast to bfloat16): rounding error scales with the precision, and how much of it reaches the
