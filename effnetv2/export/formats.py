@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from effnetv2.atomic import atomic_path
 from effnetv2.errors import ExportError
-from effnetv2.inference.compare import Comparison, compare, model_natural_images, reference, run_batched
+from effnetv2.inference.compare import Comparison, as_list, compare, model_natural_images, reference, run_batched
 from effnetv2.inference.folded import fold_for_inference
 
 FORMATS = ("onnx", "torchscript", "exported-program")
@@ -200,7 +200,7 @@ def export_model(
         shapes.append((shapes[0][0], height + 32, width + 64))  # non-square, so swapped axes would show
 
     with _eval_mode(model), _eval_mode(exported), torch.no_grad():
-        num_outputs = len(_as_list(model(example)))
+        num_outputs = len(as_list(model(example)))
     output_names = _output_names(num_outputs)
     input_shape = (
         "batch" if dynamic_batch else example.shape[0],
@@ -334,13 +334,13 @@ def _load_onnx(file: Path, device: torch.device) -> Runner:
 
 def _load_torchscript(file: Path, device: torch.device) -> Runner:
     module = torch.jit.load(str(file), map_location=device)
-    return lambda x: _as_list(module(x))
+    return lambda x: as_list(module(x))
 
 
 def _load_program(file: Path, device: torch.device) -> Runner:
     with open(file, "rb") as f:
         module = torch.export.load(f).module()
-    return lambda x: _as_list(module(x))
+    return lambda x: as_list(module(x))
 
 
 _LOADERS: dict[str, Callable[[Path, torch.device], Runner]] = {
@@ -391,10 +391,6 @@ def _verify(
             f"{comparison.describe()}; nothing was written"
         )
     return Check((batch, *images.shape[1:]), comparison)
-
-
-def _as_list(outputs: Union[Tensor, Sequence[Tensor]]) -> list[Tensor]:
-    return [outputs] if isinstance(outputs, Tensor) else list(outputs)
 
 
 def _output_names(num_outputs: int) -> list[str]:

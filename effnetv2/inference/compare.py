@@ -24,7 +24,7 @@ roundoff of the candidate's precision (:data:`UNIT_ROUNDOFF`). Why this shape:
   a fold moves rw_m's logits 1000x its fp32 error, tf_efficientnetv2_b0's (eps 1e-3) 10x its bfloat16 error.
 - The floor covers an eager error that is tiny by luck (a few ulps of the candidate's precision).
 
-White noise is not a natural input: :func:`noise_images` exist to be reported next to a judgement, never judged.
+White noise is not a natural input: nothing here judges on it (a trained net amplifies it).
 """
 
 from __future__ import annotations
@@ -151,12 +151,6 @@ def model_natural_images(model: nn.Module, n: int, size: Size, seed: int = 0) ->
     return natural_images(
         n, size, channels, cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225)), seed
     )
-
-
-def noise_images(n: int, size: Size, channels: int = 3, seed: int = 0) -> Tensor:
-    """White noise: to report next to a judgement (a trained net amplifies it), never to judge on."""
-    h, w = (size, size) if isinstance(size, int) else size
-    return torch.randn(n, channels, h, w, generator=torch.Generator().manual_seed(seed))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -355,7 +349,6 @@ __all__ = [
     "limit_for",
     "model_natural_images",
     "natural_images",
-    "noise_images",
     "photo_crops",
     "reference",
     "relative_difference",
