@@ -9,6 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from effnetv2.install_check import check_install
+
+check_install()  # before anything imports torchvision: a mismatched torch/torchvision pair is one line (issue 27)
+
 __version__ = "0.1.0"
 
 # Public name → the module that defines it.

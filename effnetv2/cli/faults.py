@@ -102,7 +102,10 @@ def describe_fault(exc: BaseException, output: Optional[PathText] = None) -> Opt
 def _library_fault(exc: BaseException) -> Optional[Fault]:
     """effnetv2's own errors: messages written for the user, as they are."""
     from effnetv2.errors import CheckpointError, ExportError, UnknownModelError
+    from effnetv2.install_check import TorchvisionMismatchError
 
+    if isinstance(exc, TorchvisionMismatchError):
+        return Fault(str(exc), ENVIRONMENT)  # the installed packages, not the command line, are at fault
     if isinstance(exc, ExportError):
         return Fault(str(exc), ENVIRONMENT)  # an export that failed or does not match: not the command line's fault
     if isinstance(exc, (CheckpointError, UnknownModelError)) or (
