@@ -30,7 +30,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest -n N: N test processes share the cores
-    from effnetv2.cli.runtime import available_cpus
+    from effnetv2.cli.options import available_cpus
 
     torch.set_num_threads(max(1, available_cpus() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 from timm.models import save_for_hf  # noqa: E402

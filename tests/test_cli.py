@@ -25,8 +25,7 @@ from test_validate import RANKED, RANKED_LABELS, ranked_probs, save_ranked_model
 
 import effnetv2
 from effnetv2.cli import build_parser, main
-from effnetv2.cli.images import ImageRun
-from effnetv2.cli.runtime import run_model
+from effnetv2.cli.batches import ImageRun, run_model
 from effnetv2.data import imagenet_class_names, sample_image_path
 from effnetv2.inference.compare import Reference, compare, relative_difference
 
@@ -258,7 +257,7 @@ def test_info_matches_timm_model_card_without_weights(capsys, monkeypatch):
         (["embed", "{empty}", "-o", "e.npy"], "no images in this folder"),
         (["embed", "{image}", "-o", "e.csv"], "unsupported output type '.csv'; use .npy or .safetensors"),
         (["embed", "{image}", "-o", "{empty}/no/e.npy"], "output folder does not exist"),
-        (["predict", "--topk", "0"], "argument --topk: must be a positive integer, got 0"),
+        (["predict", "--topk", "0"], "argument --topk: must be an integer >= 1, got 0"),
         (["predict", "--format", "xml"], "argument --format: invalid choice: 'xml'"),
         (["predict", "--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
         (["features", "{image}", "-o", "f.safetensors", "--out-indices", "a,b"], "expected comma-separated integers"),

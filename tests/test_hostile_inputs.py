@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 import effnetv2
 from effnetv2.cli import main
-from effnetv2.cli.images import MAX_LIST_LINE
+from effnetv2.cli.inputs import MAX_LIST_LINE
 from effnetv2.data.images import open_image
 from effnetv2.errors import CheckpointError
 
@@ -115,7 +115,7 @@ def test_files_from_names_the_bad_line(tmp_path, capsys):
     listing.write_bytes(f"{good[0]}\n".encode() + b"/" * (MAX_LIST_LINE + 1) + b"\n")
     assert "line 2 is longer than 4096 bytes" in one_line_error(capsys, "embed", "--files-from", listing, "-o", "e.npy")
     listing.write_bytes(f"{good[0]}\n".encode() + b"/" * MAX_LIST_LINE + b"\n")  # the longest line taken
-    from effnetv2.cli.images import read_file_list
+    from effnetv2.cli.inputs import read_file_list
 
     assert read_file_list(str(listing)) == [good[0], Path("/" * MAX_LIST_LINE)]
 

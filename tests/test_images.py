@@ -1,5 +1,5 @@
 """Image inputs: bit depth, EXIF orientation, non-regular files, decompression-bomb limits, --img-size, and the
-offline error of the command line (effnetv2.data.images.open_image, effnetv2.cli.images, effnetv2.weights.hub)."""
+offline error of the command line (effnetv2.data.images.open_image, effnetv2.cli.inputs, effnetv2.weights.hub)."""
 
 from __future__ import annotations
 
@@ -219,7 +219,7 @@ def test_fifo_and_devices_are_skipped_not_waited_on(tmp_path, checkpoint):
 def test_img_size_below_32_is_refused(command, capsys):
     rc, out, err = cli(capsys, command, "--img-size", "31")
     assert rc == 2 and out == ""
-    assert len(err.splitlines()) == 1 and "--img-size: must be >= 32" in err and "got 31" in err
+    assert len(err.splitlines()) == 1 and "--img-size: must be an integer >= 32" in err and "got 31" in err
 
 
 # --- offline: fail fast, the command-line hint first ---------------------------------------------------------------

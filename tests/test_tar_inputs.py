@@ -20,7 +20,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from effnetv2.cli import main
-from effnetv2.cli.images import find_images
+from effnetv2.cli.inputs import find_images
 from effnetv2.data.images import open_image
 
 

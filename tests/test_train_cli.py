@@ -387,7 +387,7 @@ def test_engine_names_the_step_of_a_nan_loss():
         (["--layer-decay", "1.5"], "argument --layer-decay"),
         (["--label-smoothing", "1"], "argument --label-smoothing"),
         (["--ema", "1"], "argument --ema"),
-        (["--workers=-1"], "argument --workers: must be 0 or more, got -1"),
+        (["--workers=-1"], "argument --workers: must be an integer >= 0, got -1"),
         (["--img-size", "16"], "argument --img-size: must be an integer >= 32"),
         (["--epochs", "0"], "argument --epochs"),
         (["--seed=-1"], "argument --seed"),

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import importlib
 import os
+import re
 import sys
 from collections.abc import Sequence
-from typing import NoReturn, Optional
+from typing import Any, NoReturn, Optional
 
 # Subcommand modules, in the order ``effnetv2 --help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -29,14 +31,51 @@ class CLIError(Exception):
 
 
 class _ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line usage errors (subcommand parsers inherit the class)."""
+    """argparse with one-line usage errors (subcommand parsers inherit the class), and for a mistyped option or
+    command the closest real one and the usage line of the command it was given to."""
 
     def error(self, message: str) -> NoReturn:
+        choice = _INVALID_CHOICE.match(message)
+        if choice:  # a mistyped command (or choice): Python 3.14's suggest_on_error, before 3.14
+            message += _suggestion(choice["given"], choice["choices"].replace("'", "").split(", "))
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+    def parse_args(self, args: Optional[Sequence[str]] = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:  # options no parser knew: the command they were given to explains, with its usage line
+            command = self._command_parser(parsed) or self
+            unknown = [a for a in extras if a.startswith("-")]
+            known = [o for action in command._actions for o in action.option_strings]
+            hint = _suggestion(unknown[0].partition("=")[0], known) if unknown else ""
+            command.print_usage(sys.stderr)
+            command.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return parsed
+
+    def _command_parser(self, parsed: argparse.Namespace) -> Optional[argparse.ArgumentParser]:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return action.choices.get(getattr(parsed, action.dest, None))
+        return None
+
+
+_INVALID_CHOICE = re.compile(r"argument .*?: invalid choice: '(?P<given>.*)' \(choose from (?P<choices>.*)\)$")
+
+
+def _suggestion(given: str, candidates: Sequence[str]) -> str:
+    """``; did you mean X?`` for the candidate closest to ``given``, or nothing when none is close."""
+    close = difflib.get_close_matches(given, candidates, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _ArgumentParser(prog="effnetv2", description="EfficientNetV2-RW-M: timm's numbers, no timm.")
+    from effnetv2 import __version__
+
+    parser = _ArgumentParser(
+        prog="effnetv2",
+        description="The EfficientNetV2 family (timm's 16 architectures and their pretrained weights) in plain "
+        "PyTorch: classify, validate, embed, extract features, explain, export and fine-tune, with timm's numbers.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f"effnetv2.cli.{name}").register(subparsers)

@@ -1,30 +1,14 @@
-"""``effnetv2 embed``: one pooled embedding (the classifier's input, 2152 values) per image, saved to a file."""
+"""``effnetv2 embed``: one pooled embedding (the classifier's input: num_features values) per image, to a file or
+a sharded folder."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-
-import torch
-from torch import Tensor
+from typing import Any
 
 from effnetv2.cli import CLIError
-from effnetv2.cli.images import add_input_options, input_images
-from effnetv2.cli.outputs import check_output, paths_file, save_npy_with_paths, save_safetensors
-from effnetv2.cli.paths import encode_path
-from effnetv2.cli.runtime import (
-    add_model_options,
-    add_run_options,
-    exit_status,
-    image_run,
-    inference_model,
-    load_model,
-    model_metadata,
-    resolve_device,
-    run_model,
-)
-from effnetv2.cli.shards import FOLDER_HELP, add_shard_options, check_file_output_options, is_folder_output, run_sharded
+from effnetv2.cli.options import FOLDER_HELP, add_input_options, add_model_options, add_run_options, add_shard_options
 
 SUFFIXES = (".npy", ".safetensors")
 
@@ -52,48 +36,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="OUTPUT",
         help="output file (.npy or .safetensors), or a folder for sharded output",
     )
-    add_model_options(parser, num_classes=False)
+    add_model_options(parser, num_classes_help=None)
     add_run_options(parser)
     add_shard_options(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    files = input_images(args)
-    if is_folder_output(args.output):
-        return run_sharded(
-            args,
-            files,
-            "embed",
-            load=lambda: load_model(args, num_classes=0),
-            forward=lambda model: model,  # num_classes=0: the pooled pre-logits
-            to_tensors=lambda model, rows: {"embeddings": torch.cat(rows)},
-            describe=lambda model, config: {**model_metadata(args, model), "input_size": config["input_size"]},
-            row_bytes=lambda model, config: 4 * model.head_hidden_size,
-        )
-    check_file_output_options(args)
-    output = check_output(args.output, SUFFIXES)
-    if output.suffix.lower() == ".npy" and paths_file(output).is_dir():
-        raise CLIError(f"{encode_path(paths_file(output))}: is a folder; the paths of a .npy output go there")
-    device = resolve_device(args.device)
-    model = load_model(args, num_classes=0)  # embeddings come before the classifier: none is needed
-    images, config = image_run(files, args, model, device)
-    runner, amp = inference_model(model, args, device)  # num_classes=0: its output is the pooled pre-logits
+    # Imported here, not at the top: `effnetv2 --help` and argument errors must not wait for torch.
+    import torch
 
-    paths: list[str] = []
-    rows: list[Tensor] = []
-    for batch_paths, batch in run_model(runner, images, device, amp):
-        paths.extend(map(str, batch_paths))
-        rows.append(batch)
-    if not paths:
-        print(f"effnetv2: no image could be read; {encode_path(output)} not written", file=sys.stderr)
-        return 1
-    embeddings = torch.cat(rows)
+    from effnetv2.cli.extraction import Extraction, run_extraction
+    from effnetv2.cli.inputs import input_images
+    from effnetv2.cli.model_setup import load_model, model_metadata
+    from effnetv2.cli.outputs import paths_file, save_npy_with_paths, save_safetensors
+    from effnetv2.cli.paths import encode_path
 
-    if output.suffix.lower() == ".npy":
-        save_npy_with_paths(output, embeddings.numpy(), paths)
-    else:
-        save_safetensors(
-            output, {"embeddings": embeddings}, paths, **model_metadata(args, model), input_size=config["input_size"]
-        )
-    return exit_status(images)
+    def check_file(output: Path) -> None:
+        if output.suffix.lower() == ".npy" and paths_file(output).is_dir():
+            raise CLIError(f"{encode_path(paths_file(output))}: is a folder; the paths of a .npy output go there")
+
+    def write_file(output: Path, tensors: dict[str, Any], paths: list[str], metadata: dict[str, Any]) -> None:
+        if output.suffix.lower() == ".npy":
+            save_npy_with_paths(output, tensors["embeddings"].numpy(), paths)
+        else:
+            save_safetensors(output, tensors, paths, **metadata)
+
+    extraction = Extraction(
+        "embed",
+        load=lambda: load_model(args, num_classes=0),  # no classifier: the model's output is the pooled pre-logits
+        to_tensors=lambda model, rows: {"embeddings": torch.cat(rows)},
+        describe=lambda model, config: {**model_metadata(args, model), "input_size": config["input_size"]},
+        row_bytes=lambda model, config: 4 * model.head_hidden_size,
+    )
+    return run_extraction(args, input_images(args), extraction, SUFFIXES, write_file, check_file)

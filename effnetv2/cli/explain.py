@@ -5,23 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import torch
-from PIL import Image, ImageDraw
-from torchvision.transforms import v2
-from tqdm import tqdm
-
-from effnetv2.atomic import atomic_path
-from effnetv2.cam import METHODS, explain, overlay, resolve_layer, torchcam_class
 from effnetv2.cli import CLIError
-from effnetv2.cli.images import add_input_options, failure_text, input_images, progress_enabled
-from effnetv2.cli.outputs import save_safetensors
-from effnetv2.cli.paths import encode_path
-from effnetv2.cli.predict import class_labels
-from effnetv2.cli.runtime import add_model_options, image_size, load_model, positive_int, resolve_device
-from effnetv2.data import resolve_model_data_config
-from effnetv2.data.images import open_image
+from effnetv2.cli.options import (
+    add_device_option,
+    add_image_size_option,
+    add_input_options,
+    add_model_options,
+    positive_int,
+)
+from effnetv2.defaults import CAM_METHODS
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+    from torchvision.transforms import v2
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     target.add_argument("--topk", type=positive_int, default=1, metavar="K", help="one panel per top-K class")
     parser.add_argument(
         "--method",
-        choices=tuple(METHODS),
+        choices=tuple(CAM_METHODS),
         default="gradcam",
         help="CAM method (default: gradcam); scorecam runs the model once per channel of --layer (1280 or more for "
         "the head: slow; a lower --layer has fewer)",
@@ -57,8 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--save-maps", action="store_true", help="also write OUT_DIR/maps.safetensors: the raw maps, floats in [0, 1]"
     )
-    parser.add_argument("--img-size", type=image_size, metavar="N", help="shorter side (default: the test size)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    add_image_size_option(parser, "the model's test size", what="the shorter side")
+    add_device_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -88,6 +87,10 @@ def unique_name(stem: str, taken: set[str]) -> str:
 
 def panel(image: Image.Image, heat_map: torch.Tensor, title: str) -> Image.Image:
     """The overlay with its title on a dark band at the top (inside the image: the aspect ratio stays)."""
+    from PIL import ImageDraw
+
+    from effnetv2.cam import overlay
+
     shown = overlay(image, heat_map)
     draw = ImageDraw.Draw(shown)
     box = draw.textbbox((4, 3), title)
@@ -97,6 +100,15 @@ def panel(image: Image.Image, heat_map: torch.Tensor, title: str) -> Image.Image
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: `effnetv2 --help` and argument errors must not wait for torch.
+    import torch
+    from torchvision.transforms import v2
+
+    from effnetv2.cam import resolve_layer, torchcam_class
+    from effnetv2.cli.inputs import input_images
+    from effnetv2.cli.model_setup import class_labels, load_model, resolve_device
+    from effnetv2.cli.paths import encode_path
+    from effnetv2.data import resolve_model_data_config
     from effnetv2.data.assets import sample_image_path
 
     files = input_images(args, default=sample_image_path())
@@ -150,6 +162,17 @@ def draw_maps(
     layer: Any,
 ) -> int:
     """One PNG per readable image in ``args.output`` (made before the first), and ``--save-maps``' file."""
+    from PIL import Image
+    from torchvision.transforms import v2
+    from tqdm import tqdm
+
+    from effnetv2.atomic import atomic_path
+    from effnetv2.cam import explain
+    from effnetv2.cli.batches import failure_text, progress_enabled
+    from effnetv2.cli.outputs import save_safetensors
+    from effnetv2.cli.paths import encode_path
+    from effnetv2.data.images import open_image
+
     taken: set[str] = set()
     failed, saved_maps, records, paths = 0, {}, [], []
     for path in tqdm(files, unit="img", file=sys.stderr, disable=not progress_enabled(sys.stderr)):

@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 from effnetv2.cli import CLIError
-from effnetv2.cli.paths import encode_path
-from effnetv2.cli.runtime import (
-    DEFAULT_MODEL,
+from effnetv2.cli.options import (
+    add_batch_size_option,
     add_calibration_options,
-    calibration_batch,
+    add_image_size_option,
+    add_model_options,
     check_calibration_options,
-    image_size,
-    load_model,
     non_negative_int,
-    positive_int,
+    number,
 )
-from effnetv2.errors import ExportError
-from effnetv2.export import DEFAULT_ONNX_OPSET, FORMATS, check_export_options, export_model
+from effnetv2.defaults import DEFAULT_ONNX_OPSET, EXPORT_FORMATS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,40 +29,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "as the eager model fails the command and nothing is written.",
     )
     parser.add_argument(
-        "--format", required=True, choices=FORMATS, help="onnx (.onnx), torchscript (.pt), exported-program (.pt2)"
+        "--format",
+        required=True,
+        choices=EXPORT_FORMATS,
+        help="onnx (.onnx), torchscript (.pt), exported-program (.pt2)",
     )
     parser.add_argument("--output", required=True, metavar="FILE", help="the file to write (atomically)")
-    parser.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        metavar="NAME",
-        help="model name; its weights come from the Hugging Face Hub unless --checkpoint is given "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--checkpoint",
-        metavar="PATH",
-        help="local weights: a model folder (train --output, save_pretrained) or a timm/effnetv2 weights file; "
-        "a config.json in the folder or beside the file gives the classes and preprocessing",
-    )
-    parser.add_argument(
-        "--num-classes",
-        type=non_negative_int,
-        metavar="N",
-        help="classifier size (default: the checkpoint's config.json, else the model's); another size than the "
-        "weights' exports a fresh, untrained classifier (0: none, pooled features out)",
+    add_model_options(
+        parser,
+        num_classes_help="classifier size (default: the checkpoint's config.json, else the model's); another size "
+        "than the weights' exports a fresh, untrained classifier (0: none, pooled features out)",
+        num_classes_type=non_negative_int,
     )
     parser.add_argument(
         "--features-only",
         action="store_true",
         help="export the feature pyramid (one output per level: features.0, features.1, ...)",
     )
-    parser.add_argument(
-        "--img-size",
-        type=image_size,
-        metavar="N",
-        help="example input size, >= 32 (default: the model's input size, 320)",
-    )
+    add_image_size_option(parser, "the model's input size", what="example input size")
     shape = parser.add_mutually_exclusive_group()
     shape.add_argument(
         "--dynamic-batch",
@@ -76,13 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="dynamic batch axis (the default)",
     )
     shape.add_argument("--static", dest="dynamic_batch", action="store_false", help="fixed batch axis (--batch-size)")
-    parser.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=1,
-        metavar="N",
-        help="the batch size of a --static export (default: %(default)s)",
-    )
+    add_batch_size_option(parser, 1, "the batch size of a --static export")
     parser.add_argument("--dynamic-size", action="store_true", help="dynamic height and width too")
     parser.add_argument("--opset", type=int, metavar="N", help=f"ONNX opset, 7-20 (default: {DEFAULT_ONNX_OPSET})")
     parser.add_argument(
@@ -99,23 +73,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_calibration_options(parser, "--int8")
     parser.add_argument(
         "--tolerance",
-        type=tolerance,
+        type=number(0),
         metavar="T",
         help="largest accepted error from fp64, max|file - fp64| / max|fp64|, instead of the derived limit "
         "(4x the eager model's own error, plus a few ulps)",
     )
     parser.set_defaults(func=run)
-
-
-def tolerance(text: str) -> float:
-    """A finite number >= 0 (checked at parsing, before any weights load)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
 
 
 def check_int8_options(args: argparse.Namespace) -> None:
@@ -135,6 +98,12 @@ def check_int8_options(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: `effnetv2 --help` and argument errors must not wait for torch.
+    from effnetv2.cli.model_setup import calibration_batch, load_model
+    from effnetv2.cli.paths import encode_path
+    from effnetv2.errors import ExportError
+    from effnetv2.export import check_export_options, export_model, export_onnx_int8
+
     # Cheap checks first: a bad path or opset should not cost a hub download and a 53M-parameter model.
     try:
         output = check_export_options(args.output, args.format, args.opset)
@@ -147,8 +116,6 @@ def run(args: argparse.Namespace) -> int:
 
     source = encode_path(args.checkpoint) if args.checkpoint else args.model
     if args.int8:
-        from effnetv2.export import export_onnx_int8
-
         calibration = calibration_batch(args, model)
         print(f"effnetv2: exporting {source} to onnx, quantizing it to int8, then checking it ...", file=sys.stderr)
         try:

@@ -3,32 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from effnetv2.cli import CLIError
-from effnetv2.cli.images import add_input_options, input_images
-from effnetv2.cli.outputs import check_output, save_safetensors
-from effnetv2.cli.paths import encode_path
-from effnetv2.cli.runtime import (
+from effnetv2.cli.options import (
+    FOLDER_HELP,
+    add_input_options,
     add_model_options,
     add_run_options,
-    eval_transform,
-    exit_status,
-    image_run,
-    inference_model,
-    load_model,
-    model_metadata,
+    add_shard_options,
     positive_int,
-    resolve_device,
-    run_model,
 )
-from effnetv2.cli.shards import FOLDER_HELP, add_shard_options, check_file_output_options, is_folder_output, run_sharded
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
 
 
 def index_list(text: str) -> tuple[int, ...]:
@@ -72,14 +62,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="I,J,...",
         help="feature levels, 0 (stride 2) to 4 (stride 32) (default: all: 0,1,2,3,4)",
     )
-    add_model_options(parser, num_classes=False)
+    add_model_options(parser, num_classes_help=None)
     add_run_options(parser)
     add_shard_options(parser)
     parser.set_defaults(func=run)
 
 
-def describe(args: argparse.Namespace, model: torch.nn.Module, config: dict[str, Any]) -> dict[str, Any]:
+def describe(args: argparse.Namespace, model: nn.Module, config: dict[str, Any]) -> dict[str, Any]:
     """What the output records beside the maps: the model, input size and the levels' indices, channels, strides."""
+    from effnetv2.cli.model_setup import model_metadata
+
     info = model.feature_info
     return {
         **model_metadata(args, model),
@@ -98,11 +90,18 @@ def map_bytes(info: Any, input_size: Sequence[int]) -> int:
 
 def level_tensors(out_indices: Sequence[int], rows: list[list[Tensor]]) -> dict[str, Tensor]:
     """``features.{level}`` tensors from the per-batch lists of maps."""
+    import torch
+
     return {f"features.{level}": torch.cat([maps[i] for maps in rows]) for i, level in enumerate(out_indices)}
 
 
 def draw_feature_mosaic(args: argparse.Namespace, files: Sequence[Path]) -> None:
     """``--mosaic``: the strongest channels of each selected level of the one input image, as a PNG."""
+    import torch
+
+    from effnetv2.cli.model_setup import eval_transform, load_model, model_metadata, resolve_device
+    from effnetv2.cli.outputs import check_output
+    from effnetv2.cli.paths import encode_path
     from effnetv2.data.images import open_image
     from effnetv2.pictures import MATPLOTLIB_HINT, draw_mosaic
 
@@ -140,7 +139,15 @@ def draw_feature_mosaic(args: argparse.Namespace, files: Sequence[Path]) -> None
 def run(args: argparse.Namespace) -> int:
     if args.output is None and args.mosaic is None:
         raise CLIError("give -o OUTPUT (the maps), --mosaic OUT.png (a picture of them), or both")
+    # Imported here, not at the top: `effnetv2 --help` and argument errors must not wait for torch.
+    from effnetv2.cli.extraction import Extraction, is_folder_output, run_extraction
+    from effnetv2.cli.inputs import input_images
+    from effnetv2.cli.model_setup import load_model
+    from effnetv2.cli.outputs import check_output, save_safetensors
     from effnetv2.data.assets import sample_image_path
+
+    def write_file(output: Path, tensors: dict[str, Tensor], paths: list[str], metadata: dict[str, Any]) -> None:
+        save_safetensors(output, tensors, paths, **metadata)
 
     files = input_images(args, default=sample_image_path())
     if args.mosaic is not None and args.output is not None and not is_folder_output(args.output):
@@ -149,32 +156,11 @@ def run(args: argparse.Namespace) -> int:
         draw_feature_mosaic(args, files)
         if args.output is None:
             return 0
-    if is_folder_output(args.output):
-        return run_sharded(
-            args,
-            files,
-            "features",
-            load=lambda: load_model(args, features_only=True, out_indices=args.out_indices),
-            forward=lambda model: model,
-            to_tensors=lambda model, rows: level_tensors(model.feature_info.out_indices, rows),
-            describe=lambda model, config: describe(args, model, config),
-            row_bytes=lambda model, config: map_bytes(model.feature_info, config["input_size"]),
-        )
-    check_file_output_options(args)
-    output = check_output(args.output, (".safetensors",))
-    device = resolve_device(args.device)
-    model = load_model(args, features_only=True, out_indices=args.out_indices)
-    info = model.feature_info
-    images, config = image_run(files, args, model, device)
-    runner, amp = inference_model(model, args, device)
-
-    paths: list[str] = []
-    rows: list[list[Tensor]] = []
-    for batch_paths, features in run_model(runner, images, device, amp):
-        paths.extend(map(str, batch_paths))
-        rows.append(features)
-    if not paths:
-        print(f"effnetv2: no image could be read; {encode_path(output)} not written", file=sys.stderr)
-        return 1
-    save_safetensors(output, level_tensors(info.out_indices, rows), paths, **describe(args, model, config))
-    return exit_status(images)
+    extraction = Extraction(
+        "features",
+        load=lambda: load_model(args, features_only=True, out_indices=args.out_indices),
+        to_tensors=lambda model, rows: level_tensors(model.feature_info.out_indices, rows),
+        describe=lambda model, config: describe(args, model, config),
+        row_bytes=lambda model, config: map_bytes(model.feature_info, config["input_size"]),
+    )
+    return run_extraction(args, files, extraction, (".safetensors",), write_file)

@@ -7,17 +7,9 @@ import json
 import sys
 from typing import Any, Optional, TextIO
 
-import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
-
 from effnetv2.cli import CLIError
+from effnetv2.cli.options import add_image_size_option, add_model_options
 from effnetv2.cli.paths import encode_path
-from effnetv2.cli.runtime import DEFAULT_MODEL, image_size
-from effnetv2.layers.pooling import GlobalPool
-from effnetv2.registry import create_model
-from effnetv2.weights.hub_config import saved_model_files
-from effnetv2.weights.reading import read_state_dict
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,71 +19,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Describe a model: parameter count, GMACs and activations for one image, feature levels "
         "and the pretrained config. Nothing is downloaded: the model is built without weights.",
     )
-    parser.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help="architecture[.tag], or local-dir:DIR / hf-hub:ORG/REPO for a saved model (default: %(default)s)",
+    add_model_options(
+        parser,
+        checkpoint_help="describe the model these weights are for: a model folder (train --output, save_pretrained) "
+        "or a weights file (its config.json beside it, else its classifier's shape, gives the classes)",
+        num_classes_help=None,
     )
-    parser.add_argument(
-        "--checkpoint",
-        metavar="PATH",
-        help="describe the model these weights are for: a model folder (train --output, save_pretrained) or a "
-        "weights file (its config.json beside it, else its classifier's shape, gives the classes)",
-    )
-    parser.add_argument(
-        "--img-size",
-        type=image_size,
-        metavar="N",
-        help="square input size for GMACs (default: the pretrained config's train size, 320 for rw_m, the size "
-        "timm's model card reports)",
-    )
+    add_image_size_option(parser, "the pretrained config's train size, the size timm's model card reports")
     parser.add_argument("--format", choices=("table", "json"), default="table", help="default: table")
     parser.set_defaults(func=run)
 
 
-def profile(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[int, int]:
-    """MACs and activations of one image through ``model``, counted as fvcore does (timm's published stats).
-
-    MACs: convolutions and linear layers (torch's ``FlopCounterMode`` FLOPs / 2), plus 2 per BatchNorm output
-    element (1 without affine) and 1 per input element of global average pooling. Activations: the output
-    elements of every convolution and linear layer. Runs on the meta device when the model is there.
-    """
-    extra = activations = 0
-
-    def count_norm(module: nn.BatchNorm2d, inputs: Any, output: torch.Tensor) -> None:
-        nonlocal extra
-        extra += output.numel() * (2 if module.affine else 1)
-
-    def count_pool(module: GlobalPool, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
-        nonlocal extra
-        if "avg" in module.pool_type:
-            extra += inputs[0].numel()
-
-    def count_activations(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        nonlocal activations
-        activations += output.numel()
-
-    hooks = []
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            hooks.append(module.register_forward_hook(count_norm))
-        elif isinstance(module, GlobalPool):
-            hooks.append(module.register_forward_hook(count_pool))
-        elif isinstance(module, (nn.Conv2d, nn.Linear)):
-            hooks.append(module.register_forward_hook(count_activations))
-    param = next(model.parameters())
-    counter = FlopCounterMode(display=False)
-    try:
-        with counter, torch.no_grad():
-            model(torch.empty(1, *input_size, device=param.device, dtype=param.dtype))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return counter.get_total_flops() // 2 + extra, activations
-
-
 def _model_kwargs(model_name: str, checkpoint: Optional[str]) -> tuple[str, dict[str, Any]]:
     """The name and arguments that build, without weights, the model ``checkpoint`` holds."""
+    from effnetv2.weights.hub_config import saved_model_files
+    from effnetv2.weights.reading import read_state_dict
+
     if checkpoint is None:
         return model_name, {}
     weights, config = saved_model_files(checkpoint)
@@ -103,6 +46,12 @@ def _model_kwargs(model_name: str, checkpoint: Optional[str]) -> tuple[str, dict
 
 def describe(model_name: str, img_size: Optional[int], checkpoint: Optional[str] = None) -> dict[str, Any]:
     """Everything ``info`` reports, as JSON-ready data."""
+    # Imported here, not at the top: `effnetv2 --help` and argument errors must not wait for torch.
+    import torch
+
+    from effnetv2.complexity import macs_and_activations
+    from effnetv2.registry import create_model
+
     try:
         name, kwargs = _model_kwargs(model_name, checkpoint)
         with torch.device("meta"):  # shapes only: no memory for weights, nothing downloaded
@@ -113,7 +62,7 @@ def describe(model_name: str, img_size: Optional[int], checkpoint: Optional[str]
     input_size = tuple(cfg.get("input_size", (3, 224, 224)))
     if img_size is not None:
         input_size = (input_size[0], img_size, img_size)
-    macs, activations = profile(model, input_size)
+    macs, activations = macs_and_activations(model, input_size)
     return {
         "model": model_name if checkpoint is None else cfg.get("architecture", model_name),
         "checkpoint": None if checkpoint is None else encode_path(checkpoint),

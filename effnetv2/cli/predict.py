@@ -6,32 +6,10 @@ import argparse
 import csv
 import json
 import sys
-from collections.abc import Sequence
-from typing import Any, Optional, TextIO
+from typing import Any, TextIO
 
 from effnetv2.cli import CLIError
-from effnetv2.cli.images import add_input_options, input_images
-from effnetv2.cli.paths import encode_path
-from effnetv2.cli.runtime import (
-    add_model_options,
-    add_run_options,
-    image_run,
-    inference_model,
-    load_model,
-    positive_int,
-    resolve_device,
-    run_model,
-    strided_batches,
-)
-from effnetv2.data.assets import imagenet_class_names, sample_image_path
-from effnetv2.distributed import (
-    COMMAND_TIMEOUT,
-    broadcast_object,
-    close_distributed,
-    gather_to_main,
-    init_distributed,
-    rank_device,
-)
+from effnetv2.cli.options import add_input_options, add_model_options, add_run_options, positive_int
 
 DEFAULT_TOPK = 5
 
@@ -58,17 +36,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def class_labels(num_classes: int, label_names: Optional[Sequence[str]] = None) -> list[str]:
-    """The model's saved ``label_names`` when they fit its head; ImageNet-1k names for a 1000-class model; else
-    the class index as text."""
-    if label_names is not None and len(label_names) == num_classes:
-        return [str(name) for name in label_names]
-    if num_classes == 1000:
-        return list(imagenet_class_names())
-    return [str(i) for i in range(num_classes)]
-
-
 def run(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: `effnetv2 --help` and argument errors must not wait for torch.
+    from effnetv2.cli.batches import run_model, strided_batches
+    from effnetv2.cli.inputs import input_images
+    from effnetv2.cli.model_setup import class_labels, image_run, inference_model, load_model, resolve_device
+    from effnetv2.cli.paths import encode_path
+    from effnetv2.data.assets import sample_image_path
+    from effnetv2.distributed import (
+        COMMAND_TIMEOUT,
+        broadcast_object,
+        close_distributed,
+        gather_to_main,
+        init_distributed,
+        rank_device,
+    )
+
     files = input_images(args, default=sample_image_path())
     device = resolve_device(args.device)
     env = init_distributed(

@@ -19,7 +19,6 @@ that writes shard ``N`` kill itself (SIGKILL) right after the shard is renamed i
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import hashlib
@@ -40,16 +39,11 @@ from torch import Tensor
 
 from effnetv2.atomic import remove_stale_temps, write_text
 from effnetv2.cli import CLIError
-from effnetv2.cli.images import Batch, ImageRun
+from effnetv2.cli.batches import Batch
 from effnetv2.cli.outputs import save_safetensors
 from effnetv2.cli.paths import encode_path
-from effnetv2.cli.runtime import eval_transform, inference_model, positive_int, resolve_device, run_model
-from effnetv2.distributed import launched_world_size
-from effnetv2.errors import CheckpointError
-from effnetv2.weights.reading import fingerprint
+from effnetv2.defaults import SHARD_BYTES, SHARD_SIZE
 
-SHARD_SIZE = 4096  # images per shard by default, unless their outputs would pass SHARD_BYTES
-SHARD_BYTES = 1 << 30  # a default shard's tensors stay under about 1 GiB (feature maps at 416 px: ~9.6 MB a row)
 RUN_FILE = "run.json"
 INDEX_FILE = "index.json"
 FORMAT = "effnetv2-shards/1"
@@ -367,143 +361,3 @@ class ShardedOutput:
         }
         write_text(self.folder / INDEX_FILE, json.dumps(index, indent=2) + "\n")
         return index
-
-
-FOLDER_HELP = (
-    "OUTPUT/shard-00000.safetensors, ... (--shard-size consecutive input files each: the same tensors, 'paths' "
-    "metadata, and the files skipped under 'skipped'), then OUTPUT/index.json (model, count, shards and their "
-    "row counts) once all are there. Memory holds about one shard's outputs (by default at most 4096 images and "
-    "about 1 GiB of tensors: fewer images per shard for large feature maps). --resume finishes an interrupted run; "
-    "under torchrun (torchrun --nproc_per_node K -m effnetv2 ...) the processes share the shards still to write and "
-    "the folder is the same as "
-    "one process writes."
-)
-
-
-def add_shard_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--shard-size",
-        type=positive_int,
-        metavar="N",
-        help=f"folder output: input images per shard (default: {SHARD_SIZE}, or fewer so that a shard's tensors stay "
-        "under about 1 GiB)",
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="folder output: keep the complete shards there and write the rest"
-    )
-
-
-def check_file_output_options(args: argparse.Namespace) -> None:
-    """--resume, --shard-size and torchrun need a folder output; a stray or malformed torchrun environment is
-    refused first, in the same line as everywhere (:func:`~effnetv2.distributed.launched_world_size`)."""
-    world_size = launched_world_size()
-    if args.resume or args.shard_size is not None:
-        option = "--resume" if args.resume else "--shard-size"
-        raise CLIError(f"{option} is for folder output (-o OUTPUT without a suffix), not {encode_path(args.output)}")
-    if world_size > 1:
-        raise CLIError(
-            f"under torchrun every process would write {encode_path(args.output)}: give a folder (-o OUTPUT without "
-            "a suffix) for sharded output"
-        )
-
-
-def is_folder_output(path: Path) -> bool:
-    """``-o`` names a folder (sharded output) when it has no suffix, or is a folder already."""
-    return path.is_dir() or not path.suffix
-
-
-def model_files(model: Any) -> dict[str, Optional[str]]:
-    """The sha256 (and paths) of the weights and ``config.json`` ``model`` was created from: what ``run.json``
-    records so that ``--resume`` never mixes two models' outputs."""
-    try:
-        return {
-            k: v if v is None or k.endswith("sha256") else encode_path(v)
-            for k, v in fingerprint(getattr(model, "source_files", ())).items()
-        }
-    except CheckpointError as e:
-        raise CLIError(str(e)) from None
-
-
-def run_sharded(
-    args: Any,
-    files: Sequence[Path],
-    kind: str,
-    load: Callable[[], Any],
-    forward: Callable[[Any], Callable[[Tensor], Any]],
-    to_tensors: Callable[[Any, list[Any]], dict[str, Tensor]],
-    describe: Callable[[Any, dict[str, Any]], dict[str, Any]],
-    row_bytes: Callable[[Any, dict[str, Any]], int],
-) -> int:
-    """``embed``/``features`` into the folder ``args.output``, in this process or as one of torchrun's.
-
-    ``load()`` builds the model (run as ``--optimize`` asks), ``forward(model)`` the function run on each batch,
-    ``to_tensors(model, rows)`` a shard's tensors from its batches' outputs, ``describe(model, data_config)`` the
-    metadata every file carries, ``row_bytes(model, data_config)`` the size of one image's outputs (what the default
-    shard size follows).
-    """
-    from effnetv2.distributed import (
-        COMMAND_TIMEOUT,
-        barrier,
-        broadcast_object,
-        close_distributed,
-        init_distributed,
-        rank_device,
-    )
-
-    device = resolve_device(args.device)
-    env = init_distributed(device, COMMAND_TIMEOUT)
-    device = rank_device(device, env)
-
-    def on_main(step: Callable[[], None]) -> None:
-        """Run ``step`` on rank 0; its CLIError stops every rank with the same message."""
-        error = None
-        if env.is_main:
-            try:
-                step()
-            except CLIError as e:
-                error = str(e)
-        error = broadcast_object(error, env)
-        if error is not None:
-            raise CLIError(error)
-
-    folder = Path(args.output)
-    on_main(lambda: ShardedOutput.check_target(folder, args.resume))
-    model = load()
-    transform, config = eval_transform(model, args.img_size)
-    metadata = describe(model, config)
-    runner, amp = inference_model(model, args, device)  # may refuse the settings: before the folder is made
-    settings = {"kind": kind, **metadata, "amp": args.amp, "optimize": args.optimize}
-    if env.is_main:  # files replaced under the same names are another model: --resume must not mix the two (only
-        # rank 0 compares run.json)
-        settings.update(model_files(model))
-    shard_size = args.shard_size or default_shard_size(row_bytes(model, config))
-    out = ShardedOutput(folder, files, shard_size, settings, env.rank, env.world_size)
-
-    on_main(lambda: out.open(args.resume))
-    incomplete: list[int] = []
-    on_main(lambda: incomplete.extend(out.incomplete()))
-    shards = out.share(broadcast_object(incomplete, env))
-    plan = out.batch_plan(shards, args.batch_size)
-    images = ImageRun(files, transform, args.batch_size, args.workers, device.type == "cuda", batches=plan)
-
-    def batches() -> Iterator[tuple[Batch, Optional[Tensor]]]:
-        for batch in images.batches():
-            yield batch, batch.images
-
-    outputs = run_model(forward(runner), batches(), device, amp)
-    out.write(shards, outputs, lambda rows: to_tensors(model, rows), metadata)
-    barrier(env)  # every shard is written
-    index: dict[str, Any] = {}
-    on_main(lambda: index.update(out.finish({"kind": kind, **metadata})))
-    if index and index["count"] == 0:
-        print(f"effnetv2: no image could be read; {encode_path(folder)} holds no rows", file=sys.stderr)
-    elif index.get("skipped"):  # a --resume may have read none of them itself
-        print(
-            f"effnetv2: {len(index['skipped'])} image(s) skipped (listed under 'skipped' in "
-            f"{encode_path(folder / INDEX_FILE)})",
-            file=sys.stderr,
-        )
-    # One status for all ranks, decided after the index is written: torchrun stops the others when one fails.
-    status = broadcast_object(1 if index.get("skipped") else 0, env)
-    close_distributed(env)
-    return status

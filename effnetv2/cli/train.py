@@ -7,65 +7,23 @@ This module parses and checks the options; :func:`effnetv2.train.runner.fit` run
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
 
 from effnetv2.cli import CLIError
-from effnetv2.cli.runtime import (
-    DEFAULT_MODEL,
-    DEVICES,
-    MAX_IMAGE_SIZE,
-    MIN_IMG_SIZE,
-    available_cpus,
+from effnetv2.cli.options import (
+    add_amp_option,
+    add_batch_size_option,
+    add_device_option,
+    add_image_size_option,
+    add_model_options,
+    add_workers_option,
+    integer,
     non_negative_int,
+    number,
     positive_int,
-    resolve_device,
 )
-from effnetv2.train.run_folder import STATE_FILE
-
-
-def number(low: Optional[float] = None, high: Optional[float] = None, low_open: bool = False, high_open: bool = False):
-    """argparse type: a finite float in the range ``[low, high]`` (an end is open when ``*_open``)."""
-    if low is not None and high is not None:
-        where = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-    elif low is not None:
-        where = f"{'>' if low_open else '>='} {low}"
-    else:
-        where = f"{'<' if high_open else '<='} {high}"
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        ok = math.isfinite(value)
-        if ok and low is not None:
-            ok = value > low if low_open else value >= low
-        if ok and high is not None:
-            ok = value < high if high_open else value <= high
-        if not ok:
-            raise argparse.ArgumentTypeError(f"must be a finite number {where}, got {text}")
-        return value
-
-    return parse
-
-
-def int_range(low: int, high: Optional[int] = None) -> Callable[[str], int]:
-    """argparse type: an integer in ``[low, high]``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}" + (f" and <= {high}" if high else ""))
-        return value
-
-    return parse
+from effnetv2.defaults import STATE_FILE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -84,22 +42,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         help="run folder: model.safetensors, config.json, metrics.jsonl, last_state.pt, curves.png",
     )
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model name")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--pretrained", action="store_true", help="start from the published weights (hub)")
-    src.add_argument(
-        "--checkpoint",
-        help="start from local weights: a timm- or effnetv2-format file, or a model folder (an earlier train "
-        "--output, or one saved by save_pretrained); its classifier is kept when the data has as many classes",
+    add_model_options(
+        p,
+        checkpoint_help="start from local weights: a timm- or effnetv2-format file, or a model folder (an earlier "
+        "train --output, or one saved by save_pretrained); its classifier is kept when the data has as many classes",
+        num_classes_help=None,
+        pretrained_flag=True,
     )
     p.add_argument("--epochs", type=positive_int, default=10, help="total epochs; with --resume a larger value extends")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="per process")
+    add_batch_size_option(p, 32, "images per batch, per process")
+    add_image_size_option(p, "the model's train size", what="train/val size")
+    _add_optimizer_options(p)
+    _add_regularization_options(p)
+    add_amp_option(p, "mixed precision")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute activations: less memory")
     p.add_argument(
-        "--img-size",
-        type=int_range(MIN_IMG_SIZE, MAX_IMAGE_SIZE),
-        default=None,
-        help="train/val size, 32 to 4096 (default: the model's, 320 for the RW-M)",
+        "--freeze-backbone-epochs", type=non_negative_int, default=0, help="train only the classifier at first"
     )
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (DDP)")
+    add_workers_option(p, "data-loading processes per training process")
+    p.add_argument("--seed", type=integer(0, 2**31 - 1), default=42, help="random seed (rank r uses seed + r)")
+    add_device_option(p)
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="write TensorBoard event files (loss, LR and gradient norm per step; val loss/top-1/top-5 and images/s "
+        "per epoch) to OUTPUT/tensorboard; needs pip install 'effnetv2[tensorboard]'",
+    )
+    p.add_argument("--tensorboard-dir", metavar="DIR", help="--tensorboard, into DIR instead")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue the run in --output from its {STATE_FILE}; a larger --epochs extends it",
+    )
+    p.set_defaults(func=run)
+
+
+def _add_optimizer_options(p: argparse.ArgumentParser) -> None:
+    """Learning rate, its schedule, and the optimizer's settings."""
     p.add_argument("--lr", type=number(0, low_open=True), default=0.01, help="peak LR for --batch-size × processes")
     p.add_argument("--momentum", type=number(0, 1, high_open=True), default=0.9, help="SGD Nesterov momentum")
     p.add_argument("--warmup-epochs", type=number(0), default=1.0, help="linear warmup length (may be fractional)")
@@ -111,6 +92,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="layer-wise LR decay factor in (0, 1] (None: off)",
     )
     p.add_argument("--agc", type=number(0), default=0.01, help="adaptive clip factor; 0 turns clipping off")
+
+
+def _add_regularization_options(p: argparse.ArgumentParser) -> None:
+    """Label smoothing, mixing, augmentation, stochastic depth, dropout and EMA."""
     p.add_argument("--label-smoothing", type=number(0, 1, high_open=True), default=0.1, help="in [0, 1)")
     p.add_argument("--mixup", type=number(0), default=0.0, help="MixUp alpha (0: off)")
     p.add_argument("--cutmix", type=number(0), default=0.0, help="CutMix alpha (0: off)")
@@ -130,34 +115,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DECAY",
         help="keep an EMA of the weights (--ema alone: decay 0.9998); it is evaluated and saved",
     )
-    p.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision")
-    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    p.add_argument("--grad-checkpointing", action="store_true", help="recompute activations: less memory")
-    p.add_argument(
-        "--freeze-backbone-epochs", type=non_negative_int, default=0, help="train only the classifier at first"
-    )
-    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (DDP)")
-    p.add_argument(
-        "--workers",
-        type=non_negative_int,
-        default=min(4, available_cpus()),
-        help="data-loading processes per training process",
-    )
-    p.add_argument("--seed", type=int_range(0, 2**31 - 1), default=42, help="random seed (rank r uses seed + r)")
-    p.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda, else mps, else cpu")
-    p.add_argument(
-        "--tensorboard",
-        action="store_true",
-        help="write TensorBoard event files (loss, LR and gradient norm per step; val loss/top-1/top-5 and images/s "
-        "per epoch) to OUTPUT/tensorboard; needs pip install 'effnetv2[tensorboard]'",
-    )
-    p.add_argument("--tensorboard-dir", metavar="DIR", help="--tensorboard, into DIR instead")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help=f"continue the run in --output from its {STATE_FILE}; a larger --epochs extends it",
-    )
-    p.set_defaults(func=run)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -182,6 +139,7 @@ def _options(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from effnetv2.cli.model_setup import resolve_device
     from effnetv2.errors import CheckpointError
     from effnetv2.train.data import DatasetError, UnreadableImageError
     from effnetv2.train.engine import NonFiniteLossError

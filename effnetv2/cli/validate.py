@@ -8,30 +8,15 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Any, TextIO
-
-import torch
-from torch import nn
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from typing import TYPE_CHECKING, Any, TextIO
 
 from effnetv2.atomic import write_text
 from effnetv2.cli import CLIError
-from effnetv2.cli.outputs import check_output
+from effnetv2.cli.options import add_model_options, add_run_options
 from effnetv2.cli.paths import encode_path
-from effnetv2.cli.predict import class_labels
-from effnetv2.cli.runtime import (
-    add_model_options,
-    add_run_options,
-    image_run,
-    inference_model,
-    load_model,
-    model_metadata,
-    resolve_device,
-    run_model,
-    strided_batches,
-)
-from effnetv2.data.class_map import ClassMapError, folder_class_indices
-from effnetv2.distributed import COMMAND_TIMEOUT, close_distributed, gather_to_main, init_distributed, rank_device
+
+if TYPE_CHECKING:
+    import torch
 
 SPLITS = ("val", "validation")  # the split folders looked for inside DATA, as train's DATA/{train,val} layout has
 
@@ -62,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def labelled_images(data: Path) -> tuple[Path, list[str], list[tuple[str, int]]]:
     """The folder evaluated (DATA, or its val/validation split), its class folder names (sorted), and
     ``(path, position in that list)`` per image, as torchvision's ImageFolder finds them."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
     if not data.is_dir():
         raise CLIError(f"{encode_path(data)}: no such folder (expected DATA/<class>/<image>)")
     root = next((data / split for split in SPLITS if (data / split).is_dir()), data)
@@ -74,29 +61,67 @@ def labelled_images(data: Path) -> tuple[Path, list[str], list[tuple[str, int]]]
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: `effnetv2 --help` and argument errors must not wait for torch.
+    from effnetv2.cli.model_setup import load_model, resolve_device
+    from effnetv2.cli.outputs import check_output
+    from effnetv2.data.class_map import ClassMapError, folder_class_indices
+    from effnetv2.distributed import COMMAND_TIMEOUT, close_distributed, gather_to_main, init_distributed, rank_device
+
     root, folders, samples = labelled_images(args.data)
     if args.predictions_out is not None:
         check_output(args.predictions_out, (".csv",))
     device = resolve_device(args.device)
-    env = init_distributed(
-        device, COMMAND_TIMEOUT
-    )  # under torchrun each process scores every K-th image; the counts are summed
+    # under torchrun each process scores every K-th image; the counts are summed
+    env = init_distributed(device, COMMAND_TIMEOUT)
     device = rank_device(device, env)
     model = load_model(args)
     if model.num_classes < 1:
         raise CLIError("the model has no classifier (num_classes=0): nothing to validate")
-    label_names = model.pretrained_cfg.get("label_names")
     try:
-        indices, scheme = folder_class_indices(folders, model.num_classes, label_names)
+        indices, scheme = folder_class_indices(folders, model.num_classes, model.pretrained_cfg.get("label_names"))
     except ClassMapError as e:
         raise CLIError(f"{encode_path(root)}: {e}") from None
     files = [Path(path) for path, _ in samples]
     targets = [indices[position] for _, position in samples]
+    counts, rows, failed, config = score(args, model, device, env, files, targets)
+    shares = gather_to_main((counts, rows, failed), env)
+    close_distributed(env)
+    if not env.is_main:
+        return 0  # rank 0 reports, and its exit status is the run's
+    counts = Counts.total([share[0] for share in shares])
+    skipped = sum(share[2] for share in shares)
+    if counts.n == 0:
+        raise CLIError(f"{encode_path(root)}: no image could be read")
+    results = dict(
+        counts.summary(),
+        num_images=counts.n,
+        skipped=skipped,
+        num_classes=model.num_classes,
+        class_folders=len(folders),
+        class_folders_matched_by=scheme,
+        data=encode_path(root),
+        **report_model(args, model, config),
+    )
+    if args.predictions_out is not None:
+        write_predictions(args.predictions_out, [row for _, row in sorted(r for share in shares for r in share[1])])
+    (write_json if args.format == "json" else write_table)(results, sys.stdout)
+    return 1 if skipped else 0
+
+
+def score(
+    args: argparse.Namespace, model: Any, device: Any, env: Any, files: list[Path], targets: list[int]
+) -> tuple[Counts, list[tuple[int, list[Any]]], int, dict[str, Any]]:
+    """This process's share of the images through the model: its counts, its ``--predictions-out`` rows (with
+    their positions), how many images failed, and the data config they were read with."""
+    import torch
+
+    from effnetv2.cli.batches import run_model, strided_batches
+    from effnetv2.cli.model_setup import class_labels, image_run, inference_model
+
     plan = strided_batches(len(files), args.batch_size, env.rank, env.world_size)
     images, config = image_run(files, args, model, device, batches=plan)
     runner, amp = inference_model(model, args, device)
-
-    labels = class_labels(model.num_classes, label_names)
+    labels = class_labels(model.num_classes, model.pretrained_cfg.get("label_names"))
     counts = Counts(k=min(5, model.num_classes))
     rows: list[tuple[int, list[Any]]] = []  # (position, CSV row)
     decoded = ((batch.indices, batch.images) for batch in images.batches() if batch.images is not None)
@@ -107,33 +132,20 @@ def run(args: argparse.Namespace) -> int:
             probs, preds = logits.softmax(dim=1).max(dim=1)
             for i, t, p, prob in zip(positions, target.tolist(), preds.tolist(), probs.tolist(), strict=True):
                 rows.append((i, [encode_path(files[i]), t, labels[t], p, labels[p], prob]))
-    shares = gather_to_main((counts, rows, len(images.failed)), env)
-    close_distributed(env)
-    if not env.is_main:
-        return 0  # rank 0 reports, and its exit status is the run's
-    counts = Counts.total([share[0] for share in shares])
-    skipped = sum(share[2] for share in shares)
-    if counts.n == 0:
-        raise CLIError(f"{encode_path(root)}: no image could be read")
+    return counts, rows, len(images.failed), config
 
-    results = dict(
-        counts.summary(),
-        num_images=counts.n,
-        skipped=skipped,
-        num_classes=model.num_classes,
-        class_folders=len(folders),
-        class_folders_matched_by=scheme,
-        data=encode_path(root),
+
+def report_model(args: argparse.Namespace, model: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """What the results say of the model: its source, size and how images were prepared."""
+    from effnetv2.cli.model_setup import model_metadata
+
+    return dict(
         **model_metadata(args, model),
         param_count=round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         img_size=config["input_size"][-1],
         crop_pct=config["crop_pct"],
         interpolation=config["interpolation"],
     )
-    if args.predictions_out is not None:
-        write_predictions(args.predictions_out, [row for _, row in sorted(r for share in shares for r in share[1])])
-    (write_json if args.format == "json" else write_table)(results, sys.stdout)
-    return 1 if skipped else 0
 
 
 class Counts:
@@ -145,7 +157,9 @@ class Counts:
         self.top1 = self.topk = self.n = 0
 
     def add(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        self.loss_sum += nn.functional.cross_entropy(logits, target, reduction="sum").item()
+        from torch.nn.functional import cross_entropy
+
+        self.loss_sum += cross_entropy(logits, target, reduction="sum").item()
         hits = logits.topk(self.k, dim=1).indices == target[:, None]
         self.top1 += int(hits[:, 0].sum())
         self.topk += int(hits.any(dim=1).sum())

@@ -32,9 +32,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from effnetv2.data.tar_images import TarMember
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-# The largest input side effnetv2 runs a model at: ``--img-size`` of every command and a config.json's
-# ``input_size`` are refused above it (one 4096x4096 image already needs gigabytes of activations).
-MAX_IMAGE_SIZE = 4096
 
 _FILE_KINDS = (
     (stat.S_ISFIFO, "a FIFO"),

@@ -18,9 +18,11 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from effnetv2.data.files import IMG_EXTENSIONS, find_image_files
+from effnetv2.defaults import DEFAULT_CALIBRATION_IMAGES
+
 Calibration = Union[Tensor, Iterable[Any], str, os.PathLike, Sequence[Path]]
 
-DEFAULT_CALIBRATION_IMAGES = 64  # read at most this many unless told otherwise (every 4th checks the result)
 HOLDOUT_EVERY = 4  # every 4th calibration image checks the result instead of calibrating (when there are >= 8)
 
 
@@ -40,11 +42,9 @@ def _warn_skipped(path: Path, error: Exception) -> None:
 
 def folder_files(path: Path) -> list[Path]:
     """The image files of a folder, recursively and sorted (or the one file ``path`` names)."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
     if not path.exists():
         raise FileNotFoundError(f"calibration: {path}: no such file or folder")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+    files = [path] if path.is_file() else find_image_files(path)[0]
     if not files:
         raise ValueError(f"calibration: no images in {path} (looked for {', '.join(IMG_EXTENSIONS)})")
     return files

@@ -97,27 +97,8 @@ def train_one_epoch(
             bad = all_reduce_sum([float(bad)], env, cfg.device)[0] > 0
         if bad:
             raise NonFiniteLossError(f"the training loss became {value} at step {step}", step)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # AGC compares true gradient norms with weight norms
-        else:
-            loss.backward()
-        grad_norm = None
-        if on_step is not None:
-            norms = [torch.linalg.vector_norm(p.grad) for p in model.parameters() if p.grad is not None]
-            grad_norm = torch.linalg.vector_norm(torch.stack(norms)).item() if norms else 0.0
-        if cfg.agc > 0:
-            clip_model_grads_(clip_target if clip_target is not None else model, cfg.agc)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        if ema is not None:
-            ema.update_parameters(clip_target if clip_target is not None else model)
+        unwrapped = clip_target if clip_target is not None else model
+        grad_norm = _step(loss, unwrapped, optimizer, scheduler, cfg, scaler, ema, on_step is not None)
         n = images.shape[0]
         loss_sum += value * n
         hits += (logits.detach().argmax(1) == (targets.argmax(1) if targets.ndim == 2 else targets)).sum().item()
@@ -139,6 +120,42 @@ def train_one_epoch(
         "train_top1": 100.0 * hits / max(count, 1),
         "images_per_s": count / max(elapsed_max / env.world_size, 1e-9),
     }
+
+
+def _step(
+    loss: torch.Tensor,
+    model: nn.Module,
+    optimizer: Optimizer,
+    scheduler: Optional[LRScheduler],
+    cfg: StepConfig,
+    scaler: Optional[torch.amp.GradScaler],
+    ema: Optional[torch.optim.swa_utils.AveragedModel],
+    measure_norm: bool,
+) -> Optional[float]:
+    """Backward, AGC, the optimizer and scheduler steps and the EMA update for one batch's ``loss``; the norm of
+    the whole gradient before clipping when ``measure_norm``. ``model`` is the unwrapped model (not DDP)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # AGC compares true gradient norms with weight norms
+    else:
+        loss.backward()
+    grad_norm = None
+    if measure_norm:
+        norms = [torch.linalg.vector_norm(p.grad) for p in model.parameters() if p.grad is not None]
+        grad_norm = torch.linalg.vector_norm(torch.stack(norms)).item() if norms else 0.0
+    if cfg.agc > 0:
+        clip_model_grads_(model, cfg.agc)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    if ema is not None:
+        ema.update_parameters(model)
+    return grad_norm
 
 
 @torch.no_grad()

@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 from effnetv2.atomic import atomic_path
+from effnetv2.defaults import STATE_FILE
 from effnetv2.errors import CheckpointError
 
-STATE_FILE = "last_state.pt"
 METRICS_FILE = "metrics.jsonl"
 LOCK_FILE = ".lock"
 STATE_FORMAT = "effnetv2-train-state"

@@ -11,7 +11,7 @@ Bounds (generous for any real model of this family, small enough to refuse what 
 - ``num_classes``: an integer from 0 (no classifier) to :data:`MAX_NUM_CLASSES` (100,000; ImageNet-22k has 21,843);
 - ``in_chans``: an integer from 1 to :data:`MAX_IN_CHANS` (1,024);
 - ``input_size``, ``test_input_size``, ``min_input_size``: ``[channels, height, width]``, positive integers, height
-  and width at most :data:`~effnetv2.data.images.MAX_IMAGE_SIZE` (4,096, the command line's ``--img-size`` limit);
+  and width at most :data:`~effnetv2.defaults.MAX_IMAGE_SIZE` (4,096, the command line's ``--img-size`` limit);
 - ``mean``, ``std``: a number or a list of 1 or ``in_chans`` finite numbers; ``std`` above 0;
 - ``crop_pct``, ``test_crop_pct``: a number in (0, 1];
 - ``label_names``: a list of ``num_classes`` strings.
@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
-from effnetv2.data.images import MAX_IMAGE_SIZE
+from effnetv2.defaults import MAX_IMAGE_SIZE
 from effnetv2.errors import CheckpointError
 
 MAX_NUM_CLASSES = 100_000
