@@ -13,7 +13,7 @@ from effnetv2.install_check import check_install
 
 check_install()  # before anything imports torchvision: a mismatched torch/torchvision pair is one line (issue 27)
 
-__version__ = "0.1.0"
+from effnetv2.version import __version__  # noqa: F401  (the package's version)
 
 # Public name → the module that defines it.
 _PUBLIC = {

@@ -68,7 +68,7 @@ def _suggestion(given: str, candidates: Sequence[str]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from effnetv2 import __version__
+    from effnetv2.version import __version__
 
     parser = _ArgumentParser(
         prog="effnetv2",
