@@ -26,6 +26,9 @@ _PUBLIC = {
     "UnknownModelError": "effnetv2.errors",
     "EfficientNetV2": "effnetv2.model",
     "EfficientNetV2Features": "effnetv2.model",
+    "Embeddings": "effnetv2.embeddings",
+    "iter_embeddings": "effnetv2.embeddings",
+    "load_embeddings": "effnetv2.embeddings",
     "Explanation": "effnetv2.cam",
     "explain": "effnetv2.cam",
     "export_model": "effnetv2.export",
@@ -47,6 +50,7 @@ __all__ = [
     "CheckpointError",
     "EfficientNetV2",
     "EfficientNetV2Features",
+    "Embeddings",
     "Explanation",
     "ExportError",
     "KeyMap",
@@ -59,8 +63,10 @@ __all__ = [
     "explain",
     "export_model",
     "get_pretrained_cfg",
+    "iter_embeddings",
     "list_models",
     "load_checkpoint",
+    "load_embeddings",
     "optimize_for_inference",
     "push_to_hub",
     "save_pretrained",
@@ -85,6 +91,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
     from effnetv2 import data
     from effnetv2.cam import Explanation, explain
+    from effnetv2.embeddings import Embeddings, iter_embeddings, load_embeddings
     from effnetv2.errors import CheckpointError, ExportError, UnknownModelError
     from effnetv2.export import export_model
     from effnetv2.inference import optimize_for_inference
