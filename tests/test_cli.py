@@ -182,7 +182,8 @@ def test_embed_npy_and_safetensors_equal_timm_pre_logits(timm_model, checkpoint,
 
     npy = tmp_path / "emb.npy"
     rc, out, err = cli(capsys, "embed", *files, "-o", npy, "--checkpoint", checkpoint, "--img-size", SIZE)
-    assert (rc, out, err) == (0, "", "")
+    paths_txt = tmp_path / "emb.paths.txt"
+    assert (rc, out, err) == (0, "", f"effnetv2: wrote 2 × 2152 embeddings to {npy} (+ {paths_txt}), 0 skipped\n")
     assert_close(torch.from_numpy(np.load(npy)), expected, tol=1e-4)
     assert (tmp_path / "emb.paths.txt").read_text().splitlines() == [str(f) for f in files]
 
@@ -203,7 +204,8 @@ def test_features_to_safetensors_equal_timm(timm_model, checkpoint, images, tmp_
     out_file = tmp_path / "feats.safetensors"
     rc, out, err = cli(capsys, "features", *files, "-o", out_file, "--out-indices", "1,3", "--checkpoint", checkpoint,
                        "--img-size", SIZE)  # fmt: skip
-    assert (rc, out, err) == (0, "", "")
+    closing = f"effnetv2: wrote feature maps of 2 images, levels 1,3, to {out_file}, 0 skipped\n"
+    assert (rc, out, err) == (0, "", closing)
     expected = timm_eval(
         theirs, files, SIZE, forward=lambda x: theirs.forward_intermediates(x, [1, 3], intermediates_only=True)
     )

@@ -56,11 +56,12 @@ def run(args: argparse.Namespace) -> int:
         if output.suffix.lower() == ".npy" and paths_file(output).is_dir():
             raise CLIError(f"{encode_path(paths_file(output))}: is a folder; the paths of a .npy output go there")
 
-    def write_file(output: Path, tensors: dict[str, Any], paths: list[str], metadata: dict[str, Any]) -> None:
+    def write_file(output: Path, tensors: dict[str, Any], paths: list[str], metadata: dict[str, Any]) -> str:
         if output.suffix.lower() == ".npy":
             save_npy_with_paths(output, tensors["embeddings"].numpy(), paths)
-        else:
-            save_safetensors(output, tensors, paths, **metadata)
+            return f"{encode_path(output)} (+ {encode_path(paths_file(output))})"
+        save_safetensors(output, tensors, paths, **metadata)
+        return encode_path(output)
 
     extraction = Extraction(
         "embed",
@@ -68,5 +69,6 @@ def run(args: argparse.Namespace) -> int:
         to_tensors=lambda model, rows: {"embeddings": torch.cat(rows)},
         describe=lambda model, config: {**model_metadata(args, model), "input_size": config["input_size"]},
         row_bytes=lambda model, config: 4 * model.head_hidden_size,
+        rows=lambda model, count: f"{count} × {model.head_hidden_size} embeddings",
     )
     return run_extraction(args, input_images(args), extraction, SUFFIXES, write_file, check_file)

@@ -99,6 +99,15 @@ def panel(image: Image.Image, heat_map: torch.Tensor, title: str) -> Image.Image
     return shown
 
 
+def picture_line(path: Path, png: Path, labels: list[str], result: Any) -> str:
+    """``effnetv2: img.jpg -> cams/img.png (tabby 83.1 %)``: an input, its PNG, and the classes its panels show."""
+    from effnetv2.cli.paths import encode_path
+
+    classes, probs = result.classes[0].tolist(), result.probs[0].tolist()
+    shown = ", ".join(f"{labels[c]} {100 * p:.1f} %" for c, p in zip(classes, probs, strict=True))
+    return f"effnetv2: {encode_path(path)} -> {encode_path(png)} ({shown})"
+
+
 def run(args: argparse.Namespace) -> int:
     # Imported here, not at the top: `effnetv2 --help` and argument errors must not wait for torch.
     import torch
@@ -198,6 +207,8 @@ def draw_maps(
         args.output.mkdir(exist_ok=True)
         with atomic_path(args.output / name) as tmp:
             picture.save(tmp, format="PNG")
+        # which input each PNG shows: two inputs of one stem become img.png and img-2.png
+        tqdm.write(picture_line(path, args.output / name, labels, result), file=sys.stderr)
         saved_maps[f"maps.{len(records)}"] = result.maps[0].cpu()
         records.append(dict(png=name, classes=result.classes[0].tolist(), probs=result.probs[0].tolist()))
         paths.append(path)
@@ -210,6 +221,8 @@ def draw_maps(
             method=args.method,
             layer=result.layer,
         )
+        maps_file = encode_path(args.output / "maps.safetensors")
+        print(f"effnetv2: wrote the raw maps of {len(records)} image(s) to {maps_file}", file=sys.stderr)
     if not records:
         print("effnetv2: no image could be read", file=sys.stderr)
         return 1

@@ -123,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         except (ExportError, ValueError, ImportError) as e:  # OSErrors (disk full ...) reach main's fault handler
             raise CLIError(str(e)) from e
         print(int8.summary())
+        done(f"exported {source} to {encode_path(int8.path)} (onnx int8, {int8.num_bytes / 1e6:.1f} MB)")
         return 0
     print(f"effnetv2: exporting {source} to {args.format}, then verifying it ...", file=sys.stderr)
     try:
@@ -141,4 +142,11 @@ def run(args: argparse.Namespace) -> int:
     except (ExportError, ValueError, ImportError) as e:  # OSErrors (disk full ...) reach main's fault handler
         raise CLIError(str(e)) from e
     print(report.summary())
+    size = f"{report.num_bytes / 1e6:.1f} MB"
+    done(f"exported {source} to {encode_path(report.path)} ({args.format}, {size}), verified against fp64")
     return 0
+
+
+def done(text: str) -> None:
+    """The closing line, on stderr after the summary on stdout: where the file is, whatever scrolled past."""
+    print(f"effnetv2: {text}", file=sys.stderr)

@@ -4,6 +4,7 @@ shard, to a folder (:mod:`effnetv2.cli.shards`), in one process or as one of tor
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,18 +37,30 @@ DataConfig = Mapping[str, Any]
 @dataclass(frozen=True)
 class Extraction:
     """What a command extracts: ``load()`` builds the model, ``to_tensors(model, rows)`` makes the tensors saved
-    from the outputs of its batches, ``describe(model, data_config)`` the metadata every file carries, and
-    ``row_bytes(model, data_config)`` the size of one image's outputs (what the default shard size follows)."""
+    from the outputs of its batches, ``describe(model, data_config)`` the metadata every file carries,
+    ``row_bytes(model, data_config)`` the size of one image's outputs (what the default shard size follows), and
+    ``rows(model, count)`` names what ``count`` images gave, for the closing line (``200 × 2152 embeddings``)."""
 
     kind: str  # the command: "embed" or "features"
     load: Callable[[], nn.Module]
     to_tensors: Callable[[nn.Module, list[Output]], dict[str, Tensor]]
     describe: Callable[[nn.Module, DataConfig], dict[str, Any]]
     row_bytes: Callable[[nn.Module, DataConfig], int]
+    rows: Callable[[nn.Module, int], str]
 
 
-# Writes one output file: (path, tensors, image paths, metadata).
-FileWriter = Callable[[Path, dict[str, Tensor], list[str], dict[str, Any]], None]
+# Writes one output file: (path, tensors, image paths, metadata); returns how the closing line names what it wrote
+# (``emb.npy (+ emb.paths.txt)``).
+FileWriter = Callable[[Path, dict[str, Tensor], list[str], dict[str, Any]], str]
+
+
+def say_done(text: str) -> None:
+    """The closing line of a run that wrote its output: on stderr, so that stdout stays the data's."""
+    print(f"effnetv2: {text}", file=sys.stderr)
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def run_extraction(
@@ -78,7 +91,8 @@ def run_extraction(
     if not paths:
         print(f"effnetv2: no image could be read; {encode_path(output)} not written", file=sys.stderr)
         return 1
-    write_file(output, extraction.to_tensors(model, rows), paths, extraction.describe(model, config))
+    written = write_file(output, extraction.to_tensors(model, rows), paths, extraction.describe(model, config))
+    say_done(f"wrote {extraction.rows(model, len(paths))} to {written}, {len(images.failed)} skipped")
     return exit_status(images)
 
 
@@ -160,15 +174,25 @@ def run_sharded(args: argparse.Namespace, files: Sequence[Path], extraction: Ext
     barrier(env)  # every shard is written
     index: dict[str, Any] = {}
     on_main(lambda: index.update(out.finish({"kind": extraction.kind, **metadata})))
-    if index and index["count"] == 0:
-        print(f"effnetv2: no image could be read; {encode_path(folder)} holds no rows", file=sys.stderr)
-    elif index.get("skipped"):  # a --resume may have read none of them itself
-        print(
-            f"effnetv2: {len(index['skipped'])} image(s) skipped (listed under 'skipped' in "
-            f"{encode_path(folder / INDEX_FILE)})",
-            file=sys.stderr,
-        )
+    if index:  # rank 0 only: one closing line, however many processes wrote the folder
+        report_folder(folder, index, extraction.rows(model, index["count"]))
     # One status for all ranks, decided after the index is written: torchrun stops the others when one fails.
     status = broadcast_object(1 if index.get("skipped") else 0, env)
     close_distributed(env)
     return status
+
+
+def report_folder(folder: Path, index: Mapping[str, Any], rows: str) -> None:
+    """What a finished folder holds (``index``: its index.json), closing with the line that says what was written;
+    ``rows`` names its rows (:attr:`Extraction.rows`)."""
+    skipped = len(index["skipped"])
+    if index["count"] == 0:
+        print(f"effnetv2: no image could be read; {encode_path(folder)} holds no rows", file=sys.stderr)
+        return
+    if skipped:  # a --resume may have read none of them itself: where to find them
+        print(
+            f"effnetv2: {skipped} image(s) skipped (listed under 'skipped' in {encode_path(folder / INDEX_FILE)})",
+            file=sys.stderr,
+        )
+    shards = plural(len(index["shards"]), "shard")
+    say_done(f"wrote {rows} to {encode_path(folder)}{os.sep} ({shards}, {skipped} skipped)")

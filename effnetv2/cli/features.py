@@ -82,6 +82,11 @@ def describe(args: argparse.Namespace, model: nn.Module, config: dict[str, Any])
     }
 
 
+def levels(info: Any) -> str:
+    """The selected feature levels as ``--out-indices`` takes them: ``0,1,2,3,4``."""
+    return ",".join(map(str, info.out_indices))
+
+
 def map_bytes(info: Any, input_size: Sequence[int]) -> int:
     """fp32 bytes of one image's maps at ``input_size`` (C, H, W): what sets the default shard size."""
     _, height, width = input_size
@@ -99,6 +104,7 @@ def draw_feature_mosaic(args: argparse.Namespace, files: Sequence[Path]) -> None
     """``--mosaic``: the strongest channels of each selected level of the one input image, as a PNG."""
     import torch
 
+    from effnetv2.cli.extraction import say_done
     from effnetv2.cli.model_setup import eval_transform, load_model, model_metadata, resolve_device
     from effnetv2.cli.outputs import check_output
     from effnetv2.cli.paths import encode_path
@@ -134,20 +140,24 @@ def draw_feature_mosaic(args: argparse.Namespace, files: Sequence[Path]) -> None
         k=args.mosaic_channels,
         title=title,
     )
+    channels = f"{args.mosaic_channels} strongest channels each"
+    say_done(f"drew levels {levels(info)} of {encode_path(files[0])} ({channels}) to {encode_path(output)}")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.output is None and args.mosaic is None:
         raise CLIError("give -o OUTPUT (the maps), --mosaic OUT.png (a picture of them), or both")
     # Imported here, not at the top: `effnetv2 --help` and argument errors must not wait for torch.
-    from effnetv2.cli.extraction import Extraction, is_folder_output, run_extraction
+    from effnetv2.cli.extraction import Extraction, is_folder_output, plural, run_extraction
     from effnetv2.cli.inputs import input_images
     from effnetv2.cli.model_setup import load_model
     from effnetv2.cli.outputs import check_output, save_safetensors
+    from effnetv2.cli.paths import encode_path
     from effnetv2.data.assets import sample_image_path
 
-    def write_file(output: Path, tensors: dict[str, Tensor], paths: list[str], metadata: dict[str, Any]) -> None:
+    def write_file(output: Path, tensors: dict[str, Tensor], paths: list[str], metadata: dict[str, Any]) -> str:
         save_safetensors(output, tensors, paths, **metadata)
+        return encode_path(output)
 
     files = input_images(args, default=sample_image_path())
     if args.mosaic is not None and args.output is not None and not is_folder_output(args.output):
@@ -162,5 +172,6 @@ def run(args: argparse.Namespace) -> int:
         to_tensors=lambda model, rows: level_tensors(model.feature_info.out_indices, rows),
         describe=lambda model, config: describe(args, model, config),
         row_bytes=lambda model, config: map_bytes(model.feature_info, config["input_size"]),
+        rows=lambda model, count: f"feature maps of {plural(count, 'image')}, levels {levels(model.feature_info)},",
     )
     return run_extraction(args, files, extraction, (".safetensors",), write_file)
