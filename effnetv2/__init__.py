@@ -10,10 +10,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from effnetv2.install_check import check_install
+from effnetv2.version import __version__  # noqa: F401  (the package's version)
 
 check_install()  # before anything imports torchvision: a mismatched torch/torchvision pair is one line (issue 27)
-
-from effnetv2.version import __version__  # noqa: F401  (the package's version)
 
 # Public name → the module that defines it.
 _PUBLIC = {
