@@ -1,0 +1,105 @@
+"""Progressive learning's schedule (effnetv2.train.progressive): the per-stage values are the paper's formula."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from effnetv2.train.progressive import PRESETS, interpolate, plan
+
+
+def _formula(start: float, end: float, i: int, m: int) -> float:
+    return end if m == 1 else start + (end - start) * i / (m - 1)
+
+
+def test_four_stages_follow_the_formula():
+    s = plan(
+        4,
+        12,
+        224,
+        16,
+        min_img_size=128,
+        randaug_magnitude=(5, 15),
+        mixup=(0.0, 0.2),
+        cutmix=(0.0, 1.0),
+        drop=(0.1, 0.4),
+    )
+    assert [st.index for st in s.stages] == [0, 1, 2, 3]
+    assert [(st.first_epoch, st.end_epoch) for st in s.stages] == [(0, 3), (3, 6), (6, 9), (9, 12)]
+    # 128, 160, 192, 224: multiples of 8 already
+    assert [st.img_size for st in s.stages] == [128, 160, 192, 224]
+    for i, st in enumerate(s.stages):
+        assert st.randaug_magnitude == round(_formula(5, 15, i, 4))
+        assert st.mixup == pytest.approx(_formula(0.0, 0.2, i, 4))
+        assert st.cutmix == pytest.approx(_formula(0.0, 1.0, i, 4))
+        assert st.drop == pytest.approx(_formula(0.1, 0.4, i, 4))
+        assert st.batch_size == 16 and st.lr_scale == 1.0
+    assert [st.randaug_magnitude for st in s.stages] == [5, 8, 12, 15]  # 8.33 and 11.67 rounded
+
+
+def test_one_stage_takes_the_end_values():
+    s = plan(1, 5, 96, 8, min_img_size=64, randaug_magnitude=(5, 11), mixup=(0, 0.3), drop=(0.1, 0.2))
+    (only,) = s.stages
+    assert (only.first_epoch, only.end_epoch, only.img_size) == (0, 5, 96)
+    assert (only.randaug_magnitude, only.mixup, only.drop) == (11, 0.3, 0.2)
+    assert interpolate(1.0, 7.0, 0, 1) == 7.0
+
+
+def test_epochs_that_do_not_divide_give_the_last_stage_the_remainder():
+    s = plan(3, 11, 128, 8)
+    assert [(st.first_epoch, st.end_epoch) for st in s.stages] == [(0, 3), (3, 6), (6, 11)]
+    assert [s.stage_for_epoch(e).index for e in range(11)] == [0] * 3 + [1] * 3 + [2] * 5
+    with pytest.raises(ValueError, match="outside"):
+        s.stage_for_epoch(11)
+
+
+def test_sizes_round_down_to_multiples_of_8_and_the_last_is_the_final_size():
+    # S0 = 300 // 2 = 150 (the default), Se = 300 (not a multiple of 8): 150, 200, 250, 300 by the formula
+    s = plan(4, 8, 300, 8)
+    raw = [_formula(150, 300, i, 4) for i in range(4)]
+    assert [st.img_size for st in s.stages] == [math.floor(r) // 8 * 8 for r in raw[:3]] + [300]
+    assert [st.img_size for st in s.stages] == [144, 200, 248, 300]
+
+
+def test_constant_memory_batches_scale_with_the_area_up_to_the_cap():
+    s = plan(3, 6, 256, 10, min_img_size=64, progressive_batch=True, max_batch_scale=4.0)
+    # sizes 64, 160, 256: (256/64)² = 16 capped at 4; (256/160)² = 2.56; 1
+    assert [st.img_size for st in s.stages] == [64, 160, 256]
+    assert [st.batch_size for st in s.stages] == [40, 25, 10]
+    assert [st.lr_scale for st in s.stages] == [4.0, 2.5, 1.0]
+
+
+def test_presets_are_table_6():
+    assert PRESETS["s"].img_size == (128, 300) and PRESETS["s"].randaug_magnitude == (5, 15)
+    assert PRESETS["m"].mixup == (0.0, 0.2) and PRESETS["m"].drop == (0.1, 0.4)
+    assert PRESETS["l"].img_size == (128, 380) and PRESETS["l"].randaug_magnitude == (5, 25)
+    assert PRESETS["l"].mixup == (0.0, 0.4) and PRESETS["l"].drop == (0.1, 0.5)
+
+
+def test_schedule_prints_one_line_per_stage():
+    s = plan(2, 5, 96, 4, min_img_size=64, randaug_magnitude=(5, 9), drop=(0.1, 0.3), progressive_batch=True)
+    lines = s.lines()  # (96/64)² = 2.25: batch 9
+    assert len(lines) == 2
+    assert lines[0] == "stage 1/2: epochs 1-2, 64 px, batch 9 (lr x2.25), randaug 5, mixup 0, cutmix 0, drop 0.1"
+    assert lines[1] == "stage 2/2: epochs 3-5, 96 px, batch 4, randaug 9, mixup 0, cutmix 0, drop 0.3"
+    assert s.to_record()[1]["img_size"] == 96
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(stages=3, epochs=5, img_size=128, min_img_size=160), "--min-img-size 160 is larger than"),
+        (dict(stages=4, epochs=3, img_size=128), "--epochs 3 is fewer than the 4 stages"),
+        (dict(stages=2, epochs=4, img_size=128, min_img_size=16), "below the model's minimum input size 32"),
+        (dict(stages=2, epochs=4, img_size=48), "--min-img-size 24 is below"),  # the default S0 = Se / 2
+        (dict(stages=0, epochs=4, img_size=128), "at least 1"),
+        (dict(stages=2, epochs=4, img_size=128, randaug_magnitude=(5, 31)), "--randaug-magnitude 31"),
+        (dict(stages=2, epochs=4, img_size=128, drop=(0.1, 1.0)), "--drop 1.0"),
+        (dict(stages=2, epochs=4, img_size=128, mixup=(-1, 0)), "--mixup-start -1"),
+    ],
+)
+def test_refusals_are_one_line(kwargs, message):
+    with pytest.raises(ValueError, match=message) as e:
+        plan(batch_size=8, **kwargs)
+    assert "\n" not in str(e.value)
