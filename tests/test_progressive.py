@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import types
+from typing import Optional
 
 import pytest
+import torch
 
-from effnetv2.train.progressive import PRESETS, interpolate, plan
+from effnetv2.train.progressive import (
+    PRESETS,
+    apply_stage,
+    interpolate,
+    plan,
+    schedule_for,
+    settings,
+    with_preset,
+)
 
 
 def _formula(start: float, end: float, i: int, m: int) -> float:
@@ -103,3 +115,60 @@ def test_refusals_are_one_line(kwargs, message):
     with pytest.raises(ValueError, match=message) as e:
         plan(batch_size=8, **kwargs)
     assert "\n" not in str(e.value)
+
+
+@dataclasses.dataclass
+class _Opts:  # the fields of TrainOptions that progressive learning reads, with their defaults
+    epochs: int = 6
+    batch_size: int = 8
+    img_size: Optional[int] = None
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    drop: float = 0.0
+    auto_augment: Optional[str] = None
+    progressive: Optional[int] = None
+    progressive_preset: Optional[str] = None
+    progressive_batch: bool = False
+    min_img_size: Optional[int] = None
+    randaug_magnitude: Optional[int] = None
+    randaug_magnitude_start: Optional[float] = None
+    mixup_start: Optional[float] = None
+    cutmix_start: Optional[float] = None
+    drop_start: Optional[float] = None
+
+
+def test_a_preset_fills_what_the_caller_did_not_set():
+    opts = _Opts(progressive=3, progressive_preset="m", drop=0.25)
+    # the Python API (given None): a value off its default counts as set
+    api = with_preset(opts, None)
+    assert (api.min_img_size, api.img_size, api.randaug_magnitude, api.mixup, api.drop) == (128, 380, 20, 0.2, 0.25)
+    assert (api.randaug_magnitude_start, api.mixup_start, api.drop_start) == (5, 0.0, 0.1)
+    # the command line: what it gave is kept, even a value equal to the default
+    cli = with_preset(_Opts(progressive=3, progressive_preset="m"), given={"mixup", "img_size"})
+    assert (cli.mixup, cli.img_size, cli.drop) == (0.0, None, 0.4)
+    assert with_preset(_Opts(progressive=3), None) == _Opts(progressive=3)
+
+
+def test_schedule_for_options_and_applying_a_stage():
+    from effnetv2.train.engine import StepConfig
+
+    opts = _Opts(progressive=2, epochs=4, mixup=0.4, drop=0.3, randaug_magnitude=11)
+    assert schedule_for(_Opts(), 96) is None and settings(_Opts()) is None
+    with pytest.raises(ValueError, match="--auto-augment trivial cannot go with it"):
+        schedule_for(_Opts(progressive=2, auto_augment="trivial"), 96)
+    sched = schedule_for(opts, 96)
+    first = sched.stage_for_epoch(0)
+    assert (first.img_size, first.randaug_magnitude, first.mixup, first.drop) == (48, 5, 0.0, 0.1)
+    assert settings(opts)["stages"] == 2 and settings(opts)["drop_start"] == 0.1
+    model, data = torch.nn.Module(), types.SimpleNamespace(transform=None)
+    cfg = StepConfig(device=torch.device("cpu"))
+    norm = dict(interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    last = sched.stage_for_epoch(3)
+    apply_stage(last, model, data, cfg, 10, norm)
+    assert model.drop_rate == 0.3 and cfg.batch_transform is not None
+    crop, augment = data.transform.transforms[0], data.transform.transforms[2]
+    assert tuple(crop.size) == (96, 96) and augment.magnitude == 11
+    apply_stage(first, model, data, cfg, 10, norm)
+    assert (
+        model.drop_rate == 0.1 and cfg.batch_transform is None and tuple(data.transform.transforms[0].size) == (48, 48)
+    )

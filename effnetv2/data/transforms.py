@@ -60,12 +60,14 @@ def create_transform(
     ratio: Sequence[float] = (3 / 4, 4 / 3),
     hflip: float = 0.5,
     auto_augment: Optional[str] = None,
+    randaug_magnitude: int = 9,
 ) -> transforms.Compose:
     """A PIL-image → normalised tensor pipeline; ``create_transform(**data_config)`` as in timm.
 
     Eval: resize to ``size / crop_pct`` (shorter side for ``center``, both sides for ``squash``), center crop
     to ``input_size``, to tensor, normalise. Training: random resized crop, horizontal flip and, with
-    ``auto_augment='rand'`` or ``'trivial'``, torchvision's RandAugment or TrivialAugmentWide.
+    ``auto_augment='rand'`` or ``'trivial'``, torchvision's RandAugment (at ``randaug_magnitude``, 0 to 30: its
+    default 31 bins) or TrivialAugmentWide.
     """
     height, width = _image_size(input_size)
     interp = _interpolation(interpolation)
@@ -77,7 +79,7 @@ def create_transform(
         if hflip > 0:
             steps.append(transforms.RandomHorizontalFlip(p=hflip))
         if auto_augment == "rand":
-            steps.append(transforms.RandAugment(interpolation=interp))
+            steps.append(transforms.RandAugment(magnitude=randaug_magnitude, interpolation=interp))
         elif auto_augment == "trivial":
             steps.append(transforms.TrivialAugmentWide(interpolation=interp))
         elif auto_augment is not None:

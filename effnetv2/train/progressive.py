@@ -27,7 +27,9 @@ small early stages fill the device as the last one does.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
@@ -210,3 +212,110 @@ def plan(
             )
         )
     return ProgressiveSchedule(tuple(out))
+
+
+# --- what a training run (effnetv2.train.runner) needs: options in, stages out --------------------------------------
+
+# The options a preset sets, each to (start or end) of which of its pairs; a given option keeps its value.
+_PRESET_FIELDS = {
+    "min_img_size": ("img_size", 0),
+    "img_size": ("img_size", 1),
+    "randaug_magnitude_start": ("randaug_magnitude", 0),
+    "randaug_magnitude": ("randaug_magnitude", 1),
+    "mixup_start": ("mixup", 0),
+    "mixup": ("mixup", 1),
+    "drop_start": ("drop", 0),
+    "drop": ("drop", 1),
+}
+DEFAULT_RANDAUG_MAGNITUDE = 9  # torchvision's RandAugment default, the end value unless told otherwise
+
+
+def with_preset(opts: Any, given: Optional[Collection[str]]) -> Any:
+    """``opts`` (a :class:`~effnetv2.train.runner.TrainOptions`) with its ``progressive_preset``'s values in every
+    option the caller did not set: those not in ``given`` or, with ``given`` None (the Python API), those at their
+    default."""
+    if not getattr(opts, "progressive_preset", None):
+        return opts
+    if opts.progressive_preset not in PRESETS:
+        raise ValueError(f"--progressive-preset {opts.progressive_preset!r}: choose one of {', '.join(PRESETS)}")
+    preset = PRESETS[opts.progressive_preset]
+    defaults = {f.name: f.default for f in dataclasses.fields(opts)}
+    changes = {}
+    for name, (pair, end) in _PRESET_FIELDS.items():
+        set_by_caller = name in given if given is not None else getattr(opts, name) != defaults[name]
+        if not set_by_caller:
+            changes[name] = getattr(preset, pair)[end]
+    return dataclasses.replace(opts, **changes)
+
+
+def settings(opts: Any) -> Optional[dict[str, Any]]:
+    """What shapes a run's schedule besides ``--epochs`` and the end values (recorded in the resume state, which
+    refuses a resume that changes it); None without ``--progressive``."""
+    if not opts.progressive:
+        return None
+    return {
+        "stages": opts.progressive,
+        "min_img_size": opts.min_img_size,
+        "randaug_magnitude_start": _start(opts, "randaug_magnitude"),
+        "mixup_start": _start(opts, "mixup"),
+        "cutmix_start": _start(opts, "cutmix"),
+        "drop_start": _start(opts, "drop"),
+        "progressive_batch": bool(opts.progressive_batch),
+    }
+
+
+def _start(opts: Any, name: str) -> float:
+    value = getattr(opts, f"{name}_start")
+    return DEFAULT_STARTS[name] if value is None else value
+
+
+def schedule_for(opts: Any, img_size: int, min_size: int = MIN_IMAGE_SIZE) -> Optional[ProgressiveSchedule]:
+    """The schedule of a run with options ``opts`` ending at ``img_size``; None without ``--progressive``."""
+    if not opts.progressive:
+        return None
+    if opts.auto_augment == "trivial":
+        raise ValueError(
+            "--progressive grows RandAugment's magnitude stage by stage; --auto-augment trivial cannot go with it: "
+            "leave --auto-augment out"
+        )
+    end_magnitude = DEFAULT_RANDAUG_MAGNITUDE if opts.randaug_magnitude is None else opts.randaug_magnitude
+    return plan(
+        opts.progressive,
+        opts.epochs,
+        img_size,
+        opts.batch_size,
+        min_img_size=opts.min_img_size,
+        randaug_magnitude=(_start(opts, "randaug_magnitude"), end_magnitude),
+        mixup=(_start(opts, "mixup"), opts.mixup),
+        cutmix=(_start(opts, "cutmix"), opts.cutmix),
+        drop=(_start(opts, "drop"), opts.drop),
+        progressive_batch=opts.progressive_batch,
+        min_size=min_size,
+    )
+
+
+def stage_values(stage: Stage) -> dict[str, Any]:
+    """What a metrics row records of the stage that trained its epoch (TensorBoard and curves.png read them)."""
+    return {
+        "stage": stage.index + 1,
+        "img_size": stage.img_size,
+        "batch_size": stage.batch_size,
+        "randaug_magnitude": stage.randaug_magnitude,
+        "mixup": stage.mixup,
+        "cutmix": stage.cutmix,
+        "drop": stage.drop,
+    }
+
+
+def apply_stage(stage: Stage, model: Any, train_set: Any, step_cfg: Any, num_classes: int, norm: dict) -> None:
+    """Make the next epochs train as ``stage`` says: ``train_set``'s transform at its size and RandAugment
+    magnitude (``norm``: interpolation, mean, std), its MixUp/CutMix as ``step_cfg``'s batch transform, its dropout
+    on ``model`` (unwrapped: the attribute its ``forward_head`` reads)."""
+    from effnetv2.data import create_transform
+    from effnetv2.train.mix import mixup_cutmix
+
+    train_set.transform = create_transform(
+        stage.img_size, is_training=True, auto_augment="rand", randaug_magnitude=stage.randaug_magnitude, **norm
+    )
+    step_cfg.batch_transform = mixup_cutmix(num_classes, stage.mixup, stage.cutmix)
+    model.drop_rate = stage.drop
