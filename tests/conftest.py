@@ -13,8 +13,10 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 # Tests never touch the network: huggingface_hub reads these when first imported (timm imports it below),
@@ -42,7 +44,8 @@ from effnetv2.inference.compare import relative_difference  # noqa: E402
 ARCH = "efficientnetv2_rw_m"
 
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
 
 
 def import_script(name: str):
@@ -83,7 +86,11 @@ class Embedder(torch.nn.Module):
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = 2e-5) -> None:
+PARITY = 2e-5  # the fp32 parity contract with timm (tests/test_parity.py): the largest relative difference
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = PARITY) -> None:
+    """``relative_difference(actual, expected) <= tol``, the parity contract unless told otherwise."""
     diff = relative_difference(actual, expected)
     assert diff <= tol, f"relative difference {diff:.3g} > {tol}"
 
@@ -193,3 +200,38 @@ def image_batch(batch: int = 2, height: int = 128, width: int = 128, channels: i
 # A hang guard, not a speed requirement: the limit on any wait in a test (a subprocess, a child's line, a file
 # appearing) is this generous, so a loaded or slow machine never misses it; only a hung process reaches it.
 HANG_GUARD_S = 1800
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """Run ``effnetv2 ARGS`` in this process (each argument as a string): its exit status, stdout and stderr."""
+    from effnetv2.cli import main
+
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def save_sample_crops(folder: Path, count: int, step: tuple[int, int], size: tuple[int, int], name: str) -> list[Path]:
+    """``count`` crops of the sample photo saved in ``folder`` as ``name.format(i)``: crop ``i`` is ``size`` (width,
+    height) with its top-left corner at ``i * step`` (x, y)."""
+    from PIL import Image
+
+    from effnetv2.data import sample_image_path
+
+    paths = []
+    with Image.open(sample_image_path()) as img:
+        for i in range(count):
+            left, top = i * step[0], i * step[1]
+            paths.append(folder / name.format(i))
+            img.crop((left, top, left + size[0], top + size[1])).save(paths[-1])
+    return paths
+
+
+def torchrun(args: Sequence, processes: int = 2, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``effnetv2 ARGS`` in ``processes`` torchrun processes (standalone, one thread each, this checkout's package),
+    text output captured; limited by the hang guard only."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(
+        [*launcher, "-m", "effnetv2", *map(str, args)], env=env, capture_output=True, text=True, timeout=HANG_GUARD_S
+    )
