@@ -172,3 +172,30 @@ def test_schedule_for_options_and_applying_a_stage():
     assert (
         model.drop_rate == 0.1 and cfg.batch_transform is None and tuple(data.transform.transforms[0].size) == (48, 48)
     )
+
+
+def test_curves_mark_each_stage_change_with_its_image_size():
+    pytest.importorskip("matplotlib")
+    from effnetv2.pictures import curves_figure
+
+    sizes = [48, 48, 72, 72, 96, 96]
+    rows = [
+        dict(
+            epoch=e,
+            train_loss=1.0 / e,
+            val_loss=1.2 / e,
+            train_top1=10.0 * e,
+            val_top1=9.0 * e,
+            lr=0.01,
+            stage=(e - 1) // 2 + 1,
+            img_size=sizes[e - 1],
+        )
+        for e in range(1, 7)
+    ]
+    fig = curves_figure({"run": rows})
+    marks = [line for ax in fig.axes for line in ax.lines if line.get_label().startswith("_")]
+    assert sorted({line.get_xdata()[0] for line in marks}) == [2.5, 4.5] and len(marks) == 4  # both panels
+    assert [t.get_text() for t in fig.texts + [t for ax in fig.axes for t in ax.texts]] == ["72 px", "96 px"]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[-1] == "dotted: a new progressive-learning stage (its image size)"
+    assert len(curves_figure({"run": [dict(r, stage=None) for r in rows]}).axes[0].lines) == 2  # none unstaged

@@ -5,11 +5,13 @@ Drawn from the rows of ``metrics.jsonl`` (one dict per epoch: ``epoch``, ``train
 Legible at any run length: the epoch axis has integer ticks and spans the epochs run (a one-epoch run is not a dot
 on an axis from 0.96 to 1.04), points carry markers while there are few of them, the LR axis starts at 0, a top-5
 that is 100 % at every epoch (always so with 5 classes or fewer) is left out and said so, and the legend sits
-below the panels, off the data.
+below the panels, off the data. A progressive run's rows carry ``stage`` and ``img_size``: each stage change is a
+dotted vertical line on both panels, labelled with the new stage's image size.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -82,6 +84,30 @@ def _draw_run(axes: tuple[Any, Any, Any], rows: Sequence[Mapping[str, Any]], col
     return trivial
 
 
+def _stage_marks(axes: Sequence[Any], rows: Sequence[Mapping[str, Any]], colour: str) -> bool:
+    """A dotted line between the last epoch of a progressive run's stage and the first of the next, on each of
+    ``axes``, with the new image size at the top of the last one; True when there was a stage change."""
+    changes = [
+        (before["epoch"] + 0.5, row.get("img_size"))
+        for before, row in itertools.pairwise(rows)
+        if row.get("stage") is not None and before.get("stage") is not None and row["stage"] != before["stage"]
+    ]
+    for x, size in changes:
+        for ax in axes:
+            ax.axvline(x, color=colour, linestyle=":", linewidth=1, alpha=0.7)
+        if size is not None:
+            axes[-1].annotate(
+                f"{size} px",
+                (x, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(2, -10),
+                textcoords="offset points",
+                fontsize="x-small",
+                color=colour,
+            )
+    return bool(changes)
+
+
 def _epoch_axis(axes: Sequence[Any], runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
     """Integer epoch ticks over the epochs run, half an epoch (or 2 % of the span) of room at each end."""
     epochs = [row["epoch"] for rows in runs.values() for row in rows if _is_finite(row.get("epoch"))]
@@ -114,6 +140,8 @@ def _legend(fig: Any, axes: Sequence[Any], runs: Mapping[str, Any], colours: Seq
     metrics: dict[str, Any] = {}
     for ax in axes:
         for line in ax.lines:
+            if line.get_label().startswith("_"):  # unlabelled: a stage change's mark, said in the note
+                continue
             metrics.setdefault(STYLES[line.get_label()] if several else line.get_label(), line)
     if not several:
         handles = list(metrics.values())
@@ -165,8 +193,14 @@ def curves_figure(runs: Mapping[str, Sequence[Mapping[str, Any]]], title: str = 
         _say_empty(loss_ax)
     if not acc_ax.lines:
         _say_empty(acc_ax)
+    staged = [
+        _stage_marks((loss_ax, acc_ax), rows, colour if len(runs) > 1 else "grey")
+        for colour, rows in zip(colours, runs.values(), strict=True)
+    ]
     whose = f" of {', '.join(trivial)}" if len(runs) > 1 else ""
     note = f"val top-5{whose} not drawn: 100 % at every epoch (always so with ≤ 5 classes)" if trivial else ""
+    if any(staged):
+        note = "; ".join(filter(None, [note, "dotted: a new progressive-learning stage (its image size)"]))
     _legend(fig, (loss_ax, lr_ax, acc_ax), runs, colours, note)
     if title:
         fig.suptitle(title)
