@@ -18,15 +18,9 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-# effnetv2's method names -> TorchCAM's classes
-METHODS = {
-    "gradcam": "GradCAM",
-    "gradcam++": "GradCAMpp",
-    "smoothgradcam++": "SmoothGradCAMpp",
-    "xgradcam": "XGradCAM",
-    "layercam": "LayerCAM",
-    "scorecam": "ScoreCAM",
-}
+from effnetv2.defaults import CAM_METHODS
+
+METHODS = CAM_METHODS  # effnetv2's method names -> TorchCAM's classes (kept where the command line reads them)
 HEAD_LAYER = "head"  # the last convolution (+ BatchNorm, activation): the maps the classifier pools
 
 

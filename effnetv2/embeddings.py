@@ -5,9 +5,9 @@ Three formats, as ``embed -o`` names them:
 - ``FILE.safetensors``: tensor ``embeddings`` (N, D), the paths (a JSON list) and the model under header metadata;
 - ``FILE.npy``: the (N, D) array, the paths one per line in ``FILE.paths.txt``;
 - a folder: ``shard-00000.safetensors``, ... each with its rows, paths, skipped files and sha256, and ``index.json``
-  (written last, once every shard is there) listing them (:mod:`effnetv2.cli.shards`).
+  (written last, once every shard is there) listing them (:mod:`effnetv2.shard_format`).
 
-Paths are stored escaped (:mod:`effnetv2.cli.paths`) and given back as the file names they were. Every shard is
+Paths are stored escaped (:mod:`effnetv2.path_escape`) and given back as the file names they were. Every shard is
 checked against the sha256 it and the index record, so a damaged or swapped file is an error, not wrong rows.
 
     emb = effnetv2.load_embeddings("emb/")            # a folder, or emb.safetensors / emb.npy
@@ -30,8 +30,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from effnetv2.cli.paths import decode_path, encode_path
-from effnetv2.cli.shards import CHECKSUM_KEY, FORMAT, INDEX_FILE, RUN_FILE, shard_checksum
+from effnetv2.path_escape import decode_path, encode_path
+from effnetv2.shard_format import CHECKSUM_KEY, FORMAT, INDEX_FILE, RUN_FILE, shard_checksum
 
 TENSOR = "embeddings"
 

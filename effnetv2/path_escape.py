@@ -14,7 +14,7 @@ backslashes, reversibly:
   separator, it is doubled too).
 
 :func:`decode_path` reverses it: ``os.fsencode(decode_path(encode_path(p))) == os.fsencode(p)`` for every path.
-In Python: ``from effnetv2.cli.paths import decode_path; open(decode_path(line), "rb")``.
+In Python: ``from effnetv2.path_escape import decode_path; open(decode_path(line), "rb")``.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from torch import nn
 
 from effnetv2.cli import main
 from effnetv2.cli.outputs import paths_file, save_npy_with_paths
-from effnetv2.cli.paths import decode_path, encode_path
+from effnetv2.path_escape import decode_path, encode_path
 from effnetv2.export import export_model
 
 WEIRD = os.fsdecode(b"\xff\xfe.jpg")  # not UTF-8: os.fsdecode gives lone surrogates

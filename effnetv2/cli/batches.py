@@ -17,8 +17,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from effnetv2.cli.paths import encode_path
 from effnetv2.data.images import ImageTooLargeError, LargeImageWarning, NotRegularFileError, open_image
+from effnetv2.path_escape import encode_path
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # --amp's names
 

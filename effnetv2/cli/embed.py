@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "ever exists beside its matching FILE.paths.txt, a crash included (no FILE.npy: no complete output). "
         "Paths are written as UTF-8 with backslash escapes: \\\\ for a backslash, \\n \\r \\t, and \\xHH for "
         "each byte that is not valid UTF-8 or belongs to a control character; other paths are unchanged "
-        "(effnetv2.cli.paths.decode_path reverses it). Images that fail are skipped. A folder (OUTPUT without a "
+        "(effnetv2.path_escape.decode_path reverses it). Images that fail are skipped. A folder (OUTPUT without a "
         "suffix) gets shards written as the images are read: " + FOLDER_HELP,
     )
     add_input_options(parser)
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from effnetv2.cli.inputs import input_images
     from effnetv2.cli.model_setup import load_model, model_metadata
     from effnetv2.cli.outputs import paths_file, save_npy_with_paths, save_safetensors
-    from effnetv2.cli.paths import encode_path
+    from effnetv2.path_escape import encode_path
 
     def check_file(output: Path) -> None:
         if output.suffix.lower() == ".npy" and paths_file(output).is_dir():

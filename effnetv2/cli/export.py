@@ -100,9 +100,9 @@ def check_int8_options(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     # Imported here, not at the top: `effnetv2 --help` and argument errors must not wait for torch.
     from effnetv2.cli.model_setup import calibration_batch, load_model
-    from effnetv2.cli.paths import encode_path
     from effnetv2.errors import ExportError
     from effnetv2.export import check_export_options, export_model, export_onnx_int8
+    from effnetv2.path_escape import encode_path
 
     # Cheap checks first: a bad path or opset should not cost a hub download and a 53M-parameter model.
     try:

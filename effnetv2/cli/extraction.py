@@ -17,8 +17,7 @@ from effnetv2.cli import CLIError
 from effnetv2.cli.batches import Batch, ImageRun, Output, exit_status, run_model
 from effnetv2.cli.model_setup import eval_transform, image_run, inference_model, resolve_device
 from effnetv2.cli.outputs import check_output
-from effnetv2.cli.paths import encode_path
-from effnetv2.cli.shards import INDEX_FILE, ShardedOutput, default_shard_size
+from effnetv2.cli.shards import ShardedOutput, default_shard_size
 from effnetv2.distributed import (
     COMMAND_TIMEOUT,
     barrier,
@@ -29,6 +28,8 @@ from effnetv2.distributed import (
     rank_device,
 )
 from effnetv2.errors import CheckpointError
+from effnetv2.path_escape import encode_path
+from effnetv2.shard_format import INDEX_FILE
 from effnetv2.weights.reading import fingerprint
 
 DataConfig = Mapping[str, Any]

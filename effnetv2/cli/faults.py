@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-from effnetv2.cli.paths import encode_path
+from effnetv2.path_escape import encode_path
 
 USAGE = 2  # the command, its options or its paths are wrong: the user can fix the command line
 ENVIRONMENT = 1  # the machine failed the command (a full disk, no permission): the same command may work later

@@ -107,8 +107,8 @@ def draw_feature_mosaic(args: argparse.Namespace, files: Sequence[Path]) -> None
     from effnetv2.cli.extraction import say_done
     from effnetv2.cli.model_setup import eval_transform, load_model, model_metadata, resolve_device
     from effnetv2.cli.outputs import check_output
-    from effnetv2.cli.paths import encode_path
     from effnetv2.data.images import open_image
+    from effnetv2.path_escape import encode_path
     from effnetv2.pictures import MATPLOTLIB_HINT, draw_mosaic
 
     if len(files) != 1:
@@ -152,8 +152,8 @@ def run(args: argparse.Namespace) -> int:
     from effnetv2.cli.inputs import input_images
     from effnetv2.cli.model_setup import load_model
     from effnetv2.cli.outputs import check_output, save_safetensors
-    from effnetv2.cli.paths import encode_path
     from effnetv2.data.assets import sample_image_path
+    from effnetv2.path_escape import encode_path
 
     def write_file(output: Path, tensors: dict[str, Tensor], paths: list[str], metadata: dict[str, Any]) -> str:
         save_safetensors(output, tensors, paths, **metadata)

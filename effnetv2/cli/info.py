@@ -9,7 +9,7 @@ from typing import Any, Optional, TextIO
 
 from effnetv2.cli import CLIError
 from effnetv2.cli.options import add_image_size_option, add_model_options
-from effnetv2.cli.paths import encode_path
+from effnetv2.path_escape import encode_path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

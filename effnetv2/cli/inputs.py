@@ -14,10 +14,10 @@ from typing import BinaryIO, Optional, Union
 from tqdm import tqdm
 
 from effnetv2.cli import CLIError
-from effnetv2.cli.paths import encode_path
 from effnetv2.data.files import IMG_EXTENSIONS, find_image_files
 from effnetv2.data.tar_images import IMAGE_EXTENSIONS, TarFormatError, TarMember, index_tar
 from effnetv2.distributed import is_first_process, launched_world_size
+from effnetv2.path_escape import encode_path
 
 
 def find_images(paths: Sequence[Union[str, Path]]) -> list[Union[Path, TarMember]]:

@@ -17,13 +17,13 @@ from effnetv2.cli import CLIError
 from effnetv2.cli.batches import AMP_DTYPES, ImageRun, failure_text
 from effnetv2.cli.inputs import find_images
 from effnetv2.cli.options import check_int8_run_options
-from effnetv2.cli.paths import encode_path
 from effnetv2.data import create_transform, resolve_model_data_config
 from effnetv2.data.assets import imagenet_class_names
 from effnetv2.defaults import DEFAULT_CALIBRATION_IMAGES
 from effnetv2.errors import CheckpointError, ClassifierNotLoadedWarning
 from effnetv2.inference import optimize_for_inference
 from effnetv2.inference.calibration import calibration_images
+from effnetv2.path_escape import encode_path
 from effnetv2.registry import create_model
 from effnetv2.weights.hub import PretrainedWeightsUnavailable
 

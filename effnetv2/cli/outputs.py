@@ -1,5 +1,5 @@
 """Output files of the command line, written atomically (:mod:`effnetv2.atomic`): a reader never sees a half-written
-file, a crash leaves the previous output or none. Image paths are written escaped (:mod:`effnetv2.cli.paths`)."""
+file, a crash leaves the previous output or none. Image paths are written escaped (:mod:`effnetv2.path_escape`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from torch import Tensor
 
 from effnetv2.atomic import atomic_path
 from effnetv2.cli import CLIError
-from effnetv2.cli.paths import encode_path
+from effnetv2.path_escape import encode_path
 
 
 def check_output(path: Path, suffixes: Sequence[str]) -> Path:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from effnetv2.cli import CLIError
-from effnetv2.cli.paths import encode_path
+from effnetv2.path_escape import encode_path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -41,7 +41,6 @@ def run(args: argparse.Namespace) -> int:
     from effnetv2.cli.batches import run_model, strided_batches
     from effnetv2.cli.inputs import input_images
     from effnetv2.cli.model_setup import class_labels, image_run, inference_model, load_model, resolve_device
-    from effnetv2.cli.paths import encode_path
     from effnetv2.data.assets import sample_image_path
     from effnetv2.distributed import (
         COMMAND_TIMEOUT,
@@ -51,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         init_distributed,
         rank_device,
     )
+    from effnetv2.path_escape import encode_path
 
     files = input_images(args, default=sample_image_path())
     device = resolve_device(args.device)

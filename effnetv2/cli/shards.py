@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
@@ -41,21 +40,14 @@ from effnetv2.atomic import remove_stale_temps, write_text
 from effnetv2.cli import CLIError
 from effnetv2.cli.batches import Batch
 from effnetv2.cli.outputs import save_safetensors
-from effnetv2.cli.paths import encode_path
 from effnetv2.defaults import SHARD_BYTES, SHARD_SIZE
+from effnetv2.path_escape import encode_path
+from effnetv2.shard_format import CHECKSUM_KEY, FORMAT, INDEX_FILE, RUN_FILE, shard_checksum, shard_name
 
-RUN_FILE = "run.json"
-INDEX_FILE = "index.json"
-FORMAT = "effnetv2-shards/1"
-CHECKSUM_KEY = "sha256"  # a shard's metadata key for shard_checksum
 STOP_AFTER_SHARD_ENV = "EFFNETV2_TEST_STOP_AFTER_SHARD"
 # run.json keys that say where the model's files were (for messages): their sha256 keys are what must match
 _MODEL_FILE_KEYS = ("weights_file", "config_file")
 _TEMP_NAME = re.compile(r"\.(.+)\.\d+-[0-9a-f]{8}\.tmp")  # effnetv2.atomic's temp files: .{target}.{pid}-{hex}.tmp
-
-
-def shard_name(number: int) -> str:
-    return f"shard-{number:05d}.safetensors"
 
 
 def default_shard_size(row_bytes: int) -> int:
@@ -68,19 +60,6 @@ def digest(paths: Iterable[Path]) -> str:
     h = hashlib.sha256()
     for path in paths:
         h.update(encode_path(path).encode("utf-8") + b"\n")
-    return h.hexdigest()
-
-
-def shard_checksum(tensors: Mapping[str, Tensor], header: Mapping[str, str]) -> str:
-    """sha256 of a shard's content: its header metadata (all but :data:`CHECKSUM_KEY`), then each tensor's name,
-    dtype, shape and bytes, in name order. Any byte changed in the file changes it (or makes the file unreadable)."""
-    h = hashlib.sha256()
-    for key in sorted(k for k in header if k != CHECKSUM_KEY):
-        h.update(json.dumps([key, header[key]]).encode("utf-8") + b"\n")
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode("utf-8") + b"\n")
-        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
     return h.hexdigest()
 
 

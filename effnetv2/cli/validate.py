@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from effnetv2.atomic import write_text
 from effnetv2.cli import CLIError
 from effnetv2.cli.options import add_model_options, add_run_options
-from effnetv2.cli.paths import encode_path
+from effnetv2.path_escape import encode_path
 
 if TYPE_CHECKING:
     import torch
