@@ -1,10 +1,12 @@
-"""``effnetv2 info``: parameters, compute, feature levels and pretrained config of a model, without its weights."""
+"""``effnetv2 info``: parameters, compute, feature levels and pretrained config of a model, without its weights; for
+a model ``effnetv2 train`` saved, how it was trained (its config.json's ``training`` entry)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any, Optional, TextIO
 
 from effnetv2.cli import CLIError
@@ -44,6 +46,22 @@ def _model_kwargs(model_name: str, checkpoint: Optional[str]) -> tuple[str, dict
     return model_name, {"num_classes": 0 if classifier is None else int(classifier.shape[0])}
 
 
+def _training(model_name: str, checkpoint: Optional[str]) -> Optional[dict[str, Any]]:
+    """The ``training`` entry of the saved model's config.json (:mod:`effnetv2.train.provenance`), if it has one."""
+    from effnetv2.weights.hub_config import read_config_file, saved_model_files
+
+    if checkpoint is not None:
+        config = saved_model_files(checkpoint)[1]
+    elif model_name.startswith("local-dir:"):
+        config = Path(model_name.partition(":")[2]) / "config.json"
+    else:
+        return None
+    if config is None or not config.is_file():
+        return None
+    training = read_config_file(config).get("training")
+    return training if isinstance(training, dict) else None
+
+
 def describe(model_name: str, img_size: Optional[int], checkpoint: Optional[str] = None) -> dict[str, Any]:
     """Everything ``info`` reports, as JSON-ready data."""
     # Imported here, not at the top: `effnetv2 --help` and argument errors must not wait for torch.
@@ -56,6 +74,7 @@ def describe(model_name: str, img_size: Optional[int], checkpoint: Optional[str]
         name, kwargs = _model_kwargs(model_name, checkpoint)
         with torch.device("meta"):  # shapes only: no memory for weights, nothing downloaded
             model = create_model(name, **kwargs).eval()
+        training = _training(model_name, checkpoint)
     except (ValueError, OSError) as e:  # an unknown name, an unreadable checkpoint or config (CheckpointError)
         raise CLIError(str(e)) from e
     cfg = model.pretrained_cfg
@@ -75,6 +94,7 @@ def describe(model_name: str, img_size: Optional[int], checkpoint: Optional[str]
         "num_features": model.num_features,
         "num_classes": model.num_classes,
         "label_names": cfg.get("label_names"),
+        "training": training,
         "feature_levels": [
             dict(index=i, module=level["module"], channels=level["num_chs"], stride=level["reduction"])
             for i, level in enumerate(model.feature_info)
@@ -104,6 +124,7 @@ def write_table(report: dict[str, Any], out: TextIO) -> None:
         ("activations", f"{report['activations'] / 1e6:.1f} M at {size}"),
         ("features", f"{report['num_features']} (pooled embedding size)"),
         ("classes", _classes_text(report["num_classes"], report["label_names"])),
+        *([("trained", _training_text(report["training"]))] if report.get("training") else []),
     ]
     for key, value in rows:
         out.write(f"{key:<14}{value}\n")
@@ -113,6 +134,13 @@ def write_table(report: dict[str, Any], out: TextIO) -> None:
     out.write("\npretrained config\n")
     for key, value in report["pretrained_cfg"].items():
         out.write(f"  {key:<18}{value}\n")
+
+
+def _training_text(training: dict[str, Any]) -> str:
+    from effnetv2.train.provenance import describe_training
+
+    scores = f"; val top-1 {training['val_top1']:.1f} %" if isinstance(training.get("val_top1"), (int, float)) else ""
+    return describe_training(training) + scores
 
 
 def _classes_text(num_classes: int, label_names: Optional[list[str]]) -> str:

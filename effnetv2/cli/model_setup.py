@@ -100,18 +100,24 @@ def load_model(args: argparse.Namespace, fresh_head_ok: bool = False, **kwargs: 
             )
     except ClassifierNotLoadedWarning as e:
         raise CLIError(_head_mismatch(args, e)) from e
-    except PretrainedWeightsUnavailable as e:  # no network, no cached copy: the command-line way out comes first
-        raise CLIError(
-            f"no pretrained weights for {args.model}: pass --checkpoint PATH (a local weights file). "
-            f"{e.failure[:1].upper()}{e.failure[1:]}. "
-            f"Or make them available offline: {e.offline_advice}"
-        ) from e
+    except PretrainedWeightsUnavailable as e:
+        raise pretrained_unavailable(args.model, e) from e
     except CheckpointError as e:
         hint = "" if args.checkpoint else " On the command line: --checkpoint PATH."
         raise CLIError(f"{e}{hint}") from e
     except (ValueError, TypeError, OSError) as e:  # unknown name, missing file, bad out_indices
         raise CLIError(str(e)) from e
     return model.eval()
+
+
+def pretrained_unavailable(model_name: str, error: PretrainedWeightsUnavailable) -> CLIError:
+    """No network and no cached copy of ``model_name``'s weights: the command-line way out (``--checkpoint PATH``)
+    comes first, not the Python API's (``checkpoint_path=``)."""
+    return CLIError(
+        f"no pretrained weights for {model_name}: pass --checkpoint PATH (a local weights file). "
+        f"{error.failure[:1].upper()}{error.failure[1:]}. "
+        f"Or make them available offline: {error.offline_advice}"
+    )
 
 
 def _head_mismatch(args: argparse.Namespace, warning: ClassifierNotLoadedWarning) -> str:

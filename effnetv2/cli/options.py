@@ -141,13 +141,21 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda, else mps, else cpu")
 
 
+def default_workers() -> int:
+    """Data-loading processes by default: none on 1 or 2 CPUs, where a worker takes a core from the model and
+    the main process decodes faster itself; else one CPU left to the main process, at most 4 (BENCHMARKS.md,
+    "Data-loading workers")."""
+    cpus = available_cpus()
+    return 0 if cpus <= 2 else min(4, cpus - 1)
+
+
 def add_workers_option(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--workers",
         type=non_negative_int,
-        default=min(4, available_cpus()),
+        default=default_workers(),
         metavar="N",
-        help=f"{what} (default: %(default)s)",
+        help=f"{what} (default: %(default)s, from the CPUs this process may use)",
     )
 
 

@@ -2,6 +2,9 @@
 
 This module parses and checks the options; :func:`effnetv2.train.runner.fit` runs the training and
 :mod:`effnetv2.train.run_folder` owns the output folder (lock, resume state, metrics, best model).
+
+The parser also notes which options the command line gave (``args.given``): ``--resume`` takes every other one from
+the run folder, so that ``effnetv2 train DATA -o DIR --resume`` needs nothing retyped.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from effnetv2.cli.options import (
 )
 from effnetv2.defaults import STATE_FILE
 
+# Options that describe this machine, not the run: --resume takes them from its own command line, never the folder.
+THIS_COMMAND = ("data", "output", "resume", "device", "workers")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -32,9 +38,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fine-tune on an ImageFolder tree (DATA/train/<class>/*, DATA/val/<class>/*)",
         description="Fine-tune with the RW recipe: SGD-Nesterov, adaptive gradient clipping, cosine LR with "
         "linear warmup, optional EMA. Run under `torchrun --nproc_per_node N -m effnetv2 train ...` for DDP. "
-        "--resume continues an interrupted run; with a larger --epochs it extends a finished or interrupted one.",
+        "--resume continues an interrupted run with the options it was started with (read from the run folder; "
+        "only --device and --workers are this command's); with a larger --epochs it extends a finished or "
+        "interrupted one.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    _add_arguments(p)
+    p.set_defaults(func=run)
+    _note_given_options(p)
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="folder holding train/<class>/<image> and val/<class>/<image>")
     p.add_argument(
         "--output",
@@ -74,9 +88,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume",
         action="store_true",
-        help=f"continue the run in --output from its {STATE_FILE}; a larger --epochs extends it",
+        help=f"continue the run in --output from its {STATE_FILE}, with the options it was started with; an option "
+        "given here replaces the run's (one that shapes the schedule or the data order is refused if it differs); a "
+        "larger --epochs extends the run",
     )
-    p.set_defaults(func=run)
+    p.add_argument(
+        "--save-state",
+        choices=("last", "none"),
+        default="last",
+        help=f"last: keep {STATE_FILE} (the weights, optimizer and EMA of the last epoch, about twice the model's "
+        "size) so that --resume can continue the run; none: write only the best model and the metrics (the run "
+        "cannot be resumed)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="progress on stdout: one readable line per epoch, or the JSON rows of OUTPUT/metrics.jsonl",
+    )
+
+
+def _note_given_options(parser: argparse.ArgumentParser) -> None:
+    """Make ``parser`` set ``args.given``: the destinations of the options its command line gave, values equal to
+    the defaults included.
+
+    The same arguments are parsed a second time by a copy of the parser whose every default is SUPPRESS: what that
+    parse returns is exactly what was given. (The subcommand's parser is called with its own arguments, through
+    ``parse_known_args``; it has already refused any error when the copy runs.)"""
+    parse = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):  # type: ignore[no-untyped-def]
+        parsed, extras = parse(args, namespace)
+        explicit = argparse.ArgumentParser(add_help=False, allow_abbrev=parser.allow_abbrev)
+        _add_arguments(explicit)
+        for action in explicit._actions:
+            action.default = argparse.SUPPRESS
+        given, _ = explicit.parse_known_args(args)
+        parsed.given = frozenset(vars(given))
+        return parsed, extras
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
 
 
 def _add_optimizer_options(p: argparse.ArgumentParser) -> None:
@@ -118,6 +169,11 @@ def _add_regularization_options(p: argparse.ArgumentParser) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    if args.resume and args.save_state == "none" and "save_state" in _given(args):
+        raise CLIError(
+            f"--resume --save-state none: a resumed run keeps its {STATE_FILE} up to date (its folder would "
+            "otherwise hold a state older than its metrics); leave --save-state out"
+        )
     if args.checkpoint and not Path(args.checkpoint).exists():
         raise CLIError(f"--checkpoint {args.checkpoint}: no such file or folder")
     # TrainOptions.tensorboard: None (off), "" (OUTPUT/tensorboard) or a folder
@@ -138,18 +194,33 @@ def _options(args: argparse.Namespace):
     return TrainOptions(**{k: v for k, v in vars(args).items() if k in fields})
 
 
+def _given(args: argparse.Namespace) -> frozenset[str]:
+    """The TrainOptions fields the command line set, and :data:`THIS_COMMAND`'s: a resume takes the others from
+    the run folder. ``--pretrained``/``--checkpoint`` are one choice (the starting weights): either gives both."""
+    given = set(getattr(args, "given", ())) | set(THIS_COMMAND)
+    if "tensorboard_dir" in given:
+        given.add("tensorboard")
+    if given & {"pretrained", "checkpoint"}:
+        given |= {"pretrained", "checkpoint"}
+    return frozenset(given)
+
+
 def run(args: argparse.Namespace) -> int:
-    from effnetv2.cli.model_setup import resolve_device
+    from effnetv2.cli.model_setup import pretrained_unavailable, resolve_device
     from effnetv2.errors import CheckpointError
     from effnetv2.train.data import DatasetError, UnreadableImageError
     from effnetv2.train.engine import NonFiniteLossError
     from effnetv2.train.run_folder import TrainError
     from effnetv2.train.runner import fit
+    from effnetv2.weights.hub import PretrainedWeightsUnavailable
 
     _check_args(args)
     args.device = resolve_device(args.device)
     try:
-        result = fit(_options(args))
+        result = fit(_options(args), given=_given(args))
+    except PretrainedWeightsUnavailable as e:  # the command line's way out (--checkpoint PATH), not the API's
+        model = args.model if not args.resume or "model" in getattr(args, "given", ()) else "the run's --model"
+        raise pretrained_unavailable(model, e) from None
     except (TrainError, DatasetError, CheckpointError, NonFiniteLossError) as e:
         # (a RunFolderWriteError is an OSError: main's fault handler gives its message with exit status 1, not 2)
         raise CLIError(str(e)) from None

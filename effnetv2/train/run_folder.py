@@ -3,7 +3,10 @@
 ``DIR/.lock``         held (``fcntl.flock``) by the one process writing the run, released by the kernel when it dies
 ``DIR/last_state.pt`` everything a resume needs, including every epoch's metrics row (``torch.load(weights_only=True)``)
 ``DIR/metrics.jsonl`` one JSON line per finished epoch, rewritten from the state
-``DIR/model.safetensors`` + ``DIR/config.json``: the best model so far, in timm's hub format
+``DIR/model.safetensors`` + ``DIR/config.json``: the best model so far, in timm's hub format (its config's
+                      ``training`` entry says what it is: :mod:`effnetv2.train.provenance`)
+
+With ``--save-state none`` there is no ``last_state.pt``: the folder cannot be resumed (and is not overwritten).
 
 (``DIR/curves.png`` and ``DIR/tensorboard/`` are drawn from the metrics by :mod:`effnetv2.train.reporting`; no
 resume reads them.)
@@ -16,13 +19,14 @@ epoch writes it again), then the state (the commit point), then ``metrics.jsonl`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
 import os
 import pickle
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -34,6 +38,7 @@ from effnetv2.defaults import STATE_FILE
 from effnetv2.errors import CheckpointError
 
 METRICS_FILE = "metrics.jsonl"
+BEST_MODEL_FILE = "model.safetensors"
 LOCK_FILE = ".lock"
 STATE_FORMAT = "effnetv2-train-state"
 STATE_VERSION = 1
@@ -204,17 +209,33 @@ class RunFolder:
         Nothing is created when the check fails before the lock (``--resume`` without a state).
         """
         if resume and not self.has_state():
-            raise TrainError(f"--resume: {self.state_path} does not exist; start without --resume")
+            raise TrainError(self._no_state())
         self.lock()
         if resume and not self.has_state():  # removed while we waited for nothing: check again under the lock
             self.unlock()
-            raise TrainError(f"--resume: {self.state_path} does not exist; start without --resume")
+            raise TrainError(self._no_state())
         if not resume and self.has_state():
             self.unlock()
             raise TrainError(
                 f"{self.path} already holds a training run; pass --resume to continue it (or, with a larger "
                 "--epochs, to extend it) or choose another --output"
             )
+        if not resume and self.metrics_path.exists():  # a run that kept no state (--save-state none)
+            self.unlock()
+            raise TrainError(
+                f"{self.path} already holds a training run ({METRICS_FILE}, no {STATE_FILE}); choose another "
+                "--output, or remove the folder to start again there"
+            )
+
+    def _no_state(self) -> str:
+        """Why ``--resume`` cannot continue this folder."""
+        if self.metrics_path.exists():
+            return (
+                f"--resume: the run in {self.path} kept no resume state ({STATE_FILE}: it was started with "
+                f"--save-state none), so it cannot be continued; to train its model further, start a new run from "
+                f"it: --checkpoint {self.path} --output NEW_FOLDER"
+            )
+        return f"--resume: {self.state_path} does not exist; start without --resume"
 
     # -- the resume state ----------------------------------------------------------------------------------
     def read_state(self) -> dict[str, Any]:
@@ -283,11 +304,20 @@ class RunFolder:
             tmp.write_text(text, encoding="utf-8")
 
     # -- the best model --------------------------------------------------------------------------------------
-    def save_best(self, model: nn.Module, label_names: Sequence[str]) -> None:
+    def save_best(
+        self, model: nn.Module, label_names: Sequence[str], training: Optional[Mapping[str, Any]] = None
+    ) -> None:
+        """The best model and its config.json, with ``training`` (:func:`effnetv2.train.provenance.training_record`)
+        as its ``training`` entry and, in words, its description."""
+        from effnetv2.train.provenance import describe_training
         from effnetv2.weights.saving import save_pretrained
 
-        with _writing(self.path / "model.safetensors", "the previous best model is kept"):
-            save_pretrained(model, self.path, model_config=dict(label_names=list(label_names)))
+        config: dict[str, Any] = dict(label_names=list(label_names))
+        if training is not None:
+            config["training"] = dict(training)
+            config["pretrained_cfg"] = {"description": f"fine-tuned with effnetv2 train: {describe_training(training)}"}
+        with _writing(self.path / BEST_MODEL_FILE, "the previous best model is kept"):
+            save_pretrained(model, self.path, model_config=config)
 
     # -- one epoch's writes, in the order that keeps every instant resumable ---------------------------------
     def end_epoch(
@@ -295,16 +325,19 @@ class RunFolder:
         state: Mapping[str, Any],
         best_model: Optional[nn.Module] = None,
         label_names: Sequence[str] = (),
+        training: Optional[Mapping[str, Any]] = None,
+        keep_state: bool = True,
     ) -> None:
         """Record a finished epoch: ``state["metrics"]`` holds every row up to this epoch.
 
         1. the best model, when this epoch improved it (a kill after this redoes the epoch, which writes it again);
-        2. the state: from here on the epoch is done;
+        2. the state: from here on the epoch is done (not written unless ``keep_state``: ``--save-state none``);
         3. ``metrics.jsonl`` from the state's rows (a kill before this: the next ``--resume`` rewrites it).
         """
         if best_model is not None:
-            self.save_best(best_model, label_names)
-        self.write_state(state)
+            self.save_best(best_model, label_names, training)
+        if keep_state:
+            self.write_state(state)
         self.write_metrics(state["metrics"])
 
 
@@ -348,9 +381,10 @@ def check_resume(
     saved = state["recipe"]
     for key, option in RECIPE_OPTIONS.items():
         if key in recipe and saved.get(key) != recipe[key]:
+            fix = "leave it out to resume with the run's value" if option.startswith("--") else "resume with the same"
             raise TrainError(
                 f"{option}: the run in {where} was started with {_describe(saved.get(key))}, this one has "
-                f"{_describe(recipe[key])}; resume with the same value (only --epochs may change, to extend the run)"
+                f"{_describe(recipe[key])}; {fix} (only --epochs may change, to extend the run)"
             )
     _check_model_files(saved, recipe, where)
     done, planned = int(state["epoch"]), int(state["epochs"])
@@ -362,6 +396,21 @@ def check_resume(
     if epochs > planned:
         return "extend"
     return "done" if done >= planned else "continue"
+
+
+def resumed_options(opts: Any, saved: Mapping[str, Any], given: Collection[str], where: Path) -> Any:
+    """``opts`` (a :class:`~effnetv2.train.runner.TrainOptions`) with each option not in ``given`` taken from
+    ``saved``, the options the run in ``where`` last ran with (its state's ``args``). A starting-weights file that
+    is gone is named here: the resume reads it again for its config (and checks it is the file the run began with)."""
+    fields = {f.name for f in dataclasses.fields(opts)}
+    taken = {k: v for k, v in saved.items() if k in fields and k not in given}
+    checkpoint = taken.get("checkpoint")
+    if checkpoint and not Path(checkpoint).exists():
+        raise TrainError(
+            f"--resume: the run in {where} started from --checkpoint {checkpoint}, which no longer exists; a resume "
+            "reads it again for its config: put it back, or pass --checkpoint PATH to the same file"
+        )
+    return dataclasses.replace(opts, **taken)
 
 
 def all_finite(*modules: Optional[nn.Module]) -> bool:

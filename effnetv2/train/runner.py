@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import sys
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -39,9 +39,18 @@ from effnetv2.train.ema import create_ema
 from effnetv2.train.engine import NonFiniteLossError, StepConfig, evaluate, train_one_epoch
 from effnetv2.train.mix import mixup_cutmix
 from effnetv2.train.param_groups import apply_lr_scale, param_groups_layer_decay, param_groups_weight_decay
-from effnetv2.train.reporting import RunReport
+from effnetv2.train.provenance import fine_tuned_cfg, starting_weights, training_record
+from effnetv2.train.reporting import RunReport, written_per_epoch
 from effnetv2.train.rng import get_rng_state, seed_everything, set_rng_state
-from effnetv2.train.run_folder import RunFolder, TrainError, all_finite, check_resume, model_files
+from effnetv2.train.run_folder import (
+    BEST_MODEL_FILE,
+    RunFolder,
+    TrainError,
+    all_finite,
+    check_resume,
+    model_files,
+    resumed_options,
+)
 from effnetv2.train.schedule import WarmupCosineLR, cosine_with_warmup
 
 STOP_AFTER_ENV = "EFFNETV2_TEST_STOP_AFTER_EPOCHS"
@@ -83,6 +92,8 @@ class TrainOptions:
     device: Union[str, torch.device] = "cpu"
     resume: bool = False
     tensorboard: Optional[str] = None  # event files' folder ("": OUTPUT/tensorboard); None: none written
+    save_state: str = "last"  # "last": keep the resume state; "none": the best model and the metrics only
+    log_format: str = "text"  # progress on stdout: "text" (a line per epoch) or "json" (the metrics rows)
 
 
 @dataclass
@@ -130,8 +141,13 @@ _RECIPE_FROM_OPTIONS = (
 )
 
 
-def fit(opts: TrainOptions) -> TrainResult:
-    """Run (or resume, or extend) the training that ``opts`` describes; rank 0 writes ``opts.output``."""
+def fit(opts: TrainOptions, given: Optional[Collection[str]] = None) -> TrainResult:
+    """Run (or resume, or extend) the training that ``opts`` describes; rank 0 writes ``opts.output``.
+
+    ``given``: the options the caller set (the command line's explicit ones). A resume takes every other one from
+    the run folder; the given ones are compared with the run's (see
+    :func:`~effnetv2.train.run_folder.check_resume`). None: every option of ``opts`` counts as given.
+    """
     device = torch.device(opts.device)
     env = init_distributed(device)
     device = rank_device(device, env)
@@ -143,7 +159,7 @@ def fit(opts: TrainOptions) -> TrainResult:
         elif opts.resume and not folder.has_state():
             raise TrainError(f"--resume: {folder.state_path} does not exist; start without --resume")
         try:
-            return _fit(opts, env, device, folder, train_set, val_set)
+            return _fit(opts, given, env, device, folder, train_set, val_set)
         finally:
             folder.unlock()
     finally:
@@ -160,6 +176,8 @@ class _Run:
     folder: RunFolder
     recipe: dict[str, Any]
     classes: list[str]
+    images: tuple[int, int]  # training and validation images
+    start: dict[str, Any] = field(default_factory=dict)  # the starting weights (provenance.starting_weights)
 
 
 @dataclass
@@ -197,17 +215,29 @@ class _Progress:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _fit(opts: TrainOptions, env: DistEnv, device: torch.device, folder: RunFolder, train_set, val_set) -> TrainResult:
+def _fit(
+    opts: TrainOptions,
+    given: Optional[Collection[str]],
+    env: DistEnv,
+    device: torch.device,
+    folder: RunFolder,
+    train_set,
+    val_set,
+) -> TrainResult:
     """Steps of a run in its opened folder: the model and data, then the epoch loop, from the start or the saved
     state (a finished run with the same ``--epochs``: nothing to do)."""
+    # the saved state first: the run's options, and a mismatched one stops before the model is built
+    state = folder.read_state() if opts.resume else None
+    if state is not None and given is not None:
+        opts = resumed_options(opts, state.get("args") or {}, given, folder.path)
     seed_everything(opts.seed + env.rank)  # ranks augment differently; DDP copies rank 0's initial weights
-    run = _Run(opts, env, folder, _recipe(opts, env.world_size, len(train_set), opts.img_size), list(train_set.classes))
+    recipe = _recipe(opts, env.world_size, len(train_set), opts.img_size)
+    run = _Run(opts, env, folder, recipe, list(train_set.classes), (len(train_set), len(val_set)))
     if opts.img_size is None:
         del run.recipe["img_size"]  # the model's default: known once the model is built
-    # the saved state first: a mismatched option stops before the model is built
-    state = folder.read_state() if opts.resume else None
     mode = "new" if state is None else check_resume(state, run.recipe, run.classes, opts.epochs, folder.path)
     model = _create_model(opts, len(run.classes))
+    run.start = starting_weights(opts.model, opts.pretrained, opts.checkpoint, model.pretrained_cfg)
     run.recipe.update(model_files(model))
     data_cfg, size = _evaluation_size(model, opts.img_size)
     run.recipe["img_size"] = size
@@ -243,9 +273,14 @@ def _evaluation_size(model: nn.Module, img_size: Optional[int]) -> tuple[dict[st
     ``pretrained_cfg`` made to say that size."""
     data_cfg = resolve_model_data_config(model)
     size = img_size or data_cfg["input_size"][-1]
-    # The saved config.json describes this run's evaluation: predict/validate on the saved model see what val saw.
+    # The saved config.json describes this run's evaluation: predict/validate on the saved model see what val saw;
+    # and this model, not the weights it started from (their tag and description: provenance.training_record).
     model.pretrained_cfg = {
-        **{k: v for k, v in model.pretrained_cfg.items() if k not in ("test_input_size", "test_crop_pct", "file")},
+        **{
+            k: v
+            for k, v in fine_tuned_cfg(model.pretrained_cfg).items()
+            if k not in ("test_input_size", "test_crop_pct", "file")
+        },
         "input_size": (model.in_chans, size, size),
     }
     return data_cfg, size
@@ -333,7 +368,7 @@ def _run_epochs(run: _Run, trainer: _Trainer, loaders: _Loaders, progress: _Prog
     stop_after = int(os.environ.get(STOP_AFTER_ENV) or 0)
     checksums = os.environ.get(CHECKSUMS_ENV)
     args = _saved_args(opts)
-    report = _open_report(run, trainer.steps, progress)
+    report = _open_report(run, trainer, progress)
     try:
         ddp, frozen, done = None, None, progress.start_epoch
         for epoch in range(progress.start_epoch, opts.epochs):
@@ -345,8 +380,8 @@ def _run_epochs(run: _Run, trainer: _Trainer, loaders: _Loaders, progress: _Prog
             stats = _evaluate_epoch(run, trainer, loaders.val, epoch, stats)
             rng = _gathered_rng_states(env)
             if env.is_main:
-                _save_epoch(run, trainer, progress, stats, rng, args)
-                print(json.dumps(stats), flush=True)
+                improved = _save_epoch(run, trainer, progress, stats, rng, args)
+                report.show(stats, improved)
                 report.epoch(progress.rows)
             done = epoch + 1
             if checksums:
@@ -355,6 +390,8 @@ def _run_epochs(run: _Run, trainer: _Trainer, loaders: _Loaders, progress: _Prog
                 dist.barrier()
             if stop_after and done - progress.start_epoch >= stop_after:
                 break
+        if report is not None:
+            report.closing(progress.rows, run.folder.path / BEST_MODEL_FILE)
         return TrainResult(done, opts.epochs, progress.best_top1)
     finally:
         if report is not None:
@@ -368,13 +405,14 @@ def _saved_args(opts: TrainOptions) -> dict[str, Any]:
     }
 
 
-def _open_report(run: _Run, steps: int, progress: _Progress) -> Optional[RunReport]:
-    """Curves and TensorBoard events, written by the main process only."""
+def _open_report(run: _Run, trainer: _Trainer, progress: _Progress) -> Optional[RunReport]:
+    """Progress lines, curves and TensorBoard events, by the main process only; first, what each epoch writes."""
     if not run.env.is_main:
         return None
-    out = run.folder.path
-    events = None if run.opts.tensorboard is None else Path(run.opts.tensorboard or out / "tensorboard")
-    report = RunReport(out, events, steps, progress.start_epoch)
+    out, opts = run.folder.path, run.opts
+    events = None if opts.tensorboard is None else Path(opts.tensorboard or out / "tensorboard")
+    report = RunReport(out, events, trainer.steps, progress.start_epoch, opts.log_format, opts.epochs, len(run.classes))
+    report.note(written_per_epoch(out, trainer.model, trainer.ema, opts.momentum > 0, opts.save_state == "last"))
     report.resumed(progress.rows)
     return report
 
@@ -394,7 +432,11 @@ def _freeze_backbone(trainer: _Trainer, frozen: bool, env: DistEnv) -> nn.Module
 
 def _last_good(run: _Run, epoch: int) -> str:
     """What a stop in ``epoch`` leaves to resume from, for its message."""
-    return f"{run.folder.path / 'last_state.pt'} still holds epoch {epoch}" if epoch else "no epoch was saved"
+    if not epoch:
+        return "no epoch was saved"
+    if run.opts.save_state == "none":
+        return f"no resume state is kept (--save-state none); {run.folder.path / BEST_MODEL_FILE} is the best model"
+    return f"{run.folder.path / 'last_state.pt'} still holds epoch {epoch}"
 
 
 def _train_epoch(
@@ -457,8 +499,9 @@ def _gathered_rng_states(env: DistEnv) -> list[Any]:
 
 def _save_epoch(
     run: _Run, trainer: _Trainer, progress: _Progress, stats: dict[str, Any], rng: list[Any], args: dict[str, Any]
-) -> None:
-    """Record the epoch in the run folder (main process): the best model when it improved, the state, metrics."""
+) -> bool:
+    """Record the epoch in the run folder (main process): the best model when it improved, the state, metrics.
+    Whether the epoch improved the best top-1."""
     improved = stats["val_top1"] > progress.best_top1
     progress.best_top1 = max(progress.best_top1, stats["val_top1"])
     progress.rows.append(stats)
@@ -478,7 +521,17 @@ def _save_epoch(
         rng=rng,
         args=args,
     )
-    run.folder.end_epoch(state, best_model=trainer.eval_model if improved else None, label_names=run.classes)
+    training = training_record(
+        run.start, str(run.opts.data), run.classes, run.images, run.recipe["img_size"], run.opts.epochs, stats
+    )
+    run.folder.end_epoch(
+        state,
+        best_model=trainer.eval_model if improved else None,
+        label_names=run.classes,
+        training=training,
+        keep_state=run.opts.save_state == "last",
+    )
+    return improved
 
 
 def _write_checksums(folder: Path, env: DistEnv, trainer: _Trainer) -> None:
