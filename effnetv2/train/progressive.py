@@ -101,7 +101,7 @@ class ProgressiveSchedule:
         width = len(str(self.epochs))
         out = []
         for s in self.stages:
-            epochs = f"{s.first_epoch + 1:>{width}}-{s.end_epoch:<{width}}".rstrip()
+            epochs = f"{s.first_epoch + 1:>{width}}" + (f"-{s.end_epoch}" if s.epochs > 1 else "")
             lr = f" (lr x{s.lr_scale:.2f})" if s.lr_scale != 1.0 else ""
             out.append(
                 f"stage {s.index + 1}/{len(self.stages)}: epochs {epochs}, {s.img_size} px, batch {s.batch_size}"
