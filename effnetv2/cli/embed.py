@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from effnetv2.cli import CLIError
-from effnetv2.cli.options import FOLDER_HELP, add_input_options, add_model_options, add_run_options, add_shard_options
+from effnetv2.cli.options import FOLDER_HELP, add_extraction_options, add_input_options
 
 SUFFIXES = (".npy", ".safetensors")
 
@@ -28,17 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "suffix) gets shards written as the images are read: " + FOLDER_HELP,
     )
     add_input_options(parser)
-    parser.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        required=True,
-        metavar="OUTPUT",
-        help="output file (.npy or .safetensors), or a folder for sharded output",
-    )
-    add_model_options(parser, num_classes_help=None)
-    add_run_options(parser)
-    add_shard_options(parser)
+    add_extraction_options(parser, "output file (.npy or .safetensors), or a folder for sharded output", required=True)
     parser.set_defaults(func=run)
 
 

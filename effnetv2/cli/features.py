@@ -10,10 +10,8 @@ from typing import TYPE_CHECKING, Any
 from effnetv2.cli import CLIError
 from effnetv2.cli.options import (
     FOLDER_HELP,
+    add_extraction_options,
     add_input_options,
-    add_model_options,
-    add_run_options,
-    add_shard_options,
     positive_int,
 )
 
@@ -41,7 +39,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "channels per level as a PNG (needs pip install 'effnetv2[plots]').",
     )
     add_input_options(parser, default="the bundled sample photo")
-    parser.add_argument("-o", "--output", type=Path, metavar="OUTPUT", help="output .safetensors file, or a folder")
     parser.add_argument(
         "--mosaic",
         type=Path,
@@ -62,9 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="I,J,...",
         help="feature levels, 0 (stride 2) to 4 (stride 32) (default: all: 0,1,2,3,4)",
     )
-    add_model_options(parser, num_classes_help=None)
-    add_run_options(parser)
-    add_shard_options(parser)
+    add_extraction_options(parser, "output .safetensors file, or a folder", required=False)
     parser.set_defaults(func=run)
 
 

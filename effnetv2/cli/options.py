@@ -10,6 +10,7 @@ import argparse
 import math
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Optional
 
 from effnetv2.cli import CLIError
@@ -243,6 +244,15 @@ def add_shard_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="folder output: keep the complete shards there and write the rest"
     )
+
+
+def add_extraction_options(parser: argparse.ArgumentParser, output_help: str, required: bool) -> None:
+    """What ``embed`` and ``features`` share: ``-o`` (a file, or a folder for shards), the model (no
+    ``--num-classes``: no classifier runs), the run and the shard folder's options."""
+    parser.add_argument("-o", "--output", type=Path, required=required, metavar="OUTPUT", help=output_help)
+    add_model_options(parser, num_classes_help=None)
+    add_run_options(parser)
+    add_shard_options(parser)
 
 
 # ---- rules between options (checked before any weights load) ----
