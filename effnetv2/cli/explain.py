@@ -19,7 +19,6 @@ from effnetv2.defaults import CAM_METHODS
 
 if TYPE_CHECKING:
     import torch
-    from PIL import Image
     from torchvision.transforms import v2
 
 
@@ -85,23 +84,9 @@ def unique_name(stem: str, taken: set[str]) -> str:
     return name
 
 
-def panel(image: Image.Image, heat_map: torch.Tensor, title: str) -> Image.Image:
-    """The overlay with its title on a dark band at the top (inside the image: the aspect ratio stays)."""
-    from PIL import ImageDraw
-
-    from effnetv2.cam import overlay
-
-    shown = overlay(image, heat_map)
-    draw = ImageDraw.Draw(shown)
-    box = draw.textbbox((4, 3), title)
-    draw.rectangle((0, 0, box[2] + 4, box[3] + 3), fill=(0, 0, 0))
-    draw.text((4, 3), title, fill=(255, 255, 255))
-    return shown
-
-
 def picture_line(path: Path, png: Path, labels: list[str], result: Any) -> str:
     """``effnetv2: img.jpg -> cams/img.png (tabby 83.1 %)``: an input, its PNG, and the classes its panels show."""
-    from effnetv2.cli.paths import encode_path
+    from effnetv2.path_escape import encode_path
 
     classes, probs = result.classes[0].tolist(), result.probs[0].tolist()
     shown = ", ".join(f"{labels[c]} {100 * p:.1f} %" for c, p in zip(classes, probs, strict=True))
@@ -116,9 +101,9 @@ def run(args: argparse.Namespace) -> int:
     from effnetv2.cam import resolve_layer, torchcam_class
     from effnetv2.cli.inputs import input_images
     from effnetv2.cli.model_setup import class_labels, load_model, resolve_device
-    from effnetv2.cli.paths import encode_path
     from effnetv2.data import resolve_model_data_config
     from effnetv2.data.assets import sample_image_path
+    from effnetv2.path_escape import encode_path
 
     files = input_images(args, default=sample_image_path())
     if args.output.exists() and not args.output.is_dir():
@@ -159,6 +144,15 @@ def run(args: argparse.Namespace) -> int:
             args.output.rmdir()
 
 
+def _draw(args: argparse.Namespace, shown: Any, result: Any, labels: list[str], png: Path) -> None:
+    """One picture: the image as the network saw it, one overlaid panel per class, a colour bar, the method."""
+    from effnetv2.pictures.explanation import draw_explanation
+
+    classes, probs = result.classes[0].tolist(), result.probs[0].tolist()
+    title = f"{args.method}, layer {result.layer}"
+    draw_explanation(shown, result.maps[0].cpu(), [labels[c] for c in classes], probs, png, title=title)
+
+
 def draw_maps(
     args: argparse.Namespace,
     files: list[Path],
@@ -171,16 +165,14 @@ def draw_maps(
     layer: Any,
 ) -> int:
     """One PNG per readable image in ``args.output`` (made before the first), and ``--save-maps``' file."""
-    from PIL import Image
     from torchvision.transforms import v2
     from tqdm import tqdm
 
-    from effnetv2.atomic import atomic_path
     from effnetv2.cam import explain
     from effnetv2.cli.batches import failure_text, progress_enabled
     from effnetv2.cli.outputs import save_safetensors
-    from effnetv2.cli.paths import encode_path
     from effnetv2.data.images import open_image
+    from effnetv2.path_escape import encode_path
 
     taken: set[str] = set()
     failed, saved_maps, records, paths = 0, {}, [], []
@@ -195,18 +187,9 @@ def draw_maps(
             result = explain(model, normalize(pixels)[None].to(device), target, args.topk, args.method, layer)
         except ImportError as e:
             raise CLIError(str(e)) from None
-        shown = v2.functional.to_pil_image(pixels)
-        panels = [
-            panel(shown, result.maps[0, k].cpu(), f"{labels[c]} {100 * p:.1f} %")
-            for k, (c, p) in enumerate(zip(result.classes[0].tolist(), result.probs[0].tolist(), strict=True))
-        ]
-        picture = Image.new("RGB", (shown.width * len(panels), shown.height))
-        for k, image in enumerate(panels):
-            picture.paste(image, (k * shown.width, 0))
         name = unique_name(Path(path).stem, taken)
         args.output.mkdir(exist_ok=True)
-        with atomic_path(args.output / name) as tmp:
-            picture.save(tmp, format="PNG")
+        _draw(args, v2.functional.to_pil_image(pixels), result, labels, args.output / name)
         # which input each PNG shows: two inputs of one stem become img.png and img-2.png
         tqdm.write(picture_line(path, args.output / name, labels, result), file=sys.stderr)
         saved_maps[f"maps.{len(records)}"] = result.maps[0].cpu()
