@@ -20,8 +20,8 @@ from torch import nn
 
 from effnetv2.cli import main
 from effnetv2.cli.outputs import paths_file, save_npy_with_paths
-from effnetv2.path_escape import decode_path, encode_path
 from effnetv2.export import export_model
+from effnetv2.path_escape import decode_path, encode_path
 
 WEIRD = os.fsdecode(b"\xff\xfe.jpg")  # not UTF-8: os.fsdecode gives lone surrogates
 COMMON = ["--img-size", "64", "--workers", "0", "--device", "cpu"]
