@@ -97,7 +97,8 @@ def test_predictions_out_and_table(imagenet_folder, hub_folder, tmp_path, capsys
     out = tmp_path / "preds.csv"
     args = [str(imagenet_folder), "--checkpoint", str(hub_folder), "--img-size", str(SIZE), "--workers", "0"]
     assert main(["validate", *args, "--batch-size", "3", "--predictions-out", str(out)]) == 0
-    table = capsys.readouterr().out
+    table, err = capsys.readouterr()
+    assert err.splitlines()[-1] == f"effnetv2: wrote 8 predictions to {out}"  # the table stays stdout's
     assert "top-1  37.500 %" in table and "top-5  75.000 %" in table and "8 images" in table
     rows = list(csv.DictReader(out.open()))
     assert [r["path"] for r in rows] == [str(p) for p in sorted(imagenet_folder.rglob("*.png"))]  # ImageFolder order

@@ -103,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
         **report_model(args, model, config),
     )
     if args.predictions_out is not None:
-        write_predictions(args.predictions_out, [row for _, row in sorted(r for share in shares for r in share[1])])
+        rows = [row for _, row in sorted(r for share in shares for r in share[1])]
+        write_predictions(args.predictions_out, rows)
+        print(f"effnetv2: wrote {len(rows)} predictions to {encode_path(args.predictions_out)}", file=sys.stderr)
     (write_json if args.format == "json" else write_table)(results, sys.stdout)
     return 1 if skipped else 0
 
