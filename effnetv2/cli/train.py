@@ -21,6 +21,7 @@ from effnetv2.cli.options import (
     add_image_size_option,
     add_model_options,
     add_workers_option,
+    image_size,
     integer,
     non_negative_int,
     number,
@@ -68,6 +69,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     add_image_size_option(p, "the model's train size", what="train/val size")
     _add_optimizer_options(p)
     _add_regularization_options(p)
+    _add_progressive_options(p)
     add_amp_option(p, "mixed precision")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute activations: less memory")
@@ -165,6 +167,54 @@ def _add_regularization_options(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="DECAY",
         help="keep an EMA of the weights (--ema alone: decay 0.9998); it is evaluated and saved",
+    )
+
+
+def _add_progressive_options(p: argparse.ArgumentParser) -> None:
+    """Progressive learning (the EfficientNetV2 paper's Algorithm 1): stages, a preset, the start values."""
+    p.add_argument(
+        "--progressive",
+        type=positive_int,
+        default=None,
+        metavar="STAGES",
+        help="progressive learning in STAGES stages: the train size grows from --min-img-size to --img-size and "
+        "RandAugment, MixUp, CutMix and dropout from their --*-start values to their end values (the plain "
+        "options); evaluation stays at --img-size; the schedule is printed before training",
+    )
+    p.add_argument(
+        "--progressive-preset",
+        choices=("s", "m", "l"),
+        default=None,
+        help="the paper's Table 6 values for every progressive option not given (s: 128->300 px, RandAugment "
+        "5->15, dropout 0.1->0.3; m: 128->380, 5->20, MixUp 0->0.2, 0.1->0.4; l: 128->380, 5->25, 0->0.4, 0.1->0.5)",
+    )
+    p.add_argument(
+        "--min-img-size",
+        type=image_size,
+        metavar="N",
+        default=None,
+        help="first stage's size (None: --img-size / 2)",
+    )
+    p.add_argument(
+        "--randaug-magnitude",
+        type=integer(0, 30),
+        default=None,
+        help="RandAugment magnitude, torchvision's 0-30 (paper/TF magnitude L = 3L here); with --progressive the "
+        "last stage's (None: torchvision's 9)",
+    )
+    p.add_argument(
+        "--randaug-magnitude-start",
+        type=number(0, 30),
+        default=None,
+        help="first stage's RandAugment magnitude (None: the paper's 5)",
+    )
+    p.add_argument("--mixup-start", type=number(0), default=None, help="first stage's MixUp alpha (None: 0)")
+    p.add_argument("--cutmix-start", type=number(0), default=None, help="first stage's CutMix alpha (None: 0)")
+    p.add_argument(
+        "--drop-start",
+        type=number(0, 1, high_open=True),
+        default=None,
+        help="first stage's dropout (None: the paper's 0.1)",
     )
 
 

@@ -24,6 +24,8 @@ from effnetv2.pictures import MATPLOTLIB_HINT
 
 TENSORBOARD_HINT = "pip install 'effnetv2[tensorboard]' (tensorboard)"
 EPOCH_SCALARS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "images_per_s", "lr")
+# a progressive run's rows also say what their stage trained with (effnetv2.train.progressive.stage_values)
+STAGE_SCALARS = ("stage", "img_size", "batch_size", "randaug_magnitude", "mixup", "cutmix", "drop")
 
 
 def tensorboard_writer_class():
@@ -148,6 +150,9 @@ class RunReport:
         for name in EPOCH_SCALARS:
             if name in row:
                 self.writer.add_scalar(f"epoch/{name}", row[name], at)
+        for name in STAGE_SCALARS:
+            if name in row:
+                self.writer.add_scalar(f"progressive/{name}", row[name], at)
         self.writer.flush()
 
     def epoch(self, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -62,6 +62,9 @@ RECIPE_OPTIONS: dict[str, str] = {
     "mixup": "--mixup",
     "cutmix": "--cutmix",
     "auto_augment": "--auto-augment",
+    "randaug_magnitude": "--randaug-magnitude",
+    "progressive": "--progressive and its start values (--min-img-size, --randaug-magnitude-start, --mixup-start, "
+    "--cutmix-start, --drop-start)",
     "drop": "--drop",
     "drop_path": "--drop-path",
     "ema": "--ema",

@@ -34,6 +34,7 @@ from effnetv2.atomic import write_text
 from effnetv2.data import create_transform, resolve_model_data_config
 from effnetv2.distributed import DistEnv, ShardSampler, broadcast_buffers, init_distributed, rank_device
 from effnetv2.registry import create_model
+from effnetv2.train import progressive
 from effnetv2.train.data import image_folders
 from effnetv2.train.ema import create_ema
 from effnetv2.train.engine import NonFiniteLossError, StepConfig, evaluate, train_one_epoch
@@ -94,6 +95,16 @@ class TrainOptions:
     tensorboard: Optional[str] = None  # event files' folder ("": OUTPUT/tensorboard); None: none written
     save_state: str = "last"  # "last": keep the resume state; "none": the best model and the metrics only
     log_format: str = "text"  # progress on stdout: "text" (a line per epoch) or "json" (the metrics rows)
+    randaug_magnitude: Optional[int] = None  # RandAugment's (torchvision's 0-30; None: its default, 9)
+    # progressive learning (effnetv2.train.progressive): stages (None: off), a Table 6 preset, the start values
+    progressive: Optional[int] = None
+    progressive_preset: Optional[str] = None  # "s" | "m" | "l": fills the values not set
+    min_img_size: Optional[int] = None  # the first stage's size (None: img_size // 2)
+    randaug_magnitude_start: Optional[float] = None  # None: the paper's 5
+    mixup_start: Optional[float] = None  # None: 0
+    cutmix_start: Optional[float] = None  # None: 0
+    drop_start: Optional[float] = None  # None: the paper's 0.1
+    progressive_batch: bool = False  # constant-memory batches (the library's plan only; train refuses it for now)
 
 
 @dataclass
@@ -132,6 +143,7 @@ _RECIPE_FROM_OPTIONS = (
     "mixup",
     "cutmix",
     "auto_augment",
+    "randaug_magnitude",
     "drop",
     "drop_path",
     "ema",
@@ -178,6 +190,7 @@ class _Run:
     classes: list[str]
     images: tuple[int, int]  # training and validation images
     start: dict[str, Any] = field(default_factory=dict)  # the starting weights (provenance.starting_weights)
+    schedule: Optional[progressive.ProgressiveSchedule] = None  # progressive learning's stages
 
 
 @dataclass
@@ -185,6 +198,7 @@ class _Loaders:
     train: DataLoader
     val: DataLoader
     train_sampler: DistributedSampler
+    norm: dict[str, Any] = field(default_factory=dict)  # interpolation, mean, std: a stage's train transform
 
 
 @dataclass
@@ -230,8 +244,10 @@ def _fit(
     state = folder.read_state() if opts.resume else None
     if state is not None and given is not None:
         opts = resumed_options(opts, state.get("args") or {}, given, folder.path)
+    opts = progressive.with_preset(opts, given)
     seed_everything(opts.seed + env.rank)  # ranks augment differently; DDP copies rank 0's initial weights
     recipe = _recipe(opts, env.world_size, len(train_set), opts.img_size)
+    recipe["progressive"] = progressive.settings(opts)
     run = _Run(opts, env, folder, recipe, list(train_set.classes), (len(train_set), len(val_set)))
     if opts.img_size is None:
         del run.recipe["img_size"]  # the model's default: known once the model is built
@@ -245,12 +261,40 @@ def _fit(
         check_resume(state, run.recipe, run.classes, opts.epochs, folder.path)
     if mode == "done":
         return TrainResult(int(state["epoch"]), int(state["epochs"]), float(state["best_top1"]), True)
+    run.schedule = _schedule(opts, size, state if mode == "extend" else None, env)
 
     loaders = _loaders(opts, env, device, train_set, val_set, data_cfg, size)
     trainer = _trainer(opts, env, device, _place_model(model, opts, env, device), len(run.classes), len(loaders.train))
     progress = _Progress() if state is None else _resume(run, trainer, state, extend=mode == "extend")
     del state  # the saved weights, optimizer and EMA: not kept through the run
     return _run_epochs(run, trainer, loaders, progress)
+
+
+def _schedule(
+    opts: TrainOptions, size: int, extended: Optional[dict[str, Any]], env: DistEnv
+) -> Optional[progressive.ProgressiveSchedule]:
+    """Progressive learning's stages over ``opts.epochs`` ending at ``size``, printed (main process) before
+    training; an extension (``extended``: the saved state) says in one line that they were recomputed."""
+    if opts.progressive_batch and opts.progressive:
+        raise TrainError("--progressive-batch is not supported by train yet; leave it out")
+    try:
+        schedule = progressive.schedule_for(opts, size)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
+    if schedule is not None and env.is_main:
+        out = sys.stdout if opts.log_format == "text" else sys.stderr
+        if extended is not None:
+            print(
+                f"effnetv2: progressive learning: the {opts.progressive} stages are recomputed over "
+                f"{opts.epochs} epochs (were {int(extended['epochs'])}); epochs {int(extended['epoch']) + 1} on "
+                "follow the new schedule",
+                file=out,
+            )
+        print(f"effnetv2: progressive learning in {opts.progressive} stage(s), evaluated at {size} px:", file=out)
+        for line in schedule.lines():
+            print(f"  {line}", file=out)
+        out.flush()
+    return schedule
 
 
 def _create_model(opts: TrainOptions, num_classes: int) -> nn.Module:
@@ -291,7 +335,10 @@ def _loaders(
 ) -> _Loaders:
     """Transforms from the model's pretrained config at ``size``; this process's share of each set."""
     norm = dict(interpolation=data_cfg["interpolation"], mean=data_cfg["mean"], std=data_cfg["std"])
-    train_set.transform = create_transform(size, is_training=True, auto_augment=opts.auto_augment, **norm)
+    magnitude = progressive.DEFAULT_RANDAUG_MAGNITUDE if opts.randaug_magnitude is None else opts.randaug_magnitude
+    train_set.transform = create_transform(
+        size, is_training=True, auto_augment=opts.auto_augment, randaug_magnitude=magnitude, **norm
+    )
     val_set.transform = create_transform(size, is_training=False, crop_pct=data_cfg["crop_pct"], **norm)
     train_sampler = DistributedSampler(train_set, env.world_size, env.rank, shuffle=True, seed=opts.seed)
     loader_kw = dict(
@@ -304,7 +351,7 @@ def _loaders(
             f"{len(train_set)} training images make no full batch of {opts.batch_size} per process; lower --batch-size"
         )
     val_loader = DataLoader(val_set, sampler=ShardSampler(len(val_set), env.rank, env.world_size), **loader_kw)
-    return _Loaders(train_loader, val_loader, train_sampler)
+    return _Loaders(train_loader, val_loader, train_sampler, norm)
 
 
 def _place_model(model: nn.Module, opts: TrainOptions, env: DistEnv, device: torch.device) -> nn.Module:
@@ -370,14 +417,17 @@ def _run_epochs(run: _Run, trainer: _Trainer, loaders: _Loaders, progress: _Prog
     args = _saved_args(opts)
     report = _open_report(run, trainer, progress)
     try:
-        ddp, frozen, done = None, None, progress.start_epoch
+        ddp, frozen, done, stage = None, None, progress.start_epoch, None
         for epoch in range(progress.start_epoch, opts.epochs):
             if (epoch < opts.freeze_backbone_epochs) != frozen:
                 frozen = epoch < opts.freeze_backbone_epochs
                 ddp = _freeze_backbone(trainer, frozen, env)
             loaders.train_sampler.set_epoch(epoch)
+            stage = _enter_stage(run, trainer, loaders, epoch, stage)
             stats = _train_epoch(run, trainer, ddp, loaders.train, epoch, report)
             stats = _evaluate_epoch(run, trainer, loaders.val, epoch, stats)
+            if stage is not None:
+                stats.update(progressive.stage_values(stage))
             rng = _gathered_rng_states(env)
             if env.is_main:
                 improved = _save_epoch(run, trainer, progress, stats, rng, args)
@@ -396,6 +446,21 @@ def _run_epochs(run: _Run, trainer: _Trainer, loaders: _Loaders, progress: _Prog
     finally:
         if report is not None:
             report.close()
+
+
+def _enter_stage(
+    run: _Run, trainer: _Trainer, loaders: _Loaders, epoch: int, current: Optional[progressive.Stage]
+) -> Optional[progressive.Stage]:
+    """The progressive stage of ``epoch``, applied when it is not ``current`` (a new stage, or the first epoch this
+    process runs: a resume re-enters the stage it stopped in)."""
+    if run.schedule is None:
+        return None
+    stage = run.schedule.stage_for_epoch(epoch)
+    if stage != current:
+        progressive.apply_stage(
+            stage, trainer.model, loaders.train.dataset, trainer.step_cfg, len(run.classes), loaders.norm
+        )
+    return stage
 
 
 def _saved_args(opts: TrainOptions) -> dict[str, Any]:
@@ -524,6 +589,8 @@ def _save_epoch(
     training = training_record(
         run.start, str(run.opts.data), run.classes, run.images, run.recipe["img_size"], run.opts.epochs, stats
     )
+    if run.schedule is not None:  # the stages the run trained with (config.json's training entry, the state)
+        training["progressive"] = state["progressive"] = run.schedule.to_record()
     run.folder.end_epoch(
         state,
         best_model=trainer.eval_model if improved else None,
