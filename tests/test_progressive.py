@@ -160,6 +160,9 @@ def test_schedule_for_options_and_applying_a_stage():
     first = sched.stage_for_epoch(0)
     assert (first.img_size, first.randaug_magnitude, first.mixup, first.drop) == (48, 5, 0.0, 0.1)
     assert settings(opts)["stages"] == 2 and settings(opts)["drop_start"] == 0.1
+    # the paper's starts never exceed the run's own end values: the default --drop 0 stays 0 at every stage
+    low = schedule_for(_Opts(progressive=2, epochs=4, randaug_magnitude=3), 96).stage_for_epoch(0)
+    assert (low.drop, low.randaug_magnitude) == (0.0, 3)
     model, data = torch.nn.Module(), types.SimpleNamespace(transform=None)
     cfg = StepConfig(device=torch.device("cpu"))
     norm = dict(interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))

@@ -206,7 +206,7 @@ def _add_progressive_options(p: argparse.ArgumentParser) -> None:
         "--randaug-magnitude-start",
         type=number(0, 30),
         default=None,
-        help="first stage's RandAugment magnitude (None: the paper's 5)",
+        help="first stage's RandAugment magnitude (None: the paper's 5, or --randaug-magnitude if lower)",
     )
     p.add_argument("--mixup-start", type=number(0), default=None, help="first stage's MixUp alpha (None: 0)")
     p.add_argument("--cutmix-start", type=number(0), default=None, help="first stage's CutMix alpha (None: 0)")
@@ -214,7 +214,7 @@ def _add_progressive_options(p: argparse.ArgumentParser) -> None:
         "--drop-start",
         type=number(0, 1, high_open=True),
         default=None,
-        help="first stage's dropout (None: the paper's 0.1)",
+        help="first stage's dropout (None: the paper's 0.1, or --drop if lower)",
     )
 
 

@@ -265,8 +265,13 @@ def settings(opts: Any) -> Optional[dict[str, Any]]:
 
 
 def _start(opts: Any, name: str) -> float:
+    """A stage-0 value: the one given, else the paper's start, but never above the run's end value (a regularization
+    that the run's own options keep low, such as the default ``--drop 0``, does not fall across the stages)."""
     value = getattr(opts, f"{name}_start")
-    return DEFAULT_STARTS[name] if value is None else value
+    if value is not None:
+        return value
+    end = getattr(opts, name)
+    return DEFAULT_STARTS[name] if end is None else min(DEFAULT_STARTS[name], end)
 
 
 def schedule_for(opts: Any, img_size: int, min_size: int = MIN_IMAGE_SIZE) -> Optional[ProgressiveSchedule]:
