@@ -1,17 +1,22 @@
-"""Reading checkpoints and model inputs: refuse or fix, never guess (issue 11, items 10-13)."""
+"""Reading checkpoints: ``load_checkpoint`` and ``create_model(checkpoint_path=)`` read what timm and training
+runs write, are strict as timm's ``load_state_dict`` unless adaptation is asked for, and refuse a file that is not
+the model's weights (another kind of number, NaN, text, truncated, random bytes, a pickle that would run code,
+another architecture), naming the file, running nothing and leaving the model unchanged."""
 
 from __future__ import annotations
 
+import copy
+import pickle
 import warnings
 
-import numpy as np
 import pytest
+import timm
 import torch
+from conftest import ARCH, assert_close, image_batch
 from safetensors.torch import save_file
 
 import effnetv2
-
-ARCH = "efficientnetv2_rw_m"
+from effnetv2.weights.loading import adapt_stem_weight
 
 
 @pytest.fixture(scope="module")
@@ -45,93 +50,45 @@ def _save(state, path):
     return path
 
 
-# Item 10: tensors of the wrong kind of number, NaN and Inf.
+# --- Formats: timm's files, our own, a training run's; what loads is what was saved -----------------------------------
 
 
-@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
-def test_integer_tensor_for_a_float_parameter_is_refused(target, weights, tmp_path, suffix):
-    state = dict(weights)
-    state["stem.0.weight"] = weights["stem.0.weight"].view(torch.int32)  # same bytes, same file size
-    state["stages.4.3.se.fc1.bias"] = weights["stages.4.3.se.fc1.bias"].to(torch.int64)
-    path = _save(state, tmp_path / f"ints{suffix}")
-    before = _snapshot(target)
-    with pytest.raises(effnetv2.CheckpointError) as info:
-        effnetv2.load_checkpoint(target, path)
-    message = str(info.value)
-    assert str(path) in message
-    assert "2 dtype mismatches" in message
-    assert "stem.0.weight: checkpoint torch.int32 vs model torch.float32" in message
-    assert "stages.4.3.se.fc1.bias: checkpoint torch.int64 vs model torch.float32" in message
-    assert "num_batches_tracked" not in message  # integer buffers stay integers
-    _assert_unchanged(target, before)
+def test_pytorch_bin_and_our_format_load_identically(model, hub_folder, tmp_path):
+    from_bin = effnetv2.create_model(ARCH, checkpoint_path=hub_folder / "pytorch_model.bin").eval()
+    ours_file = tmp_path / "ours.safetensors"
+    save_file(model.state_dict(), ours_file)
+    from_ours = effnetv2.create_model(ARCH)
+    effnetv2.load_checkpoint(from_ours, ours_file)
+    bin_state, ours_state = from_bin.state_dict(), from_ours.state_dict()
+    for name, value in model.state_dict().items():
+        assert torch.equal(bin_state[name], value)
+        assert torch.equal(ours_state[name], value)
 
 
-def test_float_checkpoint_of_another_precision_still_loads(weights, tmp_path):
-    half = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
-    model = effnetv2.create_model(ARCH)
-    effnetv2.load_checkpoint(model, _save(half, tmp_path / "half.safetensors"))
-    assert model.stem[0].weight.dtype == torch.float32
-    assert torch.equal(model.stem[0].weight, weights["stem.0.weight"].half().float())
+def test_training_checkpoint_wrappers_and_ddp_prefix(timm_model, model, tmp_path):
+    path = tmp_path / "train.pth"
+    wrapped = {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in timm_model.state_dict().items()}}
+    torch.save(wrapped, path)
+    loaded = effnetv2.create_model(ARCH, checkpoint_path=path).eval()
+    x = image_batch(1, 64, 64)
+    with torch.no_grad():
+        assert_close(loaded(x), model(x))
 
 
-def test_nan_and_inf_weights_are_refused(target, weights, tmp_path):
-    state = dict(weights)
-    state["stages.4.3.project.0.weight"] = weights["stages.4.3.project.0.weight"].clone()
-    state["stages.4.3.project.0.weight"][0, 0, 0, 0] = float("nan")
-    state["head.1.running_var"] = weights["head.1.running_var"].clone()
-    state["head.1.running_var"][7] = float("inf")
-    path = _save(state, tmp_path / "nan.safetensors")
-    before = _snapshot(target)
-    with pytest.raises(effnetv2.CheckpointError, match="NaN or Inf") as info:
-        effnetv2.load_checkpoint(target, path)
-    message = str(info.value)
-    assert str(path) in message
-    assert "2 keys: stages.4.3.project.0.weight, head.1.running_var" in message
-    _assert_unchanged(target, before)
+def test_missing_num_batches_tracked_is_tolerated_when_strict(timm_model, model, weights, tmp_path):
+    """Checkpoints of older PyTorch versions have no BatchNorm counters: load_checkpoint and create_model take them."""
+    state = {k: v for k, v in weights.items() if not k.endswith("num_batches_tracked")}
+    loaded = effnetv2.create_model(ARCH)
+    effnetv2.load_checkpoint(loaded, _save(state, tmp_path / "no_counters.safetensors"))
+    assert torch.equal(loaded.head[1].running_var, weights["head.1.running_var"])
+    timm_state = {k: v for k, v in timm_model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    loaded = effnetv2.create_model(ARCH, checkpoint_path=_save(timm_state, tmp_path / "timm.safetensors")).eval()
+    x = image_batch(1, 64, 64)
+    with torch.no_grad():
+        assert_close(loaded(x), model(x))
 
 
-# Item 11: files that are not checkpoints say what they are.
-
-
-@pytest.mark.parametrize(
-    ("content", "expected"),
-    [
-        (b"hello world\nnot weights\n", r"is a text file, not a checkpoint \(it starts with 'hello world'\)"),
-        (b'{"epoch": 3}\n', r"is a text file, not a checkpoint \(it starts with '\{\"epoch\": 3\}'\)"),
-        (
-            b"version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 212000000\n",
-            r"is a text file, not a checkpoint: a Git LFS pointer \(fetch the real file with `git lfs pull`\)",
-        ),
-        (b"<!DOCTYPE html><html><body>Not Found</body></html>", "an HTML page"),
-        (b"", r"is empty \(0 bytes\)"),
-    ],
-)
-@pytest.mark.parametrize("suffix", [".pth", ".bin"])
-def test_text_and_empty_files_are_named_as_such(target, tmp_path, content, expected, suffix):
-    path = tmp_path / f"weights{suffix}"
-    path.write_bytes(content)
-    with pytest.raises(effnetv2.CheckpointError, match=expected) as info:
-        effnetv2.load_checkpoint(target, path)
-    assert str(info.value).startswith(f"{path}: ")
-
-
-def test_a_folder_is_not_reported_as_missing(target, tmp_path):
-    empty = tmp_path / "run.pth"
-    empty.mkdir()
-    with pytest.raises(effnetv2.CheckpointError, match="is a folder, not a checkpoint file") as info:
-        effnetv2.load_checkpoint(target, empty)
-    assert f"local-dir:{empty}" in str(info.value)
-    saved = tmp_path / "saved"
-    saved.mkdir()
-    (saved / "model.safetensors").write_bytes(b"")
-    with pytest.raises(effnetv2.CheckpointError, match="pass the file inside it") as info:
-        effnetv2.load_checkpoint(target, saved)
-    assert str(saved / "model.safetensors") in str(info.value)
-    with pytest.raises(FileNotFoundError):  # a missing file is still FileNotFoundError
-        effnetv2.load_checkpoint(target, tmp_path / "nope.pth")
-
-
-# Item 12: load_checkpoint is strict as timm's; adaptation is explicit (create_model opts in).
+# --- Strict as timm's load_state_dict; adaptation is explicit (create_model opts in) ----------------------------------
 
 
 def test_load_checkpoint_refuses_a_classifier_of_another_size_unless_adapt(weights, tmp_path):
@@ -188,101 +145,224 @@ def test_features_model_ignores_the_head_even_when_strict(weights, tmp_path):
         effnetv2.load_checkpoint(features, _save(state, tmp_path / "bad.safetensors"))
 
 
-def test_missing_num_batches_tracked_is_tolerated_when_strict(weights, tmp_path):
-    state = {k: v for k, v in weights.items() if not k.endswith("num_batches_tracked")}
+def test_stem_adaptation_rules():
+    w = torch.arange(2 * 3 * 1 * 1, dtype=torch.float32).reshape(2, 3, 1, 1)
+    assert torch.equal(adapt_stem_weight(w, 1), w.sum(dim=1, keepdim=True))
+    four = adapt_stem_weight(w, 4)
+    assert torch.equal(four, torch.cat([w, w[:, :1]], dim=1) * 0.75)
+    assert adapt_stem_weight(w.half(), 5).dtype == torch.float16
+
+
+def test_classifier_of_other_size_is_skipped_with_warning(checkpoint, model):
+    torch.manual_seed(5)
+    with pytest.warns(UserWarning, match=r"classifier not loaded.*\(1000, 2152\).*\(10, 2152\)"):
+        m = effnetv2.create_model(ARCH, num_classes=10, checkpoint_path=checkpoint)
+    torch.manual_seed(5)
+    fresh = effnetv2.create_model(ARCH, num_classes=10)
+    assert torch.equal(m.classifier.weight, fresh.classifier.weight)  # the fresh initialisation is kept
+    assert torch.equal(m.stem[0].weight, model.stem[0].weight)  # the rest did load
+
+
+def test_strict_false_tolerates_missing_keys(timm_model, model, tmp_path):
+    state = {k: v for k, v in timm_model.state_dict().items() if not k.startswith("classifier")}
+    path = tmp_path / "headless.safetensors"
+    save_file(state, path)
+    loaded = copy.deepcopy(model)
+    with torch.no_grad():
+        loaded.classifier.weight.zero_()
+    with pytest.raises(effnetv2.CheckpointError, match="2 missing keys: classifier.weight, classifier.bias"):
+        effnetv2.load_checkpoint(loaded, path)
+    effnetv2.load_checkpoint(loaded, path, strict=False)
+    assert torch.equal(loaded.stem[0].weight, model.stem[0].weight)
+    assert loaded.classifier.weight.abs().max() == 0
+
+
+def test_mis_shaped_and_missing_keys_raise_and_leave_model_unchanged(timm_model, target, tmp_path):
+    state = dict(timm_model.state_dict())
+    state["blocks.3.0.conv_pw.weight"] = torch.zeros(10, 80, 1, 1)
+    del state["blocks.5.23.bn3.bias"]
+    state["blocks.9.0.conv.weight"] = torch.zeros(1)
+    path = tmp_path / "broken.safetensors"
+    save_file(state, path)
+    before = _snapshot(target)
+    with pytest.raises(effnetv2.CheckpointError) as info:
+        effnetv2.load_checkpoint(target, path)
+    message = str(info.value)
+    assert "stages.3.0.expand.0.weight: checkpoint (10, 80, 1, 1) vs model (320, 80, 1, 1)" in message
+    assert "stages.5.23.project.1.bias" in message  # missing
+    assert "blocks.9.0.conv.weight" in message  # unexpected
+    assert str(path) in message
+    assert isinstance(info.value, RuntimeError)  # what torch's load_state_dict raises
+    _assert_unchanged(target, before)
+
+
+def other_architecture(name):
+    torch.manual_seed(0)
+    return timm.create_model(name).state_dict()
+
+
+@pytest.mark.parametrize(
+    "arch, expected",
+    [
+        (
+            "efficientnetv2_rw_s",
+            r"(?s)missing keys: stages\.0\.2\..*shape mismatches: stages\.0\.0\.expand\.1\.bias: "
+            r"checkpoint \(24,\) vs model \(32,\)",
+        ),
+        ("resnet18", r"(?s)missing keys: stem\.0\.weight.*unexpected keys: .*layer1\.0\."),
+    ],
+)
+def test_another_architecture_is_refused_and_leaves_the_model_unchanged(target, tmp_path, arch, expected):
+    path = tmp_path / f"{arch}.safetensors"
+    save_file(other_architecture(arch), path)
+    before = _snapshot(target)
+    with pytest.raises(effnetv2.CheckpointError, match=expected) as err, warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no "classifier not loaded" warning for a refused checkpoint
+        effnetv2.load_checkpoint(target, path)
+    assert str(path) in str(err.value)
+    _assert_unchanged(target, before)
+
+
+# --- Tensors of another kind of number, NaN and Inf -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_integer_tensor_for_a_float_parameter_is_refused(target, weights, tmp_path, suffix):
+    state = dict(weights)
+    state["stem.0.weight"] = weights["stem.0.weight"].view(torch.int32)  # same bytes, same file size
+    state["stages.4.3.se.fc1.bias"] = weights["stages.4.3.se.fc1.bias"].to(torch.int64)
+    path = _save(state, tmp_path / f"ints{suffix}")
+    before = _snapshot(target)
+    with pytest.raises(effnetv2.CheckpointError) as info:
+        effnetv2.load_checkpoint(target, path)
+    message = str(info.value)
+    assert str(path) in message
+    assert "2 dtype mismatches" in message
+    assert "stem.0.weight: checkpoint torch.int32 vs model torch.float32" in message
+    assert "stages.4.3.se.fc1.bias: checkpoint torch.int64 vs model torch.float32" in message
+    assert "num_batches_tracked" not in message  # integer buffers stay integers
+    _assert_unchanged(target, before)
+
+
+def test_float_checkpoint_of_another_precision_still_loads(weights, tmp_path):
+    half = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     model = effnetv2.create_model(ARCH)
-    effnetv2.load_checkpoint(model, _save(state, tmp_path / "no_counters.safetensors"))
-    assert torch.equal(model.head[1].running_var, weights["head.1.running_var"])
+    effnetv2.load_checkpoint(model, _save(half, tmp_path / "half.safetensors"))
+    assert model.stem[0].weight.dtype == torch.float32
+    assert torch.equal(model.stem[0].weight, weights["stem.0.weight"].half().float())
 
 
-# Item 13: model inputs.
+def test_nan_and_inf_weights_are_refused(target, weights, tmp_path):
+    state = dict(weights)
+    state["stages.4.3.project.0.weight"] = weights["stages.4.3.project.0.weight"].clone()
+    state["stages.4.3.project.0.weight"][0, 0, 0, 0] = float("nan")
+    state["head.1.running_var"] = weights["head.1.running_var"].clone()
+    state["head.1.running_var"][7] = float("inf")
+    path = _save(state, tmp_path / "nan.safetensors")
+    before = _snapshot(target)
+    with pytest.raises(effnetv2.CheckpointError, match="NaN or Inf") as info:
+        effnetv2.load_checkpoint(target, path)
+    message = str(info.value)
+    assert str(path) in message
+    assert "2 keys: stages.4.3.project.0.weight, head.1.running_var" in message
+    _assert_unchanged(target, before)
 
 
-@pytest.fixture(scope="module")
-def tiny_inputs():
-    return torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+# --- Files that are not checkpoints say what they are, and run nothing ------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
-def test_a_batch_of_another_float_dtype_says_what_to_do(target, tiny_inputs, dtype):
-    expected = (
-        rf"expected a float32 batch \(the model's dtype\); got {dtype}: convert with x.float\(\) or use torch.autocast"
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"hello world\nnot weights\n", r"is a text file, not a checkpoint \(it starts with 'hello world'\)"),
+        (b'{"epoch": 3}\n', r"is a text file, not a checkpoint \(it starts with '\{\"epoch\": 3\}'\)"),
+        (
+            b"version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 212000000\n",
+            r"is a text file, not a checkpoint: a Git LFS pointer \(fetch the real file with `git lfs pull`\)",
+        ),
+        (b"<!DOCTYPE html><html><body>Not Found</body></html>", "an HTML page"),
+        (b"", r"is empty \(0 bytes\)"),
+    ],
+)
+@pytest.mark.parametrize("suffix", [".pth", ".bin"])
+def test_text_and_empty_files_are_named_as_such(target, tmp_path, content, expected, suffix):
+    path = tmp_path / f"weights{suffix}"
+    path.write_bytes(content)
+    with pytest.raises(effnetv2.CheckpointError, match=expected) as info:
+        effnetv2.load_checkpoint(target, path)
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def test_a_folder_is_not_reported_as_missing(target, tmp_path):
+    empty = tmp_path / "run.pth"
+    empty.mkdir()
+    with pytest.raises(effnetv2.CheckpointError, match="is a folder, not a checkpoint file") as info:
+        effnetv2.load_checkpoint(target, empty)
+    assert f"local-dir:{empty}" in str(info.value)
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "model.safetensors").write_bytes(b"")
+    with pytest.raises(effnetv2.CheckpointError, match="pass the file inside it") as info:
+        effnetv2.load_checkpoint(target, saved)
+    assert str(saved / "model.safetensors") in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin"])
+def test_truncated_file(model, hub_folder, tmp_path, name):
+    data = (hub_folder / name).read_bytes()
+    path = tmp_path / name
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(effnetv2.CheckpointError, match="truncated") as err:
+        effnetv2.load_checkpoint(model, path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_random_bytes(model, tmp_path, suffix):
+    path = tmp_path / f"noise{suffix}"
+    path.write_bytes(
+        torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(1)).byte().numpy().tobytes()
     )
-    with pytest.raises(TypeError, match=expected):
-        target(tiny_inputs.to(dtype))
-    with pytest.raises(TypeError, match=expected):
-        target.forward_intermediates(tiny_inputs.to(dtype))
+    with pytest.raises(effnetv2.CheckpointError, match="not a checkpoint file") as err:
+        effnetv2.load_checkpoint(model, path)
+    assert str(path) in str(err.value)
 
 
-def test_a_float64_model_names_its_own_dtype(tiny_inputs):
-    model = effnetv2.create_model(ARCH, features_only=True, out_indices=(0,)).double().eval()
+class WritesMarker:
+    """Unpickling this calls ``exec``: a stand-in for a malicious checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('pwned')",)
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+def test_malicious_pickle_is_refused_and_runs_nothing(model, tmp_path, writer):
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.pth"
+    payload = {"classifier.weight": WritesMarker(marker)}
+    if writer == "torch.save":
+        torch.save(dict(payload, **{"classifier.bias": torch.zeros(1000)}), path)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=2))
     with pytest.raises(
-        TypeError, match=r"expected a float64 batch .* got torch.float32: convert with x.to\(torch.float64\)"
-    ):
-        model(tiny_inputs)
-    with torch.no_grad():
-        assert model(tiny_inputs.double())[0].dtype == torch.float64
+        effnetv2.CheckpointError, match=r"refused to unpickle.*'exec'.*Nothing from it was executed"
+    ) as err:
+        effnetv2.load_checkpoint(model, path)
+    assert str(path) in str(err.value)
+    assert not marker.exists()
+    # The payload is live: an unsafe load runs it.
+    if writer == "torch.save":
+        torch.load(path, weights_only=False)
+    else:
+        pickle.loads(path.read_bytes())
+    assert marker.read_text() == "pwned"
 
 
-def test_autocast_still_accepts_other_dtypes(target, tiny_inputs):
-    with torch.no_grad():
-        reference = target(tiny_inputs)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out32 = target(tiny_inputs)  # the CLI's --amp bf16: float32 model, float32 inputs
-            out16 = target(tiny_inputs.bfloat16())
-    assert out32.dtype == out16.dtype == torch.bfloat16
-    assert torch.equal(out32, out16)  # the first conv sees the same bfloat16 input either way
-    assert bool(torch.isfinite(out32).all()) and reference.shape == out32.shape
-
-
-@pytest.mark.parametrize(
-    ("make", "name"),
-    [
-        (lambda x: x.tolist(), "list"),
-        (lambda x: x.numpy(), "numpy.ndarray"),
-        (lambda x: [x[0]], "list"),
-        (lambda x: (x,), "tuple"),
-    ],
-)
-def test_a_non_tensor_batch_says_what_to_pass(target, tiny_inputs, make, name):
-    expected = rf"expected a torch.Tensor of shape \(B, C, H, W\); got {name}: use torch.as_tensor / torch.stack"
-    with pytest.raises(TypeError, match=expected):
-        target(make(tiny_inputs))
-
-
-def test_a_numpy_array_message_is_not_an_attribute_error(target):
-    with pytest.raises(TypeError) as info:
-        target(np.zeros((1, 3, 64, 64), dtype=np.float32))
-    assert not isinstance(info.value, AttributeError)
-
-
-@pytest.mark.parametrize(
-    ("out_indices", "expected"),
-    [
-        ("01", r"out_indices must be an int .* or a sequence of ints .*got str '01'"),
-        (2.0, r"out_indices must be an int .*got float 2.0"),
-        (["0", "1"], r"out_indices must hold ints .*got str '0', str '1'"),
-        ((1, 2.5), r"out_indices must hold ints .*got float 2.5"),
-        (True, r"out_indices must be an int .*got bool True"),
-    ],
-)
-def test_out_indices_of_the_wrong_type(out_indices, expected):
-    with pytest.raises(TypeError, match=expected):
-        effnetv2.create_model(ARCH, features_only=True, out_indices=out_indices)
-
-
-def test_out_indices_accepts_numpy_ints():
-    f = effnetv2.create_model(ARCH, features_only=True, out_indices=[np.int64(1), 3])
-    assert f.feature_info.out_indices == (1, 3)
-
-
-def test_unknown_pretrained_cfg_overlay_keys_warn():
-    with pytest.warns(UserWarning, match=r"does not know .*'fiel' \(did you mean 'file'\?\), 'zoom'") as record:
-        model = effnetv2.create_model(ARCH, pretrained_cfg_overlay=dict(fiel="x.safetensors", zoom=2, crop_pct=0.9))
-    assert len(record) == 1
-    assert model.pretrained_cfg["crop_pct"] == 0.9
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # known keys: no warning
-        effnetv2.create_model(ARCH, pretrained_cfg_overlay=dict(hf_hub_revision="abc", test_crop_pct=1.0, notes=()))
-    with pytest.warns(UserWarning, match=r"pretrained_cfg_overlay\['state_dict'\] is not supported"):
-        effnetv2.create_model(ARCH, pretrained_cfg_overlay=dict(state_dict={}))
+def test_a_missing_file_is_file_not_found(model, tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope.pth")):
+        effnetv2.load_checkpoint(model, tmp_path / "nope.pth")
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        effnetv2.create_model(ARCH, checkpoint_path=tmp_path / "nope.safetensors")

@@ -14,15 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ARCH, HANG_GUARD_S, assert_close
-from PIL import Image
+from conftest import ARCH, HANG_GUARD_S, assert_close, save_sample_crops, torchrun
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from effnetv2.cli import CLIError, main
 from effnetv2.cli.features import map_bytes
 from effnetv2.cli.shards import STOP_AFTER_SHARD_ENV, ShardedOutput, default_shard_size
-from effnetv2.data import sample_image_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,9 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def photos(tmp_path_factory) -> Path:
     """Seven crops of the sample photo and one file that is not an image (sorted first: broken.png)."""
     folder = tmp_path_factory.mktemp("photos")
-    with Image.open(sample_image_path()) as img:
-        for i in range(7):
-            img.crop((30 * i, 10 * i, 30 * i + 220, 10 * i + 200)).save(folder / f"photo{i}.png")
+    save_sample_crops(folder, 7, step=(30, 10), size=(220, 200), name="photo{}.png")
     (folder / "broken.png").write_bytes(b"not a png")
     return folder
 
@@ -156,11 +152,7 @@ def test_two_torchrun_processes_write_the_folder_one_process_writes(photos, chec
     solo, pair = tmp_path / "solo", tmp_path / "pair"
     args = ["features", str(photos), "--out-indices", "2,4", "--shard-size", "3", *common(checkpoint)]
     assert main([*args, "-o", str(solo)]) == 1
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    proc = subprocess.run(
-        [*torchrun, "-m", "effnetv2", *args, "-o", str(pair)], env=env, capture_output=True, text=True, timeout=300
-    )
+    proc = torchrun([*args, "-o", pair])
     assert proc.returncode != 0 and "skipped" in proc.stderr  # the rank that met broken.png says so
     assert sorted(p.name for p in pair.iterdir()) == sorted(p.name for p in solo.iterdir())
     assert json.loads((pair / "run.json").read_text()) == json.loads((solo / "run.json").read_text())
