@@ -219,6 +219,24 @@ def test_opset_needs_onnx_format(tmp_path):
     assert "opset applies to format='onnx' only" in run.stderr
 
 
+def test_the_formats_table_lists_onnx_int8_made_from_a_verified_onnx_file(tmp_path):
+    """int8 ONNX is a row of the one table (made from the onnx row's verified file, run by the same loader); the
+    formats export_model traces and verifies are the rest, with the suffixes their files take."""
+    from effnetv2.export import EXPORT_FORMATS, FORMATS, check_export_options
+    from effnetv2.export.onnx_int8 import FORMAT
+
+    assert list(EXPORT_FORMATS) == [*SUFFIX, "onnx-int8"] and FORMAT == "onnx-int8"
+    assert tuple(SUFFIX) == FORMATS and {f: EXPORT_FORMATS[f].suffix for f in FORMATS} == SUFFIX
+    int8 = EXPORT_FORMATS["onnx-int8"]
+    assert int8.source == "onnx" and int8.load is EXPORT_FORMATS["onnx"].load and int8.onnx
+    assert check_export_options(tmp_path / "q.onnx", "onnx-int8", 13) == tmp_path / "q.onnx"  # an ONNX opset
+    with pytest.raises(ValueError, match=r"made from a verified onnx export .* use effnetv2.export.export_onnx_int8"):
+        export_model(Tiny(), tmp_path / "q.onnx", "onnx-int8", img_size=16)
+    with pytest.raises(ValueError, match="unknown export format 'tflite'; choose one of onnx, .*, onnx-int8"):
+        check_export_options(tmp_path / "m.tflite", "tflite")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unwritable_output_paths(tmp_path):
     run = run_cli(["--format", "onnx", "--output", str(tmp_path / "missing" / "m.onnx")])
     assert run.code == 2
@@ -263,9 +281,9 @@ def test_a_planted_bug_in_the_exported_graph_is_refused(tmp_path, eager, monkeyp
     outputs far beyond 4x the eager model's own error from fp64, on every CPU."""
     from torchvision.ops import SqueezeExcitation
 
-    import effnetv2.export.formats as export_module
+    from effnetv2.export import EXPORT_FORMATS
 
-    exporter = export_module._EXPORTERS["onnx"]
+    onnx = EXPORT_FORMATS["onnx"]
 
     def planted(module: nn.Module, *args) -> None:
         wrong = copy.deepcopy(module)
@@ -276,9 +294,9 @@ def test_a_planted_bug_in_the_exported_graph_is_refused(tmp_path, eager, monkeyp
         else:
             gate = next(m for m in wrong.modules() if isinstance(m, SqueezeExcitation))
             gate.scale_activation = nn.Hardsigmoid()
-        exporter(wrong, *args)
+        onnx.write(wrong, *args)
 
-    monkeypatch.setitem(export_module._EXPORTERS, "onnx", planted)
+    monkeypatch.setitem(EXPORT_FORMATS, "onnx", replace(onnx, write=planted))
     with pytest.raises(effnetv2.ExportError, match=r"does not match the eager model at input shape \(1, 3, 64, 64\)"):
         export_model(eager["short"], tmp_path / "wrong.onnx", "onnx", img_size=IMG)
     assert list(tmp_path.iterdir()) == []

@@ -46,6 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="export the feature pyramid (one output per level: features.0, features.1, ...)",
     )
+    add_shape_options(parser)
+    add_graph_options(parser)
+    parser.set_defaults(func=run)
+
+
+def add_shape_options(parser: argparse.ArgumentParser) -> None:
+    """The example input's size and which of its axes the file leaves dynamic."""
     add_image_size_option(parser, "the model's input size", what="example input size")
     shape = parser.add_mutually_exclusive_group()
     shape.add_argument(
@@ -58,6 +65,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     shape.add_argument("--static", dest="dynamic_batch", action="store_false", help="fixed batch axis (--batch-size)")
     add_batch_size_option(parser, 1, "the batch size of a --static export")
     parser.add_argument("--dynamic-size", action="store_true", help="dynamic height and width too")
+
+
+def add_graph_options(parser: argparse.ArgumentParser) -> None:
+    """What graph is written (opset, BatchNorm folded, int8) and how closely it must agree."""
     parser.add_argument("--opset", type=int, metavar="N", help=f"ONNX opset, 7-20 (default: {DEFAULT_ONNX_OPSET})")
     parser.add_argument(
         "--optimize",
@@ -78,7 +89,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="largest accepted error from fp64, max|file - fp64| / max|fp64|, instead of the derived limit "
         "(4x the eager model's own error, plus a few ulps)",
     )
-    parser.set_defaults(func=run)
 
 
 def check_int8_options(args: argparse.Namespace) -> None:

@@ -1,4 +1,10 @@
-"""Export to ONNX, TorchScript or a ``torch.export`` program, verified against the eager model before it is kept.
+"""The export formats table, and ``export_model``: a file verified against the eager model before it is kept.
+
+:data:`EXPORT_FORMATS` holds one :class:`ExportFormat` per format: how the file is written and how it is read back
+by the runtime that will run it. ``onnx``, ``torchscript`` and ``exported-program`` are traced from the module;
+``onnx-int8`` is made from a verified ``onnx`` file by ONNX Runtime's static quantization, calibrated on images,
+keeping in float what :mod:`effnetv2.inference.int8_policy` names (:func:`effnetv2.export.onnx_int8.export_onnx_int8`
+runs it).
 
 ``export_model`` writes the graph to a hidden temporary file beside the output, loads that file back with the
 runtime that will run it (onnxruntime, ``torch.jit.load``, ``torch.export.load``) and runs it on natural-looking
@@ -11,14 +17,14 @@ leaves nothing behind.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import importlib
 import io
 import math
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -27,22 +33,23 @@ import torch
 from torch import Tensor, nn
 
 from effnetv2.atomic import atomic_path
+from effnetv2.defaults import DEFAULT_ONNX_OPSET
+from effnetv2.defaults import EXPORT_FORMATS as FORMATS  # the formats export_model traces (the CLI's --format)
 from effnetv2.errors import ExportError
+from effnetv2.export.common import INPUT_NAME, Runner, eval_mode, first_line, onnx_runner, require
 from effnetv2.inference.compare import Comparison, as_list, compare, model_natural_images, reference, run_batched
 from effnetv2.inference.folded import fold_for_inference
-
-FORMATS = ("onnx", "torchscript", "exported-program")
+from effnetv2.inference.int8_policy import is_kept_float
 
 # The TorchScript-based ONNX exporter writes opsets 7–20 (torch.onnx's ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET).
 ONNX_OPSETS = range(7, 21)
-# 17 is read by every maintained runtime (onnxruntime >= 1.13, TensorRT >= 8.6, OpenVINO), so it is the default.
-DEFAULT_ONNX_OPSET = 17
+# DEFAULT_ONNX_OPSET (17) is read by every maintained runtime (onnxruntime >= 1.13, TensorRT >= 8.6, OpenVINO).
 
 CHECK_IMAGES = 2  # natural images per verification check at least (a batch-1 check runs them one at a time)
 
-INPUT_NAME = "input"
-
-Runner = Callable[[Tensor], list[Tensor]]
+# The ONNX ops int8 quantizes; Sigmoid and Mul (SiLU and the squeeze-excite gates) and Gemm stay float, and so does
+# every node of the parts the int8 policy keeps in float.
+QUANTIZED_OPS = ("Conv", "Add", "GlobalAveragePool")
 
 
 @dataclass(frozen=True)
@@ -98,19 +105,20 @@ class ExportReport:
 
 
 def check_export_options(path: Union[str, os.PathLike], format: str = "onnx", opset: Optional[int] = None) -> Path:
-    """Validate the format, the opset and the output path; return the output path.
+    """Validate the format (a name in :data:`EXPORT_FORMATS`), the opset and the output path; return the output path.
 
-    ``export_model`` calls this first; the CLI calls it before loading any weights, so mistakes cost nothing.
+    ``export_model`` and ``export_onnx_int8`` call this first; the CLI calls it before loading any weights, so
+    mistakes cost nothing.
 
     Raises:
         ValueError: unknown ``format``, or an ``opset`` outside 7–20 (or given for a non-ONNX format).
         IsADirectoryError: ``path`` is a directory.
         FileNotFoundError: ``path``'s folder does not exist.
     """
-    if format not in FORMATS:
-        raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     if opset is not None:
-        if format != "onnx":
+        if not EXPORT_FORMATS[format].onnx:
             raise ValueError(f"opset applies to format='onnx' only, not {format!r}")
         if opset not in ONNX_OPSETS:
             raise ValueError(
@@ -147,104 +155,206 @@ def export_model(
     Args:
         model: an effnetv2 model (classifier or ``features_only``), or any module taking one image batch and
             returning a tensor or a list of tensors. It is run in eval mode; its mode is restored afterwards.
-        path: the output file, written atomically (:func:`effnetv2.atomic.atomic_path`: a temp file beside it,
-            renamed onto it once verified), with the usual mode (``0644`` under the usual umask).
-        format: ``'onnx'`` (TorchScript-based exporter, checked with onnxruntime), ``'torchscript'``
-            (``torch.jit.script``, checked after ``torch.jit.load``) or ``'exported-program'``
-            (``torch.export``, checked after ``torch.export.load(...).module()``).
+        path: the output file, written atomically (:func:`effnetv2.atomic.atomic_path`), mode ``0644`` as usual.
+        format: one of :data:`FORMATS`: ``'onnx'`` (checked with onnxruntime), ``'torchscript'``
+            (``torch.jit.script``) or ``'exported-program'`` (``torch.export``); int8 ONNX: ``export_onnx_int8``.
         img_size: ``H`` or ``(H, W)`` of the example input; default: the model's ``pretrained_cfg`` input size.
         batch_size: the batch size of a static (``dynamic_batch=False``) export.
         dynamic_batch: make the batch axis dynamic (verified at batch 1 and 3).
         dynamic_size: make height and width dynamic too (also verified at a second, non-square size).
             TorchScript modules are shape-generic whatever these flags say.
         opset: ONNX opset, 7–20; default 17.
-        optimize: export ``effnetv2.optimize_for_inference(model)`` (BatchNorm folded into the
-            convs) instead, still verified against ``model`` itself.
+        optimize: export ``effnetv2.optimize_for_inference(model)`` (BatchNorm folded into the convs) instead,
+            still verified against ``model`` itself.
         verify: run the check; with ``False`` the file is written unchecked.
-        tolerance: the largest accepted error from fp64 (max|file - fp64| / max|fp64| over each output), given
-            instead of the derived limit (:mod:`effnetv2.inference.compare`: 4x the eager model's own error on the
-            same images, plus 4 ulps); for a model in float32, bfloat16, float16 or float64 alike.
+        tolerance: the largest accepted error from fp64 (max|file - fp64| / max|fp64| over each output) instead
+            of the derived limit (4x the eager model's own error on the same images, plus 4 ulps).
         seed: seed of the natural example and verification images (crops of the sample photo, smooth fields).
 
-    Returns:
-        An :class:`ExportReport`; ``report.summary()`` prints it.
-
-    Raises:
-        ValueError, IsADirectoryError, FileNotFoundError: bad options (see :func:`check_export_options`).
-        OSError: the output folder is not writable.
-        TypeError: ``optimize=True`` for a model that is not an effnetv2 model.
-        ImportError: ONNX export without the onnx (export) or onnxruntime (verification) package.
-        ExportError: the exporter failed, or the file's outputs are farther from fp64 than the limit (the
-            message gives both errors). Nothing is written.
+    Returns an :class:`ExportReport` (``report.summary()`` prints it). Raises ``ValueError``,
+    ``IsADirectoryError``, ``FileNotFoundError`` for bad options (:func:`check_export_options`); ``OSError`` for an
+    unwritable folder; ``TypeError`` for ``optimize=True`` on a module that is no effnetv2 model; ``ImportError``
+    without onnx or onnxruntime; :class:`~effnetv2.errors.ExportError` when the exporter fails or the file is
+    farther from fp64 than the limit (the message gives both errors). Nothing is written then.
     """
     path = check_export_options(path, format, opset)
+    _check_export_model_options(format, batch_size, tolerance, verify)
+    plan = _plan(model, img_size, batch_size, dynamic_batch, dynamic_size, seed)
+    exported = fold_for_inference(model) if optimize else model
+    with atomic_path(path) as tmp:  # written beside ``path``, moved onto it only once verified
+        _check_writable(tmp, path)
+        with eval_mode(model), eval_mode(exported):
+            _write(format, exported, plan, tmp, opset)
+            checks = _verify_file(model, format, tmp, plan, tolerance, seed) if verify else []
+    return _report(path, format, plan, opset, tolerance, checks)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# export_model's steps.
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a traced export writes and checks: the example input, the check shapes and the file's signature."""
+
+    example: Tensor
+    shapes: list[tuple[int, int, int]]  # (batch, H, W) of each verification check
+    output_names: list[str]
+    input_shape: tuple[Union[int, str], ...]
+    dynamic_batch: bool
+    dynamic_size: bool
+
+
+def _check_export_model_options(format: str, batch_size: int, tolerance: Optional[float], verify: bool) -> None:
+    """Refuse what ``export_model`` cannot do before anything slow runs; import the format's packages."""
+    entry = EXPORT_FORMATS[format]
+    if entry.source is not None:
+        raise ValueError(
+            f"format {format!r} is made from a verified {entry.source} export and calibration images: use "
+            f"effnetv2.export.export_onnx_int8(model, path, calibration)"
+        )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
         raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance}")
+    for package in (*entry.write_needs, *(entry.load_needs if verify else ())):
+        require(package)  # fail before the slow export, not after
+
+
+def _plan(
+    model: nn.Module,
+    img_size: Optional[Union[int, Sequence[int]]],
+    batch_size: int,
+    dynamic_batch: bool,
+    dynamic_size: bool,
+    seed: int,
+) -> _Plan:
     height, width = _resolve_img_size(model, img_size)
-    if format == "onnx":  # fail before the slow export, not after
-        _require("onnx")
-        if verify:
-            _require("onnxruntime")
-    exported = fold_for_inference(model) if optimize else model
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None else torch.float32
-    in_chans = int(getattr(model, "in_chans", 3))
     # A dynamic batch is traced at batch 2: torch.export specialises axes of size 1 to constants.
     example = model_natural_images(model, 2 if dynamic_batch else batch_size, (height, width), seed)
     example = example.to(device=device, dtype=dtype)
     shapes = [(1, height, width), (3, height, width)] if dynamic_batch else [(batch_size, height, width)]
     if dynamic_size:
         shapes.append((shapes[0][0], height + 32, width + 64))  # non-square, so swapped axes would show
-
-    with _eval_mode(model), _eval_mode(exported), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         num_outputs = len(as_list(model(example)))
-    output_names = _output_names(num_outputs)
     input_shape = (
         "batch" if dynamic_batch else example.shape[0],
-        in_chans,
+        int(getattr(model, "in_chans", 3)),
         "height" if dynamic_size else height,
         "width" if dynamic_size else width,
     )
+    return _Plan(example, shapes, _output_names(num_outputs), input_shape, dynamic_batch, dynamic_size)
 
-    with atomic_path(path) as tmp:  # written beside ``path``, moved onto it only once verified
+
+def _check_writable(tmp: Path, path: Path) -> None:
+    try:
+        tmp.touch()  # an unwritable folder fails here, before the slow export
+    except OSError as e:
+        raise type(e)(e.errno, f"cannot write to the output folder {str(path.parent)!r}: {e.strerror}") from e
+
+
+def _write(format: str, module: nn.Module, plan: _Plan, file: Path, opset: Optional[int]) -> None:
+    try:
+        EXPORT_FORMATS[format].write(
+            module, plan.example, file, plan.output_names, plan.dynamic_batch, plan.dynamic_size, opset
+        )
+    except OSError:
+        raise  # disk full, permissions: the fault, with the file's name, not an exporter failure
+    except Exception as e:
+        raise ExportError(f"{format} export failed: {type(e).__name__}: {first_line(e)}") from e
+
+
+def _verify_file(
+    model: nn.Module, format: str, file: Path, plan: _Plan, tolerance: Optional[float], seed: int
+) -> list[Check]:
+    """Load ``file`` back with its runtime and check it at every planned shape."""
+    device = plan.example.device
+    try:
+        run = EXPORT_FORMATS[format].load(file, device)
+    except Exception as e:
+        raise ExportError(f"the written {format} file does not load: {type(e).__name__}: {first_line(e)}") from e
+    fp64 = copy.deepcopy(model).double()  # the reference of every check
+    return [_verify(model, fp64, run, shape, format, tolerance, seed) for shape in plan.shapes]
+
+
+def _verify(
+    model: nn.Module,
+    fp64: nn.Module,
+    run: Runner,
+    shape: tuple[int, int, int],
+    format: str,
+    limit: Optional[float],
+    seed: int,
+) -> Check:
+    """Run the loaded file on natural images of ``shape`` (batch, H, W), judge it against fp64 next to the eager
+    model (:func:`effnetv2.inference.compare.compare`); raise ExportError when it is outside the limit."""
+    batch, height, width = shape
+    images = model_natural_images(model, batch * -(-CHECK_IMAGES // batch), (height, width), seed)
+    ref = reference(model, images, batch=batch, fp64_model=fp64)
+    with torch.no_grad():
         try:
-            tmp.touch()  # an unwritable folder fails here, before the slow export
-        except OSError as e:
-            raise type(e)(e.errno, f"cannot write to the output folder {str(path.parent)!r}: {e.strerror}") from e
-        with _eval_mode(model), _eval_mode(exported):
-            try:
-                _EXPORTERS[format](exported, example, tmp, output_names, dynamic_batch, dynamic_size, opset)
-            except OSError:
-                raise  # disk full, permissions: the fault, with the file's name, not an exporter failure
-            except Exception as e:
-                raise ExportError(f"{format} export failed: {type(e).__name__}: {_first_line(e)}") from e
-            checks: list[Check] = []
-            if verify:
-                try:
-                    run = _LOADERS[format](tmp, device)
-                except Exception as e:
-                    raise ExportError(
-                        f"the written {format} file does not load: {type(e).__name__}: {_first_line(e)}"
-                    ) from e
-                fp64 = copy.deepcopy(model).double()  # the reference of every check
-                checks = [_verify(model, fp64, run, shape, format, tolerance, seed) for shape in shapes]
+            outputs = run_batched(run, images, batch)
+        except Exception as e:
+            raise ExportError(
+                f"the loaded {format} export failed on an input of shape {(batch, images.shape[1], height, width)}: "
+                f"{type(e).__name__}: {first_line(e)}"
+            ) from e
+    if len(outputs) != len(ref.fp64):
+        raise ExportError(f"the {format} export returns {len(outputs)} outputs, the eager model {len(ref.fp64)}")
+    for i, (a, e) in enumerate(zip(outputs, ref.fp64, strict=True)):
+        if tuple(a.shape) != tuple(e.shape):
+            raise ExportError(
+                f"output {i} of the {format} export has shape {tuple(a.shape[1:])} per image, the eager model's "
+                f"{tuple(e.shape[1:])}"
+            )
+    comparison = compare(outputs, ref, limit=limit)
+    if not comparison.accepted:
+        raise ExportError(
+            f"the {format} export does not match the eager model at input shape {(batch, *images.shape[1:])}: "
+            f"{comparison.describe()}; nothing was written"
+        )
+    return Check((batch, *images.shape[1:]), comparison)
+
+
+def _report(
+    path: Path, format: str, plan: _Plan, opset: Optional[int], tolerance: Optional[float], checks: list[Check]
+) -> ExportReport:
+    """What was written, with the checks it passed."""
     return ExportReport(
         path=path,
         format=format,
-        input_shape=input_shape,
-        output_names=tuple(output_names),
-        opset=(opset or DEFAULT_ONNX_OPSET) if format == "onnx" else None,
+        input_shape=plan.input_shape,
+        output_names=tuple(plan.output_names),
+        opset=(opset or DEFAULT_ONNX_OPSET) if EXPORT_FORMATS[format].onnx else None,
         num_bytes=path.stat().st_size,
         tolerance=tolerance,
         checks=tuple(checks),
     )
 
 
+def _output_names(num_outputs: int) -> list[str]:
+    """``output`` for one tensor; ``features.0`` ... for a list (one per feature level)."""
+    return ["output"] if num_outputs == 1 else [f"features.{i}" for i in range(num_outputs)]
+
+
+def _resolve_img_size(model: nn.Module, img_size: Optional[Union[int, Sequence[int]]]) -> tuple[int, int]:
+    if img_size is None:
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        if "input_size" not in cfg:
+            raise ValueError("the model has no pretrained_cfg['input_size']; pass img_size=(H, W)")
+        img_size = tuple(cfg["input_size"][-2:])
+    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+        raise ValueError(f"img_size must be a positive int or (H, W), got {img_size!r}")
+    return size[0], size[1]
+
+
 # ---------------------------------------------------------------------------------------------------------------
-# Exporters: (module, example, file, output names, dynamic batch, dynamic size, opset) -> writes the file.
+# Writers. Traced formats: (module, example, file, output names, dynamic batch, dynamic size, opset) -> the file.
 
 
 def _export_onnx(
@@ -311,11 +421,63 @@ def _export_program(
         torch.export.save(program, f)
 
 
-_EXPORTERS: dict[str, Callable[..., None]] = {
-    "onnx": _export_onnx,
-    "torchscript": _export_torchscript,
-    "exported-program": _export_program,
-}
+# Made from another format's verified file: (source file, file, calibration images) -> the file.
+
+
+def _quantize_onnx(source: Path, file: Path, images: Tensor) -> None:
+    """ONNX Runtime's static quantization of the float ONNX file ``source`` into ``file``: QDQ, int8 weights per
+    output channel, uint8 activations with percentile ranges (99.999th) calibrated on ``images``, one at a time;
+    :data:`QUANTIZED_OPS` only, and none of the nodes the int8 policy keeps in float."""
+    onnx = require("onnx")
+    require("onnxruntime")
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Images(CalibrationDataReader):
+        def __init__(self) -> None:
+            # one image at a time: a static export takes its own batch size only, and every export takes batch 1
+            self.batches: Iterator[Any] = (images[i : i + 1].numpy() for i in range(images.shape[0]))
+
+        def get_next(self) -> Optional[dict[str, Any]]:
+            batch = next(self.batches, None)
+            return None if batch is None else {INPUT_NAME: batch}
+
+    prepared = source.with_name(f"{source.stem}.prepared.onnx")
+    with redirect_stdout(sys.stderr):  # ONNX Runtime's calibrators print progress: stdout holds the report only
+        quant_pre_process(str(source), str(prepared))
+        nodes = [node.name for node in onnx.load(str(prepared)).graph.node]
+        quantize_static(
+            str(prepared),
+            str(file),
+            Images(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.Percentile,
+            op_types_to_quantize=list(QUANTIZED_OPS),
+            nodes_to_exclude=kept_float_nodes(nodes),
+        )
+
+
+def onnx_module_name(node_name: str) -> str:
+    """The module an ONNX node of torch's exporter comes from: ``"/stages.3/stages.3.0/se/fc1/Conv"`` ->
+    ``"stages.3.0.se.fc1"`` (a scope is the module's attribute name, or its full name under a ``Sequential``)."""
+    name = ""
+    for scope in node_name.strip("/").split("/")[:-1]:
+        name = scope if not name or scope.startswith(f"{name}.") else f"{name}.{scope}"
+    return name
+
+
+def kept_float_nodes(node_names: Sequence[str]) -> list[str]:
+    """The nodes of an exported graph that the int8 policy (:mod:`effnetv2.inference.int8_policy`) keeps in float."""
+    return [name for name in node_names if is_kept_float(onnx_module_name(name))]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -323,13 +485,7 @@ _EXPORTERS: dict[str, Callable[..., None]] = {
 
 
 def _load_onnx(file: Path, device: torch.device) -> Runner:
-    ort = _require("onnxruntime")
-    session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
-
-    def run(x: Tensor) -> list[Tensor]:
-        return [torch.from_numpy(y) for y in session.run(None, {INPUT_NAME: x.detach().cpu().numpy()})]
-
-    return run
+    return onnx_runner(file)
 
 
 def _load_torchscript(file: Path, device: torch.device) -> Runner:
@@ -343,95 +499,52 @@ def _load_program(file: Path, device: torch.device) -> Runner:
     return lambda x: as_list(module(x))
 
 
-_LOADERS: dict[str, Callable[[Path, torch.device], Runner]] = {
-    "onnx": _load_onnx,
-    "torchscript": _load_torchscript,
-    "exported-program": _load_program,
-}
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# Helpers.
+# The table.
 
 
-def _verify(
-    model: nn.Module,
-    fp64: nn.Module,
-    run: Runner,
-    shape: tuple[int, int, int],
-    format: str,
-    limit: Optional[float],
-    seed: int,
-) -> Check:
-    """Run the loaded file on natural images of ``shape`` (batch, H, W), judge it against fp64 next to the eager
-    model (:func:`effnetv2.inference.compare.compare`); raise ExportError when it is outside the limit."""
-    batch, height, width = shape
-    images = model_natural_images(model, batch * -(-CHECK_IMAGES // batch), (height, width), seed)
-    ref = reference(model, images, batch=batch, fp64_model=fp64)
-    with torch.no_grad():
-        try:
-            outputs = run_batched(run, images, batch)
-        except Exception as e:
-            raise ExportError(
-                f"the loaded {format} export failed on an input of shape {(batch, images.shape[1], height, width)}: "
-                f"{type(e).__name__}: {_first_line(e)}"
-            ) from e
-    if len(outputs) != len(ref.fp64):
-        raise ExportError(f"the {format} export returns {len(outputs)} outputs, the eager model {len(ref.fp64)}")
-    for i, (a, e) in enumerate(zip(outputs, ref.fp64, strict=True)):
-        if tuple(a.shape) != tuple(e.shape):
-            raise ExportError(
-                f"output {i} of the {format} export has shape {tuple(a.shape[1:])} per image, the eager model's "
-                f"{tuple(e.shape[1:])}"
-            )
-    comparison = compare(outputs, ref, limit=limit)
-    if not comparison.accepted:
-        raise ExportError(
-            f"the {format} export does not match the eager model at input shape {(batch, *images.shape[1:])}: "
-            f"{comparison.describe()}; nothing was written"
-        )
-    return Check((batch, *images.shape[1:]), comparison)
+@dataclass(frozen=True)
+class ExportFormat:
+    """One export format: how its file is written, and how it is read back by the runtime that will run it.
+
+    A traced format (``source`` None) is written from the module:
+    ``write(module, example, file, output_names, dynamic_batch, dynamic_size, opset)``. A format with a ``source``
+    is made from that format's verified file and calibration images: ``write(source_file, file, images)``.
+    """
+
+    suffix: str  # the usual file-name ending
+    write: Callable[..., None]
+    load: Callable[[Path, torch.device], Runner]
+    write_needs: tuple[str, ...] = ()  # optional packages the writer imports
+    load_needs: tuple[str, ...] = ()  # ... and the loader
+    source: Optional[str] = None
+    onnx: bool = False  # an ONNX file: takes an opset
 
 
-def _output_names(num_outputs: int) -> list[str]:
-    """``output`` for one tensor; ``features.0`` ... for a list (one per feature level)."""
-    return ["output"] if num_outputs == 1 else [f"features.{i}" for i in range(num_outputs)]
+EXPORT_FORMATS: dict[str, ExportFormat] = {
+    "onnx": ExportFormat(".onnx", _export_onnx, _load_onnx, ("onnx",), ("onnxruntime",), onnx=True),
+    "torchscript": ExportFormat(".pt", _export_torchscript, _load_torchscript),
+    "exported-program": ExportFormat(".pt2", _export_program, _load_program),
+    "onnx-int8": ExportFormat(
+        ".onnx", _quantize_onnx, _load_onnx, ("onnx", "onnxruntime"), ("onnxruntime",), source="onnx", onnx=True
+    ),
+}
+# FORMATS (effnetv2.defaults, read by the CLI without torch) names the table's traced rows, in order
+# (tests/test_export.py holds the two together).
 
 
-def _resolve_img_size(model: nn.Module, img_size: Optional[Union[int, Sequence[int]]]) -> tuple[int, int]:
-    if img_size is None:
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        if "input_size" not in cfg:
-            raise ValueError("the model has no pretrained_cfg['input_size']; pass img_size=(H, W)")
-        img_size = tuple(cfg["input_size"][-2:])
-    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-        raise ValueError(f"img_size must be a positive int or (H, W), got {img_size!r}")
-    return size[0], size[1]
-
-
-def _require(package: str) -> Any:
-    """Import an optional dependency of ONNX export, or say how to install it."""
-    try:
-        return importlib.import_module(package)
-    except ImportError as e:
-        raise ImportError(
-            f"ONNX export needs the {package} package: pip install onnx onnxruntime (or effnetv2[export])"
-        ) from e
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put ``model`` in eval mode for the block, then restore each submodule's own mode."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else "(no message)"
+__all__ = [
+    "CHECK_IMAGES",
+    "DEFAULT_ONNX_OPSET",
+    "EXPORT_FORMATS",
+    "FORMATS",
+    "ONNX_OPSETS",
+    "QUANTIZED_OPS",
+    "Check",
+    "ExportFormat",
+    "ExportReport",
+    "check_export_options",
+    "export_model",
+    "kept_float_nodes",
+    "onnx_module_name",
+]

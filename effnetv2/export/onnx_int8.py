@@ -1,12 +1,12 @@
 """int8 ONNX: the verified float export, statically quantized by ONNX Runtime, and its agreement with the model.
 
 ``export_onnx_int8(model, path, calibration)`` exports ``model`` to ONNX (verified as :func:`export_model` does),
-then quantizes it with ONNX Runtime's post-training static quantization
-(``onnxruntime.quantization.quantize_static``): QDQ format, int8 weights per output channel, uint8 activations with
-ranges calibrated on ``calibration`` images (percentile calibration, 99.999th). Convolutions, residual adds and
-the pooling are quantized; **kept in float: SiLU and the squeeze-excite gates (``Sigmoid``, ``Mul``), the stem
-convolution, the last convolution and the classifier (``Gemm``)**, the layers whose quantization cost the most
-top-1 agreement with the float model in our measurements (README, *Export*). An int8 model has no eager
+then writes the table's ``onnx-int8`` format from it (:data:`effnetv2.export.formats.EXPORT_FORMATS`): ONNX Runtime's
+post-training static quantization (``onnxruntime.quantization.quantize_static``), QDQ format, int8 weights per
+output channel, uint8 activations with ranges calibrated on ``calibration`` images (percentile calibration,
+99.999th). Convolutions, residual adds and the pooling are quantized; **kept in float: what the one int8 policy
+names** (:mod:`effnetv2.inference.int8_policy`, shared with PyTorch's int8 path): SiLU and the squeeze-excite gates,
+the stem convolution, squeeze-excite, the last convolution and the classifier. An int8 model has no eager
 counterpart to be held to, so the report gives the project's one comparison (:mod:`effnetv2.inference.compare`) on
 held-out calibration images (every 4th one), unjudged: the int8 file's error from an fp64 copy of the model next to
 the fp32 model's own error, and top-1 agreement with fp64 (classifiers; also on the images whose answer is clear).
@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
-from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -30,12 +28,14 @@ from torch import Tensor, nn
 
 from effnetv2.atomic import atomic_path, pid_alive
 from effnetv2.errors import ExportError
-from effnetv2.export.formats import INPUT_NAME, _require, check_export_options, export_model
+from effnetv2.export.common import require
+from effnetv2.export.formats import EXPORT_FORMATS, QUANTIZED_OPS, ExportReport, check_export_options, export_model
 from effnetv2.inference.calibration import Calibration, calibration_images, split_holdout
-from effnetv2.inference.compare import Comparison, compare, reference
+from effnetv2.inference.compare import Comparison, compare, reference, run_batched
+from effnetv2.inference.int8_policy import describe_kept_float
 
+FORMAT = "onnx-int8"  # its row of the export formats table
 WORK_PREFIX = ".effnetv2-int8-"  # + "{pid}-{random}": the work folder beside the output
-QUANTIZED_OPS = ("Conv", "Add", "GlobalAveragePool")  # Sigmoid and Mul (SiLU, SE gates) and Gemm stay float
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,7 @@ class Int8Report:
             [
                 f"wrote {self.path} (onnx, int8 QDQ, {self.num_bytes / 1e6:.1f} MB; float: "
                 f"{self.float_bytes / 1e6:.1f} MB, verified: error {self.float_max_rel_diff:.3g} from fp64)",
-                f"  calibrated on {self.calibration_images} images; kept in float: SiLU and squeeze-excite gates, "
-                "the stem and last convolutions, the classifier",
+                f"  calibrated on {self.calibration_images} images; kept in float: {describe_kept_float()}",
                 f"int8 on {self.check_images} {held} images: {self.comparison.describe()}",
             ]
         )
@@ -91,63 +90,18 @@ def export_onnx_int8(
     them (:func:`effnetv2.inference.calibration.calibration_images`). Raises ``ImportError`` without onnx/onnxruntime,
     ``ValueError`` for fewer than 2 images, :class:`~effnetv2.errors.ExportError` when a step fails or the int8
     model returns non-finite values (nothing is written then)."""
-    path = check_export_options(path, "onnx", opset)
-    onnx = _require("onnx")
-    _require("onnxruntime")
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    calibration = calibration_images(calibration, model)
-    calibrate, check = split_holdout(calibration)
-
-    class Images(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter(calibrate[i : i + 1].numpy() for i in range(calibrate.shape[0]))
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {INPUT_NAME: batch}
-
+    path = check_export_options(path, FORMAT, opset)
+    for package in EXPORT_FORMATS[FORMAT].write_needs:
+        require(package)  # before the float export, not after
+    images = calibration_images(calibration, model)
+    calibrate, check = split_holdout(images)
     _remove_stale_work_folders(path.parent)
     with tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=path.parent) as work:
-        float_file, prepared = Path(work, "float.onnx"), Path(work, "prepared.onnx")
-        float_report = export_model(
-            model, float_file, "onnx", img_size=tuple(calibration.shape[-2:]), opset=opset, dynamic_batch=dynamic_batch
-        )
+        source = Path(work, "float.onnx")
+        float_report = _export_source(model, source, images, opset, dynamic_batch)
         with atomic_path(path) as tmp:
-            # ONNX Runtime's calibrators print progress: to stderr, so that stdout holds the report only
-            try:
-                with redirect_stdout(sys.stderr):
-                    quant_pre_process(str(float_file), str(prepared))
-                    convs = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv"]
-                    quantize_static(
-                        str(prepared),
-                        str(tmp),
-                        Images(),
-                        quant_format=QuantFormat.QDQ,
-                        per_channel=True,
-                        activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.Percentile,
-                        op_types_to_quantize=list(QUANTIZED_OPS),
-                        nodes_to_exclude=[convs[0], convs[-1]],  # the stem and the last convolution
-                    )
-            except OSError:
-                raise  # disk full, permissions: the fault, with the file's name
-            except Exception as e:
-                raise ExportError(f"int8 quantization failed: {type(e).__name__}: {e}") from e
-            try:
-                comparison = _compare(model, tmp, check)
-            except ExportError:
-                raise
-            except Exception as e:  # onnxruntime's own errors derive from Exception only
-                raise ExportError(f"the int8 file does not run: {type(e).__name__}: {e}") from e
+            _quantize(source, tmp, calibrate)
+            comparison = _compare(model, tmp, check)
     return Int8Report(
         path=path,
         num_bytes=path.stat().st_size,
@@ -159,6 +113,25 @@ def export_onnx_int8(
     )
 
 
+def _export_source(
+    model: nn.Module, file: Path, images: Tensor, opset: Optional[int], dynamic_batch: bool
+) -> ExportReport:
+    """The verified float export the int8 file is made from, at the calibration images' size."""
+    source = str(EXPORT_FORMATS[FORMAT].source)
+    size = tuple(images.shape[-2:])
+    return export_model(model, file, source, img_size=size, opset=opset, dynamic_batch=dynamic_batch)
+
+
+def _quantize(source: Path, file: Path, images: Tensor) -> None:
+    """Write the int8 file through the table's writer; its failures become ExportError (disk faults stay OSError)."""
+    try:
+        EXPORT_FORMATS[FORMAT].write(source, file, images)
+    except OSError:
+        raise  # disk full, permissions: the fault, with the file's name
+    except Exception as e:
+        raise ExportError(f"int8 quantization failed: {type(e).__name__}: {e}") from e
+
+
 def _remove_stale_work_folders(folder: Path) -> None:
     """Remove work folders that killed exports left in ``folder`` (their process is gone)."""
     for work in folder.glob(f"{WORK_PREFIX}*"):
@@ -168,16 +141,17 @@ def _remove_stale_work_folders(folder: Path) -> None:
 
 
 def _compare(model: nn.Module, file: Path, images: Tensor) -> Comparison:
-    """The int8 file against an fp64 copy of ``model`` on ``images``, next to the eager model (unjudged)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
-    # one image at a time: a static export takes its own batch size only, and every export takes batch 1
-    runs = [session.run(None, {INPUT_NAME: images[i : i + 1].numpy()}) for i in range(images.shape[0])]
-    ours = [torch.cat([torch.from_numpy(run[k]) for run in runs]) for k in range(len(runs[0]))]
+    """The int8 file, loaded as the table says, against an fp64 copy of ``model`` on ``images``, next to the eager
+    model (unjudged)."""
+    try:
+        run = EXPORT_FORMATS[FORMAT].load(file, torch.device("cpu"))
+        # one image at a time: a static export takes its own batch size only, and every export takes batch 1
+        ours = run_batched(run, images, 1)
+    except Exception as e:  # onnxruntime's own errors derive from Exception only
+        raise ExportError(f"the int8 file does not run: {type(e).__name__}: {e}") from e
     if not all(torch.isfinite(o).all() for o in ours):
         raise ExportError("the int8 model returns NaN or infinite values on the calibration images; nothing written")
     return compare(ours, reference(model, images), torch.int8)
 
 
-__all__ = ["QUANTIZED_OPS", "Int8Report", "export_onnx_int8"]
+__all__ = ["FORMAT", "QUANTIZED_OPS", "WORK_PREFIX", "Int8Report", "export_onnx_int8"]

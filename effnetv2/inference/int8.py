@@ -6,9 +6,10 @@
 2. torchao's PT2E flow (``prepare_pt2e`` / ``convert_pt2e`` with ``X86InductorQuantizer``, PyTorch's maintained
    route since ``torch.ao.quantization``'s PT2E moved to torchao) quantizes the convolutions: int8 weights per
    output channel (symmetric), uint8 activations per tensor with ranges from a histogram of the calibration
-   images' activations. **Kept in float: SiLU, the squeeze-excite layers (``Linear`` on the pooled vector and
-   the sigmoid gate), the stem and last convolutions and the classifier** — where quantization cost the most top-1
-   agreement (:data:`KEPT_FLOAT`);
+   images' activations. **Kept in float: what the one int8 policy names**
+   (:mod:`effnetv2.inference.int8_policy`, shared with int8 ONNX export): SiLU and the squeeze-excite gates, the
+   stem convolution, squeeze-excite (its ``Linear`` layers on the pooled vector), the last convolution and the
+   classifier, where quantization cost the most top-1 agreement (:data:`KEPT_FLOAT`);
 3. ``torch.compile`` with weight freezing lowers the result to oneDNN's int8 convolutions (VNNI / AMX-INT8 where
    the CPU has them), with the dequantize, SiLU and requantize steps fused around them. Without compiling, the
    quantized graph runs as reference float ops: right numbers, slower than fp32 (for checking accuracy only).
@@ -35,13 +36,15 @@ from effnetv2.inference.calibration import (
 from effnetv2.inference.compare import Comparison, compare, reference
 from effnetv2.inference.compiled import FrozenCompiled
 from effnetv2.inference.folded import fold_for_inference
+from effnetv2.inference.int8_policy import KEPT_FLOAT_MODULES
 from effnetv2.model import EfficientNetV2, EfficientNetV2Features, check_input
 
 CALIBRATION_BATCH = 8  # images per calibration forward pass
-# Modules of the inference copy left in float: names (fnmatch patterns) in InferenceEfficientNetV2, or module types
-# (Linear: squeeze-excite and the classifier). Adding "*.project" (the blocks' 1x1 projections and residual adds)
-# buys accuracy at small inputs for about a third of the int8 speed-up (BENCHMARKS.md).
-KEPT_FLOAT: tuple[Union[str, type[nn.Module]], ...] = ("stem", "head", nn.Linear)
+# Modules of the inference copy left in float by default: the int8 policy's module names (fnmatch patterns; the
+# inference copy names its modules as the model does). keep_float= also takes module types. Adding "*.project" (the
+# blocks' 1x1 projections and residual adds) buys accuracy at small inputs for about a third of the int8 speed-up
+# (BENCHMARKS.md).
+KEPT_FLOAT: tuple[Union[str, type[nn.Module]], ...] = KEPT_FLOAT_MODULES
 TORCHAO_HINT = 'int8 inference needs torchao: pip install "effnetv2[int8]" (or pip install torchao)'
 
 
@@ -116,7 +119,7 @@ def _quantizer(
     """The quantizer leaving ``keep_float`` (default :data:`KEPT_FLOAT`) in float, and what it keeps, in words."""
     quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
     names = [name for name, _ in fp32.named_modules() if name]
-    strict = keep_float is not None  # the defaults name "head", which a features_only model has not
+    strict = keep_float is not None  # the defaults name "head" and "classifier", which features_only lacks
     kept_names: list[str] = ["SiLU", "sigmoid"]
     for kept in KEPT_FLOAT if keep_float is None else keep_float:
         if isinstance(kept, str):
@@ -173,13 +176,43 @@ def quantize_int8(
     not on the CPU, ``RuntimeError`` when the int8 model returns non-finite values.
     """
     quantize_pt2e, x86 = _torchao()
+    _check_model(model)
+    images = calibration_images(calibration, model, calibration_limit)
+    check_input(images, model.in_chans)
+    calibrate, check = split_holdout(images)
+    graph, kept = _quantized_graph(quantize_pt2e, x86, model, calibrate, keep_float)
+    reference_model = Int8EfficientNetV2(graph, model, tuple(images.shape[-2:]), None, calibrate.shape[0], False, kept)
+    reference_model.agreement = _held_out_check(reference_model, model, check)
+    if not compile:
+        return reference_model
+    return Int8EfficientNetV2(
+        FrozenCompiled(graph),
+        model,
+        reference_model.img_size,
+        reference_model.agreement,
+        calibrate.shape[0],
+        True,
+        kept,
+    )
+
+
+def _check_model(model: nn.Module) -> None:
+    """Refuse what PT2E int8 cannot quantize: another kind of module, or a model off the CPU."""
     if not isinstance(model, (EfficientNetV2, EfficientNetV2Features)):
         raise TypeError(f"expected an effnetv2 EfficientNetV2 or EfficientNetV2Features, got {type(model).__name__}")
     if next(model.parameters()).device.type != "cpu":
         raise ValueError("int8 inference is for CPUs (oneDNN's int8 kernels); move the model to the CPU first")
-    images = calibration_images(calibration, model, calibration_limit)
-    check_input(images, model.in_chans)
-    calibrate, check = split_holdout(images)
+
+
+def _quantized_graph(
+    quantize_pt2e: Any,
+    x86: Any,
+    model: nn.Module,
+    calibrate: Tensor,
+    keep_float: Optional[Sequence[Union[str, type[nn.Module]]]],
+) -> tuple[nn.Module, str]:
+    """The fp32 inference copy captured (batch dynamic), calibrated on ``calibrate`` and converted to int8; and what
+    it keeps in float, in words."""
     fp32 = fold_for_inference(model)  # BatchNorm folded: the quantizer sees conv + bias, as inference runs
     with torch.no_grad():
         batch = torch.export.Dim("batch", min=1, max=65536)
@@ -188,26 +221,21 @@ def quantize_int8(
         quantizer, kept = _quantizer(x86, fp32, keep_float)
         prepared = quantize_pt2e.prepare_pt2e(exported, quantizer)
         _run(prepared, calibrate)
-        graph = quantize_pt2e.convert_pt2e(prepared)
-        reference_model = Int8EfficientNetV2(
-            graph, model, tuple(images.shape[-2:]), None, calibrate.shape[0], False, kept
-        )
-        # Checked before lowering: the quantized graph's reference ops (the compiled kernels compute the same
-        # quantized convolutions, fused; tests/test_quantize.py holds them to it). A check through the compiled
-        # model would cost a compile at the check's batch size on top of the user's.
-        ours = _run(reference_model, check)
+        return quantize_pt2e.convert_pt2e(prepared), kept
+
+
+def _held_out_check(int8: Int8EfficientNetV2, model: nn.Module, check: Tensor) -> Comparison:
+    """The quantized graph on the held-out images against an fp64 copy of ``model``, next to fp32 (unjudged)."""
+    # Checked before lowering: the quantized graph's reference ops (the compiled kernels compute the same
+    # quantized convolutions, fused; tests/test_quantize.py holds them to it). A check through the compiled
+    # model would cost a compile at the check's batch size on top of the user's.
+    with torch.no_grad():
+        ours = _run(int8, check)
         ref = reference(model, check, batch=CALIBRATION_BATCH)
     if not all(o.isfinite().all() for o in ours):
         raise RuntimeError(f"int8 quantization failed its check on {check.shape[0]} images: NaN or infinite outputs")
     # int8 has no eager counterpart to be judged against: its error from fp64 is reported next to fp32's
-    agreement = compare(ours, ref, torch.int8, logits=reference_model.num_classes > 0)
-    reference_model.agreement = agreement
-    if not compile:
-        return reference_model
-    int8 = Int8EfficientNetV2(
-        FrozenCompiled(graph), model, reference_model.img_size, agreement, calibrate.shape[0], True, kept
-    )
-    return int8
+    return compare(ours, ref, torch.int8, logits=int8.num_classes > 0)
 
 
 __all__ = ["KEPT_FLOAT", "Calibration", "Int8EfficientNetV2", "calibration_images", "quantize_int8"]
