@@ -202,3 +202,25 @@ def test_curves_mark_each_stage_change_with_its_image_size():
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend[-1] == "dotted: a new progressive-learning stage (its image size)"
     assert len(curves_figure({"run": [dict(r, stage=None) for r in rows]}).axes[0].lines) == 2  # none unstaged
+
+
+def test_a_paced_schedule_ends_each_epoch_where_the_plain_one_does():
+    """--progressive-batch: epochs of 1, 2 and 4 steps (pace 4/1, 4/2, 4/4, LR x4, x2, x1) reach the LR of a
+    plain run of 4 steps per epoch at every epoch's end, scaled; the schedule over the whole run is the same."""
+    from effnetv2.train.schedule import cosine_with_warmup
+
+    def scheduler():
+        return cosine_with_warmup(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), 12, 3)
+
+    plain, paced = scheduler(), scheduler()
+    ends = []
+    for _ in range(12):
+        plain.step()
+        ends.append(plain.get_last_lr()[0])
+    for epoch, steps in enumerate((1, 2, 4)):
+        paced.set_pace(epoch * 4, 4, steps, scale=4 / steps)
+        for _ in range(steps):
+            paced.step()
+        assert paced.position == 4 * (epoch + 1)
+        assert paced.get_last_lr()[0] == ends[4 * epoch + 3] * 4 / steps
+    assert ends[-1] == 0.0

@@ -1,5 +1,6 @@
-"""`effnetv2 train --progressive`: the schedule printed and recorded, resume mid-stage equals an uninterrupted run,
-extension recomputes the stages, a changed schedule is refused, DDP under torchrun; a tiny model (b0, 32-64 px)."""
+"""`effnetv2 train --progressive`: the schedule printed and recorded, resume mid-stage equals an uninterrupted run
+(with and without --progressive-batch), extension recomputes the stages, a changed schedule is refused, AGC, AMP and
+gradient checkpointing compose with it, DDP under torchrun; a tiny model (b0, 32-48 px, 4 training images)."""
 
 from __future__ import annotations
 
@@ -28,13 +29,29 @@ def _rows(folder: Path) -> list[dict]:
     return [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_resume_mid_stage_equals_an_uninterrupted_run(images, tmp_path, monkeypatch, capsys):
-    common = ["train", str(images), *TINY, *PROGRESSIVE, "--epochs", "3", "--ema", "0.9", "--tensorboard"]
+# --progressive-batch at --batch-size 2: stage 1 (32 px) takes 2·(48/32)² = 4.5 → 4 images, one step worth the two
+# of the run's batch, at twice the LR; the schedule (warmup 2 steps, cosine to step 6) ends each epoch at the same
+# place with or without it: LRs 0.02·2, 0.01, 0 against 0.02, 0.01, 0
+BATCHES = {
+    "fixed": ([], "batch 4", "batch 4", [0.02, 0.01, 0.0]),
+    "progressive-batch": (
+        ["--progressive-batch", "--batch-size", "2"],
+        "batch 4 (lr x2.00)",
+        "batch 2",
+        [0.04, 0.01, 0],
+    ),
+}
+
+
+@pytest.mark.parametrize("batches", list(BATCHES))
+def test_resume_mid_stage_equals_an_uninterrupted_run(images, tmp_path, monkeypatch, capsys, batches):
+    extra, batch1, batch2, lrs = BATCHES[batches]
+    common = ["train", str(images), *TINY, *PROGRESSIVE, *extra, "--epochs", "3", "--ema", "0.9", "--tensorboard"]
     assert main([*common, "--output", str(tmp_path / "full")]) == 0
     out = capsys.readouterr().out
     assert "effnetv2: progressive learning in 2 stage(s), evaluated at 48 px:" in out
-    assert "  stage 1/2: epochs 1, 32 px, batch 4, randaug 5, mixup 0, cutmix 0, drop 0.1" in out
-    assert "  stage 2/2: epochs 2-3, 48 px, batch 4, randaug 9, mixup 0.2, cutmix 0, drop 0.3" in out
+    assert f"  stage 1/2: epochs 1, 32 px, {batch1}, randaug 5, mixup 0, cutmix 0, drop 0.1" in out
+    assert f"  stage 2/2: epochs 2-3, 48 px, {batch2}, randaug 9, mixup 0.2, cutmix 0, drop 0.3" in out
     monkeypatch.setenv(STOP_AFTER_ENV, "2")  # stopped in the middle of stage 2
     assert main([*common, "--output", str(tmp_path / "split")]) == 0
     monkeypatch.delenv(STOP_AFTER_ENV)
@@ -51,6 +68,8 @@ def test_resume_mid_stage_equals_an_uninterrupted_run(images, tmp_path, monkeypa
         (2, 48, 0.3, 0.2),
         (2, 48, 0.3, 0.2),
     ]
+    assert [r["batch_size"] for r in rows] == [int(batch1.split()[1]), int(batch2.split()[1]), int(batch2.split()[1])]
+    assert [r["lr"] for r in rows] == pytest.approx(lrs, abs=1e-9)
     config = json.loads((tmp_path / "full" / "config.json").read_text())
     assert [s["img_size"] for s in config["training"]["progressive"]] == [32, 48]
     assert config["pretrained_cfg"]["input_size"] == [3, 48, 48]  # evaluation's size, not a stage's
@@ -74,6 +93,13 @@ def test_extension_recomputes_the_stages_and_a_changed_schedule_is_refused(image
     assert [(r["stage"], r["img_size"]) for r in _rows(out)] == [(1, 32), (2, 48), (2, 48), (2, 48)]
 
 
+def test_agc_amp_and_gradient_checkpointing_train_progressively(images, tmp_path):
+    args = ["--epochs", "2", "--agc", "0.05", "--amp", "bf16", "--grad-checkpointing"]
+    args += ["--progressive-batch", "--batch-size", "2"]
+    assert main(["train", str(images), *TINY, *PROGRESSIVE, *args, "--output", str(tmp_path / "run")]) == 0
+    assert [(r["stage"], r["img_size"], r["batch_size"]) for r in _rows(tmp_path / "run")] == [(1, 32, 4), (2, 48, 2)]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -81,6 +107,8 @@ def test_extension_recomputes_the_stages_and_a_changed_schedule_is_refused(image
         (["--progressive", "5", "--img-size", "64", "--epochs", "4"], "--epochs 4 is fewer than the 5 stages"),
         (["--progressive", "2", "--img-size", "40", "--epochs", "2"], "--min-img-size 20 is below the model's"),
         (["--progressive", "2", "--auto-augment", "trivial", "--epochs", "2"], "--auto-augment trivial cannot"),
+        (["--progressive-batch", "--epochs", "2"], "--progressive-batch scales each progressive stage's batch"),
+        ([*PROGRESSIVE, "--progressive-batch", "--epochs", "2"], "stage 1's batch of 9 is more than the 4 training"),
     ],
 )
 def test_refusals_are_one_line(images, tmp_path, capsys, args, message):

@@ -189,6 +189,12 @@ def _add_progressive_options(p: argparse.ArgumentParser) -> None:
         "5->15, dropout 0.1->0.3; m: 128->380, 5->20, MixUp 0->0.2, 0.1->0.4; l: 128->380, 5->25, 0->0.4, 0.1->0.5)",
     )
     p.add_argument(
+        "--progressive-batch",
+        action="store_true",
+        help="constant-memory batches: each stage's batch is --batch-size x (img-size / stage size)^2, at most "
+        "4x, and its LR is scaled alike (linear scaling); the LR schedule still spans the whole run",
+    )
+    p.add_argument(
         "--min-img-size",
         type=image_size,
         metavar="N",

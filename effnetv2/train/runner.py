@@ -104,7 +104,7 @@ class TrainOptions:
     mixup_start: Optional[float] = None  # None: 0
     cutmix_start: Optional[float] = None  # None: 0
     drop_start: Optional[float] = None  # None: the paper's 0.1
-    progressive_batch: bool = False  # constant-memory batches (the library's plan only; train refuses it for now)
+    progressive_batch: bool = False  # constant-memory batches: (Se/Si)^2 larger per stage (capped), LR scaled alike
 
 
 @dataclass
@@ -199,6 +199,7 @@ class _Loaders:
     val: DataLoader
     train_sampler: DistributedSampler
     norm: dict[str, Any] = field(default_factory=dict)  # interpolation, mean, std: a stage's train transform
+    train_kw: dict[str, Any] = field(default_factory=dict)  # the train loader's arguments (a stage's batch rebuilds it)
 
 
 @dataclass
@@ -264,6 +265,7 @@ def _fit(
     run.schedule = _schedule(opts, size, state if mode == "extend" else None, env)
 
     loaders = _loaders(opts, env, device, train_set, val_set, data_cfg, size)
+    _check_stage_batches(run.schedule, len(loaders.train_sampler))
     trainer = _trainer(opts, env, device, _place_model(model, opts, env, device), len(run.classes), len(loaders.train))
     progress = _Progress() if state is None else _resume(run, trainer, state, extend=mode == "extend")
     del state  # the saved weights, optimizer and EMA: not kept through the run
@@ -275,8 +277,8 @@ def _schedule(
 ) -> Optional[progressive.ProgressiveSchedule]:
     """Progressive learning's stages over ``opts.epochs`` ending at ``size``, printed (main process) before
     training; an extension (``extended``: the saved state) says in one line that they were recomputed."""
-    if opts.progressive_batch and opts.progressive:
-        raise TrainError("--progressive-batch is not supported by train yet; leave it out")
+    if opts.progressive_batch and not opts.progressive:
+        raise TrainError("--progressive-batch scales each progressive stage's batch: it needs --progressive STAGES")
     try:
         schedule = progressive.schedule_for(opts, size)
     except ValueError as e:
@@ -351,7 +353,18 @@ def _loaders(
             f"{len(train_set)} training images make no full batch of {opts.batch_size} per process; lower --batch-size"
         )
     val_loader = DataLoader(val_set, sampler=ShardSampler(len(val_set), env.rank, env.world_size), **loader_kw)
-    return _Loaders(train_loader, val_loader, train_sampler, norm)
+    train_kw = dict(loader_kw, sampler=train_sampler, drop_last=True)
+    return _Loaders(train_loader, val_loader, train_sampler, norm, train_kw)
+
+
+def _check_stage_batches(schedule: Optional[progressive.ProgressiveSchedule], images: int) -> None:
+    """Refuse a ``--progressive-batch`` stage whose batch is more than this process's ``images`` per epoch."""
+    for s in schedule.stages if schedule is not None else ():
+        if s.batch_size > images:
+            raise TrainError(
+                f"--progressive-batch: stage {s.index + 1}'s batch of {s.batch_size} is more than the {images} "
+                "training images per process; lower --batch-size or leave --progressive-batch out"
+            )
 
 
 def _place_model(model: nn.Module, opts: TrainOptions, env: DistEnv, device: torch.device) -> nn.Module:
@@ -460,7 +473,19 @@ def _enter_stage(
         progressive.apply_stage(
             stage, trainer.model, loaders.train.dataset, trainer.step_cfg, len(run.classes), loaders.norm
         )
+    if run.opts.progressive_batch:
+        _pace_stage(run, trainer, loaders, epoch, stage)
     return stage
+
+
+def _pace_stage(run: _Run, trainer: _Trainer, loaders: _Loaders, epoch: int, stage: progressive.Stage) -> None:
+    """``--progressive-batch``: the train loader at the stage's batch (same sampler: the same image order, fewer
+    steps), and the LR schedule placed at the start of ``epoch`` (in steps of the run's batch, ``trainer.steps`` per
+    epoch) with ``len(loader)`` steps of this batch worth ``trainer.steps`` of them, its LR scaled by the stage's
+    ``lr_scale`` (the linear scaling rule). Set at every epoch's start: a resume mid-stage paces as the run did."""
+    if loaders.train.batch_size != stage.batch_size:
+        loaders.train = DataLoader(loaders.train.dataset, **dict(loaders.train_kw, batch_size=stage.batch_size))
+    trainer.scheduler.set_pace(epoch * trainer.steps, trainer.steps, len(loaders.train), stage.lr_scale)
 
 
 def _saved_args(opts: TrainOptions) -> dict[str, Any]:
