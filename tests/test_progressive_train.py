@@ -118,11 +118,13 @@ def test_refusals_are_one_line(images, tmp_path, capsys, args, message):
 
 
 def test_torchrun_two_processes_train_progressively_in_step(images, tmp_path):
+    """Each rank's batch scaled alike: 1 image per rank at 48 px, 2 (one step of its 2 images) at 32 px."""
     sums = tmp_path / "sums"
     sums.mkdir()
-    args = ["train", images, *TINY, *PROGRESSIVE, "--batch-size", "2", "--epochs", "2", "--output", tmp_path / "ddp"]
-    proc = torchrun(args, env={CHECKSUMS_ENV: str(sums)})
+    args = ["train", images, *TINY, *PROGRESSIVE, "--batch-size", "1", "--progressive-batch", "--epochs", "2"]
+    proc = torchrun([*args, "--output", tmp_path / "ddp"], env={CHECKSUMS_ENV: str(sums)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (sums / "rank0.sha256").read_text() == (sums / "rank1.sha256").read_text()
-    assert proc.stdout.count("stage 1/2: epochs 1, 32 px") == 1  # printed by rank 0 alone
-    assert [(r["stage"], r["img_size"]) for r in _rows(tmp_path / "ddp")] == [(1, 32), (2, 48)]
+    assert proc.stdout.count("stage 1/2: epochs 1, 32 px, batch 2 (lr x2.00)") == 1  # printed by rank 0 alone
+    rows = _rows(tmp_path / "ddp")
+    assert [(r["stage"], r["img_size"], r["batch_size"]) for r in rows] == [(1, 32, 2), (2, 48, 1)]
