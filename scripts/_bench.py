@@ -8,7 +8,10 @@ this module next to it (Python puts the script's folder first on ``sys.path``); 
   ``torch.compile`` compiles), synchronising CUDA around each call; :func:`paired_ratio` is the median of
   per-round ratios. The configurations of one round run back to back, so a ratio within a round cancels the slow
   swings in speed that a shared machine has (measured: ±15 % between minutes); a ratio of overall medians does not.
-- The machine: :func:`machine_info` (CPU, ISA flags, threads, versions, GPU), :func:`matmul_gflops` (a peak).
+- The machine: :func:`machine_info` (CPU, ISA flags, threads, versions, GPU), :func:`matmul_gflops` (a peak),
+  :func:`copy_gbs` (memory bandwidth), :func:`machine_peaks` (both, per precision).
+- The limit: :func:`limit_estimate`, a model's convolution FLOPs at the matmul peak plus the bytes its
+  convolutions read and write at the copy bandwidth, in img/s per precision.
 - Models: :func:`stand_in_pair` (the well-conditioned stand-in of :mod:`effnetv2.testing` with a prototype
   classifier, and timm's model with the same weights), :func:`timm_twin`.
 - Reports: :func:`write_markdown` replaces one generated section of BENCHMARKS.md; :func:`comparison_dict`.
@@ -32,6 +35,7 @@ from torch import nn
 
 import effnetv2
 from effnetv2.atomic import write_text
+from effnetv2.complexity import complexity
 from effnetv2.inference.compare import Comparison
 from effnetv2.testing import make_calibrated_model
 from effnetv2.weights import KeyMap
@@ -104,12 +108,33 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(ordered, n=100, method="inclusive")[int(q) - 1]
 
 
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> Optional[float]:
-    """GFLOP/s (int8: GOP/s, ``torch._int_mm``) of the fastest of ``reps`` n×n×n matmuls after one untimed:
-    what this CPU's cores reach in ``dtype``. None where this build has no such matmul kernel."""
+def int8_matmul(n: int) -> Callable[[], Any]:
+    """An n×n×n int8 matmul as the int8 models run it: oneDNN's quantized linear (u8 × s8, prepacked weights; AMX
+    or VNNI where the CPU has them). ``torch._int_mm`` is the fallback: on the CPU it runs oneDNN's plain s8 gemm,
+    which uses neither (measured on an AMX Xeon: half the bf16 matmul's rate, the quantized linear twice it)."""
+    x = torch.randint(0, 255, (n, n), dtype=torch.uint8)
+    w = torch.randint(-127, 128, (n, n), dtype=torch.int8)
+    try:
+        packed = torch.ops.onednn.qlinear_prepack(w, [n, n])
+        scales, zeros = torch.ones(n), torch.zeros(n, dtype=torch.long)
+        fn: Callable[[], Any] = lambda: torch.ops.onednn.qlinear_pointwise(  # noqa: E731
+            x, 0.1, 0, packed, scales, zeros, None, 1.0, 0, torch.uint8, "none", [], ""
+        )
+        fn()
+    except (RuntimeError, AttributeError):  # no oneDNN quantized linear in this build
+        a = torch.randint(-64, 64, (n, n), dtype=torch.int8)
+        fn = lambda: torch._int_mm(a, w)  # noqa: E731
+    return fn
+
+
+def matmul_gflops(
+    dtype: torch.dtype, n: int = 2048, reps: int = 5, statistic: Callable[[list[float]], float] = min
+) -> Optional[float]:
+    """GFLOP/s (int8: GOP/s, :func:`int8_matmul`) of ``reps`` n×n×n matmuls after one untimed, their fastest (or
+    ``statistic`` of their times): what this CPU's cores reach in ``dtype``. None where this build has no such
+    matmul kernel."""
     if dtype == torch.int8:
-        a, b = (torch.randint(-64, 64, (n, n), dtype=dtype) for _ in range(2))
-        fn: Callable[[], Any] = lambda: torch._int_mm(a, b)  # noqa: E731
+        fn = int8_matmul(n)
     else:
         a, b = (torch.randn(n, n, dtype=dtype) for _ in range(2))
         fn = lambda: a @ b  # noqa: E731
@@ -117,7 +142,61 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> Optional[
         fn()
     except RuntimeError:  # no int8 matmul kernel on this build
         return None
-    return 2 * n**3 / min(timed(fn) for _ in range(reps)) / 1e9
+    return 2 * n**3 / statistic([timed(fn) for _ in range(reps)]) / 1e9
+
+
+def copy_gbs(mib: int = 256, reps: int = 7) -> float:
+    """GB/s (bytes read + written) of copying a ``mib`` MiB fp32 tensor into another, the median of ``reps``
+    copies after one untimed: this CPU's memory bandwidth as element-wise work meets it."""
+    src = torch.ones(mib * 2**20 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    seconds = statistics.median(timed(lambda: dst.copy_(src)) for _ in range(reps))
+    return 2 * src.numel() * src.element_size() / seconds / 1e9
+
+
+LIMIT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
+
+
+def machine_peaks(reps: int = 7) -> dict[str, Optional[float]]:
+    """This CPU's peaks, each the median of ``reps`` short runs (a loaded machine's slow moments do not count as
+    its peak, nor its rare quiet ones): ``<fp32|bf16|int8>_gflops`` (large matmuls; None where no kernel) and
+    ``copy_gbs``."""
+    peaks = {
+        f"{name}_gflops": matmul_gflops(dtype, reps=reps, statistic=statistics.median)
+        for name, dtype in LIMIT_DTYPES.items()
+    }
+    peaks["copy_gbs"] = copy_gbs(reps=reps)
+    return peaks
+
+
+def limit_estimate(arch: str, img_size: int, peaks: Mapping[str, Optional[float]]) -> dict[str, Any]:
+    """How fast ``arch`` at ``img_size`` px could run on a CPU with ``peaks`` (:func:`machine_peaks`), per image.
+
+    Per precision with a measured matmul peak: every convolution and linear layer at that peak (``compute_ms``)
+    plus their inputs and outputs read and written once at the copy bandwidth, element-wise work fused into them
+    (``memory_ms``, activations at the precision's element size; int8: 1 byte) -> ``img_s``. Counts from
+    :func:`effnetv2.complexity.complexity` (FLOPs by kind, on the meta device: no weights, nothing measured).
+    """
+    with torch.device("meta"):
+        model = effnetv2.create_model(arch).eval()
+    counts = complexity(model, (3, img_size, img_size))
+    flops = sum(counts.flops.values())
+    limits = {}
+    for name, dtype in LIMIT_DTYPES.items():
+        peak = peaks.get(f"{name}_gflops")
+        if not peak:
+            continue
+        compute_ms = 1e3 * flops / (peak * 1e9)
+        moved = counts.moved * torch.empty((), dtype=dtype).element_size()
+        memory_ms = 1e3 * moved / (peaks["copy_gbs"] * 1e9)
+        limits[name] = dict(compute_ms=compute_ms, memory_ms=memory_ms, img_s=1e3 / (compute_ms + memory_ms))
+    return dict(flops=counts.flops, moved_elements=counts.moved, peaks=dict(peaks), limits=limits)
+
+
+def precision_of(path: str) -> str:
+    """The precision (a key of :data:`LIMIT_DTYPES`) a benchmark path's name says it runs in; fp32 otherwise."""
+    return next((name for name in ("bf16", "int8") if name in path), "fp32")
 
 
 # ----------------------------------------------------------------------------------------------------------

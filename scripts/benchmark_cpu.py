@@ -5,7 +5,14 @@ Speed: paired rounds (each round runs every path once, so a slow moment of the m
 and batch 1 of ``--img-size`` px, against timm eager fp32 in channels_last (timm's fastest eager layout). Paths:
 ``optimize_for_inference`` fp32 and bf16, each also compiled (``compile=True``), and int8
 (``optimize_for_inference(dtype=torch.int8)``: PT2E, compiled to oneDNN int8 kernels). Compiling happens in the
-warm-up rounds. The CPU's own peaks (large fp32/bf16 matmuls, int8 ``torch._int_mm``) are measured in the same run.
+warm-up rounds.
+
+The limit (issue 30): the CPU's own peaks measured in the same run (large fp32/bf16 matmuls, int8
+oneDNN quantized linear, a large tensor copy; medians of short runs) and the model's counts
+(:func:`effnetv2.complexity.complexity`) give, per precision, the img/s of every conv at the matmul peak plus every
+conv's input and output read and written once at the copy bandwidth (``_bench.limit_estimate``). Each figure is
+printed with the limit of its precision and the share of it reached, next to the CPU's ISA flags (AMX-BF16/INT8,
+AVX512-BF16, AVX512-VNNI from /proc/cpuinfo). ``--limit-only`` times timm alone, for the limit against timm.
 
 Quality, on the well-conditioned stand-in (:mod:`effnetv2.testing`: 10-class nearest-prototype classifier,
 blended images from confident to near ties), through the project's one comparison
@@ -15,6 +22,7 @@ autocast on the same images.
 
     python scripts/benchmark.py --cpu-goals --write-markdown BENCHMARKS.md    # the same as:
     python scripts/benchmark_cpu.py --write-markdown BENCHMARKS.md             # ~15 min for rw_m on 2 cores
+    python scripts/benchmark_cpu.py --limit-only --batch-sizes 8                # the limit next to timm, ~2 min
 """
 
 from __future__ import annotations
@@ -31,11 +39,13 @@ from _bench import (
     ARCH,
     channels_last,
     comparison_dict,
+    limit_estimate,
     log,
     machine_info,
-    matmul_gflops,
+    machine_peaks,
     paired_ratio,
     paired_rounds,
+    precision_of,
     stand_in_pair,
     write_markdown,
 )
@@ -48,9 +58,12 @@ from effnetv2.testing import mixed_images, smooth_images
 
 GOALS = {"fp32": 1.3, "bf16": 4.0, "int8": 3.0}  # × timm eager fp32 channels_last (issue 16)
 CLEAR_BAR = 0.99  # top-1 agreement with fp32 on images with a clear fp32 answer
+TIMM = "timm eager fp32 channels_last"
+INT8 = "effnetv2 int8 (PT2E, compiled)"
+ISA_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni")
 
 
-def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=ARCH, choices=effnetv2.list_models())
     p.add_argument("--img-size", type=int, default=320)
@@ -60,15 +73,22 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     p.add_argument("--calibration", type=int, default=256, help="int8 calibration images (every 4th held out)")
     p.add_argument("--quality-images", type=int, default=96, help="blended images for top-1 agreement")
     p.add_argument("--skip-compile", action="store_true", help="leave out the compiled fp32/bf16 paths")
+    p.add_argument(
+        "--limit-only",
+        action="store_true",
+        help="only the limit estimate next to timm eager fp32 channels_last (no effnetv2 paths, no quality)",
+    )
     p.add_argument("--write-markdown", type=Path)
     p.add_argument("--json", type=Path)
-    args = p.parse_args(argv)
-    torch.set_grad_enabled(False)
-    size = args.img_size
+    return p.parse_args(argv)
 
-    log(f"building {args.model} at {size} px (stand-in weights) and timm's copy")
-    ours, exemplars, theirs = stand_in_pair(args.model, size)
-    timm_cl = channels_last(theirs)
+
+def build_paths(args: argparse.Namespace, ours: torch.nn.Module, exemplars: torch.Tensor, timm_cl: torch.nn.Module):
+    """The timed paths (timm first: the base of every ratio) and the int8 quantizing time."""
+    paths: dict[str, torch.nn.Module] = {TIMM: timm_cl}
+    if args.limit_only:
+        return paths, None
+    size = args.img_size
     calibration = torch.cat(
         [smooth_images(args.calibration // 2, size, seed=7), mixed_images(exemplars, args.calibration // 2, seed=11)]
     )
@@ -76,21 +96,19 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     start = time.perf_counter()
     int8 = optimize_for_inference(ours, torch.int8, calibration=calibration)
     quantize_s = time.perf_counter() - start
-    paths: dict[str, torch.nn.Module] = {
-        "timm eager fp32 channels_last": timm_cl,
-        "effnetv2 optimised fp32": optimize_for_inference(ours),
-        "effnetv2 optimised bf16": optimize_for_inference(ours, torch.bfloat16),
-        "effnetv2 int8 (PT2E, compiled)": int8,
-    }
+    paths["effnetv2 optimised fp32"] = optimize_for_inference(ours)
+    paths["effnetv2 optimised bf16"] = optimize_for_inference(ours, torch.bfloat16)
+    paths[INT8] = int8
     if not args.skip_compile:
         paths["effnetv2 optimised fp32 compiled"] = optimize_for_inference(ours, compile=True)
         paths["effnetv2 optimised bf16 compiled"] = optimize_for_inference(ours, torch.bfloat16, compile=True)
+    return paths, quantize_s
 
-    log("matmul peaks ...")
-    peaks = {
-        name: matmul_gflops(dtype)
-        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("int8", torch.int8))
-    }
+
+def time_paths(
+    args: argparse.Namespace, paths: dict[str, torch.nn.Module], exemplars: torch.Tensor, limit: dict[str, Any]
+) -> dict[int, dict[str, Any]]:
+    """Per batch size and path: median ms, × timm (paired), img/s, the precision's limit and the share of it."""
     speed: dict[int, dict[str, Any]] = {}
     for batch in args.batch_sizes:
         x = mixed_images(exemplars, batch, seed=3).contiguous(memory_format=torch.channels_last)
@@ -98,62 +116,146 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         rounds = args.rounds * (2 if batch == 1 else 1)
         runs = {name: (lambda m=m, x=x: m(x)) for name, m in paths.items()}
         times = paired_rounds(runs, rounds, args.warmup, label=f"batch {batch}")
-        base = times["timm eager fp32 channels_last"]
-        speed[batch] = {
-            name: dict(ms=1e3 * statistics.median(t), vs_timm_cl=paired_ratio(base, t), times_s=t)
-            for name, t in times.items()
-        }
+        speed[batch] = {}
+        for name, t in times.items():
+            ms = 1e3 * statistics.median(t)
+            bound = limit["limits"].get(precision_of(name), {}).get("img_s")
+            img_s = 1e3 * batch / ms
+            speed[batch][name] = dict(
+                ms=ms,
+                vs_timm_cl=paired_ratio(times[TIMM], t),
+                img_s=img_s,
+                limit_img_s=bound,
+                of_limit=img_s / bound if bound else None,
+                times_s=t,
+            )
+    return speed
 
+
+def judge_quality(ours: torch.nn.Module, theirs: torch.nn.Module, paths, exemplars, images: int) -> dict[str, Any]:
+    """Each path and timm's bf16 autocast against an fp64 copy, through the project's one comparison."""
     log("quality: each path against an fp64 copy on the blended images (slow: fp64 runs ~7x fp32) ...")
-    test = mixed_images(exemplars, args.quality_images, seed=5)
+    test = mixed_images(exemplars, images, seed=5)
     ref = reference(ours, test, precisions=(torch.bfloat16,))
     quality: dict[str, Any] = {}
     for name, precision in (
         ("effnetv2 optimised fp32", torch.float32),
         ("effnetv2 optimised bf16", torch.bfloat16),
-        ("effnetv2 int8 (PT2E, compiled)", torch.int8),
+        (INT8, torch.int8),
     ):
         quality[name] = compare(run_batched(paths[name], test), ref, precision)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         quality["timm eager, bf16 autocast"] = compare(run_batched(theirs, test), ref, torch.bfloat16)
     quality = {name: comparison_dict(c) for name, c in quality.items()}
+    quality["eager_fp32_error"] = ref.eager_error
+    return quality
 
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_grad_enabled(False)
+    log(f"building {args.model} at {args.img_size} px (stand-in weights) and timm's copy")
+    ours, exemplars, theirs = stand_in_pair(args.model, args.img_size)
+    paths, quantize_s = build_paths(args, ours, exemplars, channels_last(theirs))
+    log("peaks (matmuls, copy bandwidth) and the limit estimate ...")
+    limit = limit_estimate(args.model, args.img_size, machine_peaks())
+    speed = time_paths(args, paths, exemplars, limit)
+    machine = machine_info(torch.device("cpu"))
     result = dict(
         model=args.model,
-        img_size=size,
-        machine=machine_info(torch.device("cpu")),
-        cpu_flags={
-            "avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
-            "amx": torch.cpu._is_amx_tile_supported(),
-            "vnni": torch.cpu._is_vnni_supported() if hasattr(torch.cpu, "_is_vnni_supported") else None,
-        },
-        matmul_peaks=peaks,
-        int8_quantize_s=quantize_s,
-        int8_calibration_images=int8.calibration_images,
-        int8_heldout=comparison_dict(int8.agreement),
-        eager_fp32_error=ref.eager_error,
+        img_size=args.img_size,
+        machine=machine,
+        cpu_flags={flag: flag in machine["cpu_isa"] for flag in ISA_FLAGS},  # from /proc/cpuinfo
+        limit=limit,
         speed=speed,
-        quality=quality,
     )
+    if not args.limit_only:
+        int8 = paths[INT8]
+        result.update(
+            int8_quantize_s=quantize_s,
+            int8_calibration_images=int8.calibration_images,
+            int8_heldout=comparison_dict(int8.agreement),
+            quality=judge_quality(ours, theirs, paths, exemplars, args.quality_images),
+        )
+    print(limit_report(result))
     if args.json:
         write_text(args.json, json.dumps(result, indent=2) + "\n")  # atomic
     if args.write_markdown:
-        write_markdown(args.write_markdown, markdown(result, args), section="cpu-goals")
+        section = "cpu-limit" if args.limit_only else "cpu-goals"
+        write_markdown(args.write_markdown, markdown(result, args), section=section)
     return result
 
 
-def markdown(r: dict[str, Any], args: argparse.Namespace) -> str:
-    m, peaks = r["machine"], r["matmul_peaks"]
-    flags = ", ".join(k for k, v in r["cpu_flags"].items() if v) or "none of AVX512-BF16, AMX, VNNI"
-    names = list(next(iter(r["speed"].values())))
+def limit_report(r: dict[str, Any]) -> str:
+    """Plain text for stdout: the CPU, its ISA flags, peaks, the limit per precision, and each figure against it."""
+    m, limit = r["machine"], r["limit"]
+    flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in r["cpu_flags"].items())
+    lines = [f"{m['cpu']}, {m['torch_threads']} threads, torch {m['torch']}: {flags}", peaks_text(limit["peaks"])]
+    timm_img_s = {b: s[TIMM]["img_s"] for b, s in r["speed"].items()}
+    for name, lim in limit["limits"].items():
+        versus = ", ".join(f"{lim['img_s'] / v:.2f}× timm at batch {b}" for b, v in timm_img_s.items())
+        lines.append(
+            f"limit {name}: {lim['compute_ms']:.0f} ms compute + {lim['memory_ms']:.0f} ms memory per image"
+            f" = {lim['img_s']:.1f} img/s ({versus})"
+        )
+    for batch, paths in r["speed"].items():
+        for name, s in paths.items():
+            share = f"{100 * s['of_limit']:.0f} % of the {precision_of(name)} limit" if s["of_limit"] else "no limit"
+            lines.append(f"batch {batch} {name}: {s['img_s']:.2f} img/s, {s['vs_timm_cl']:.2f}× timm, {share}")
+    return "\n".join(lines)
+
+
+def peaks_text(peaks: dict[str, Optional[float]]) -> str:
+    matmuls = ", ".join(f"{k[:4]} {v:.0f}" for k, v in peaks.items() if k.endswith("_gflops") and v)
+    return f"matmul peaks (GFLOP/s; int8: GOP/s) {matmuls}; copy bandwidth {peaks['copy_gbs']:.1f} GB/s"
+
+
+def limit_table(r: dict[str, Any]) -> str:
+    """Markdown: the limit per precision, its two parts, and it against timm at each batch size."""
+    limit, batches_ = r["limit"], list(r["speed"])
+    flops = ", ".join(f"{k} {v / 1e9:.2f}" for k, v in limit["flops"].items() if v)
+    versus_head = " | ".join(f"× timm (batch {b})" for b in batches_)
+    rows = []
+    for name, lim in limit["limits"].items():
+        versus = " | ".join(f"{lim['img_s'] / r['speed'][b][TIMM]['img_s']:.2f}" for b in batches_)
+        peak = limit["peaks"][f"{name}_gflops"]
+        parts = f"{lim['compute_ms']:.0f} | {lim['memory_ms']:.0f} | {lim['img_s']:.1f}"
+        rows.append(f"| {name} | {peak:.0f} | {parts} | {versus} |")
+    return f"""Limit estimate per image: the FLOPs of every conv and linear layer at the measured matmul peak, plus
+their inputs and outputs ({limit["moved_elements"] / 1e6:.1f} M elements per image, read and written once, element-wise
+work fused into them) at the measured copy bandwidth of {limit["peaks"]["copy_gbs"]:.1f} GB/s; peaks are medians
+of short runs. GFLOP per image: {flops}.
+
+| precision | matmul peak GFLOP/s | compute ms | memory ms | limit img/s | {versus_head} |
+|---|---:|---:|---:|---:|{"---:|" * len(batches_)}
+{chr(10).join(rows)}"""
+
+
+def speed_table(r: dict[str, Any]) -> str:
     batches_ = list(r["speed"])
-    head = " | ".join(f"batch {b} ms | batch {b} × timm" for b in batches_)
+    names = list(r["speed"][batches_[0]])
+    head = " | ".join(f"batch {b} ms | × timm | img/s | of limit" for b in batches_)
     rows = []
     for name in names:
-        cells = " | ".join(
-            f"{r['speed'][b][name]['ms']:.0f} | {r['speed'][b][name]['vs_timm_cl']:.2f}" for b in batches_
-        )
-        rows.append(f"| {name} | {cells} |")
+        cells = []
+        for b in batches_:
+            s = r["speed"][b][name]
+            share = f"{100 * s['of_limit']:.0f} %" if s["of_limit"] else "–"
+            cells.append(f"{s['ms']:.0f} | {s['vs_timm_cl']:.2f} | {s['img_s']:.2f} | {share}")
+        rows.append(f"| {name} | {' | '.join(cells)} |")
+    return f"| path | {head} |\n|---|{'---:|' * 4 * len(batches_)}\n" + "\n".join(rows)
+
+
+def machine_text(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in r["cpu_flags"].items())
+    isa = ", ".join(m["cpu_isa"])
+    return f"""**Machine.** {m["cpu"]}, {m["cores"]} cores ({m["torch_threads"]} torch threads), ISA {isa};
+reduced-precision hardware (/proc/cpuinfo): {flags}; torch {m["torch"]} (CPU kernels: {m["torch_cpu_capability"]}),
+timm {m["timm"]}. {peaks_text(r["limit"]["peaks"])}."""
+
+
+def quality_table(r: dict[str, Any]) -> str:
     q = r["quality"]
 
     def agreement(name: str) -> str:
@@ -164,62 +266,62 @@ def markdown(r: dict[str, Any], args: argparse.Namespace) -> str:
         limit = f"{a['limit']:.3g}" if a["limit"] is not None else "not judged"
         return f"{100 * a['top1']:.1f} % | {100 * share:.1f} % of {count} | {a['error']:.3g} | {limit}"
 
-    qrows = (
-        "\n".join(
-            f"| {name} | {agreement(name)} |"
-            for name in (
-                "effnetv2 optimised fp32",
-                "effnetv2 optimised bf16",
-                "effnetv2 int8 (PT2E, compiled)",
-                "timm eager, bf16 autocast",
-            )
-        )
-        + f"\n| effnetv2 eager fp32 | – | – | {r['eager_fp32_error']:.3g} | – |"
+    names = ("effnetv2 optimised fp32", "effnetv2 optimised bf16", INT8, "timm eager, bf16 autocast")
+    rows = [f"| {name} | {agreement(name)} |" for name in names]
+    rows.append(f"| effnetv2 eager fp32 | – | – | {q['eager_fp32_error']:.3g} | – |")
+    return (
+        "| path | top-1 as fp64 | where fp64 is clear | max rel. error vs fp64 | limit |\n|---|---:|---:|---:|---:|\n"
+        + "\n".join(rows)
     )
 
-    def best(kind: str) -> tuple[str, dict[int, float]]:
-        candidates = [n for n in names if kind in n and "effnetv2" in n]
-        top = max(candidates, key=lambda n: r["speed"][batches_[0]][n]["vs_timm_cl"])
-        return top, {b: r["speed"][b][top]["vs_timm_cl"] for b in batches_}
 
-    goal_rows = []
+def goal_table(r: dict[str, Any]) -> str:
+    speed, q = r["speed"], r["quality"]
+    batches_ = list(speed)
+    rows = []
     for kind, target in GOALS.items():
-        top, ratios = best(kind)
+        candidates = [n for n in speed[batches_[0]] if kind in n and "effnetv2" in n]
+        top = max(candidates, key=lambda n: speed[batches_[0]][n]["vs_timm_cl"])
+        ratios = {b: speed[b][top]["vs_timm_cl"] for b in batches_}
         measured = ", ".join(f"{v:.2f}× (batch {b})" for b, v in ratios.items())
         met = "yes" if all(v >= target for v in ratios.values()) else "**no**"
-        goal_rows.append(f"| {kind} ≥ {target}× timm eager fp32 channels_last | {top}: {measured} | {met} |")
-    for kind, name in (("bf16", "effnetv2 optimised bf16"), ("int8", "effnetv2 int8 (PT2E, compiled)")):
+        rows.append(f"| {kind} ≥ {target}× timm eager fp32 channels_last | {top}: {measured} | {met} |")
+    for kind, name in (("bf16", "effnetv2 optimised bf16"), ("int8", INT8)):
         share, count = q[name]["clear"]
         met = "yes" if share >= CLEAR_BAR else "**no**"
-        goal = f"{kind} top-1 agreement ≥ 99 % where fp64 is clear"
-        goal_rows.append(f"| {goal} | {100 * share:.1f} % of {count} | {met} |")
-    peak_text = ", ".join(f"{k} {v:.0f}" for k, v in peaks.items() if v)
-    return f"""### CPU inference goals (issue 16): `{r["model"]}` at {r["img_size"]} px
+        rows.append(f"| {kind} top-1 agreement ≥ 99 % where fp64 is clear | {100 * share:.1f} % of {count} | {met} |")
+    return "| goal | measured | met |\n|---|---|:---:|\n" + "\n".join(rows)
 
-Generated by `python scripts/benchmark_cpu.py` on {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}.
-**Machine.** {m["cpu"]}, {m["cores"]} cores ({m["torch_threads"]} torch threads), ISA {", ".join(m["cpu_isa"])};
-reduced-precision hardware: {flags}; torch {m["torch"]} (CPU kernels: {m["torch_cpu_capability"]}), timm {m["timm"]}.
-Matmul peaks measured in this run (2048³, GFLOP/s; int8: `torch._int_mm`, GOP/s): {peak_text}.
 
-Median latency of {args.rounds} paired rounds (batch 1: {2 * args.rounds}), after {args.warmup} warm-up rounds that
-include compiling; "× timm" is the median of per-round ratios against timm eager fp32 in channels_last.
+def markdown(r: dict[str, Any], args: argparse.Namespace) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    command = "python scripts/benchmark_cpu.py" + (" --limit-only" if args.limit_only else "")
+    timing = f"""Median latency of {args.rounds} paired rounds (batch 1: {2 * args.rounds}), after {args.warmup} warm-up
+rounds that include compiling; "× timm" is the median of per-round ratios against timm eager fp32 in channels_last;
+"of limit" is the img/s reached over the limit estimate of the path's precision."""
+    text = f"""### CPU inference goals (issue 16): `{r["model"]}` at {r["img_size"]} px
 
-| path | {head} |
-|---|{"---:|---:|" * len(batches_)}
-{chr(10).join(rows)}
+Generated by `{command}` on {when}.
+{machine_text(r)}
 
-Quality on {q["effnetv2 optimised fp32"]["images"]} blended images (stand-in weights, 10-class prototype classifier),
-each path against an fp64 copy of the model (`effnetv2.inference.compare`: limit 4× the eager model's own error in
-the path's precision; int8 is reported, not judged). int8: calibrated on {r["int8_calibration_images"]} images in
-{r["int8_quantize_s"]:.0f} s (its own held-out check: {100 * (r["int8_heldout"]["top1"] or 0):.1f} % top-1 as fp64).
+{limit_table(r)}
 
-| path | top-1 as fp64 | where fp64 is clear | max rel. error vs fp64 | limit |
-|---|---:|---:|---:|---:|
-{qrows}
+{timing}
 
-| goal | measured | met |
-|---|---|:---:|
-{chr(10).join(goal_rows)}"""
+{speed_table(r)}"""
+    if args.limit_only:
+        return text
+    return f"""{text}
+
+Quality on {r["quality"]["effnetv2 optimised fp32"]["images"]} blended images (stand-in weights, 10-class prototype
+classifier), each path against an fp64 copy of the model (`effnetv2.inference.compare`: limit 4× the eager model's own
+error in the path's precision; int8 is reported, not judged). int8: calibrated on {r["int8_calibration_images"]}
+images in {r["int8_quantize_s"]:.0f} s (its own held-out check: {100 * (r["int8_heldout"]["top1"] or 0):.1f} % top-1
+as fp64).
+
+{quality_table(r)}
+
+{goal_table(r)}"""
 
 
 if __name__ == "__main__":

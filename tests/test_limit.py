@@ -1,0 +1,81 @@
+"""Issue 30's limit estimate: the model's counts by kind of layer, and the arithmetic that turns them and a CPU's
+peaks into img/s. Nothing here is timed: the peaks are given, the counts run on the meta device."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+from conftest import import_script
+
+import effnetv2
+from effnetv2.complexity import KINDS, complexity, macs_and_activations
+
+bench = import_script("_bench")
+benchmark_cpu = import_script("benchmark_cpu")
+
+PEAKS = {"fp32_gflops": 200.0, "bf16_gflops": 1000.0, "int8_gflops": None, "copy_gbs": 10.0}
+
+
+@pytest.fixture(scope="module")
+def rw_m_320():
+    with torch.device("meta"):
+        model = effnetv2.create_model("efficientnetv2_rw_m").eval()
+    return model, complexity(model, (3, 320, 320))
+
+
+@pytest.fixture(scope="module")
+def limit():
+    return bench.limit_estimate("efficientnetv2_rw_m", 320, PEAKS)
+
+
+def test_flops_by_kind_add_up_to_the_model_cards_gmacs(rw_m_320):
+    model, c = rw_m_320
+    assert set(c.flops) == set(KINDS) and c.flops["other"] == 0  # every FLOP is in a conv or linear layer
+    assert all(c.flops[k] > 0 for k in KINDS if k != "other")
+    assert round(c.macs / 1e9, 1) == 12.7  # the model card's 12.7 GMACs (fvcore: convs, linears, BN, pooling)
+    assert (c.macs, c.activations) == (12_721_778_144, 47_144_762)  # fvcore 0.1.5 on timm's model, exactly
+    layers_macs = sum(c.flops.values()) / 2
+    assert layers_macs + c.norm_pool_macs == c.macs
+    assert layers_macs == pytest.approx(12.7e9, rel=0.01)  # BN and pooling are under 1 % of it
+    assert c.flops["1x1 conv"] > c.flops["kxk conv"] > 40 * c.flops["depthwise conv"]
+    assert c.moved > c.activations  # every layer's input is read, the image included
+    assert macs_and_activations(model, (3, 320, 320)) == (c.macs, c.activations)  # the same count
+
+
+def test_limit_estimate_arithmetic(rw_m_320, limit):
+    _, c = rw_m_320
+    assert set(limit["limits"]) == {"fp32", "bf16"}  # no int8 peak, no int8 limit
+    flops = sum(c.flops.values())
+    for name, element, peak in (("fp32", 4, 200.0), ("bf16", 2, 1000.0)):
+        lim = limit["limits"][name]
+        assert lim["compute_ms"] == pytest.approx(1e3 * flops / (peak * 1e9))
+        assert lim["memory_ms"] == pytest.approx(1e3 * c.moved * element / 10e9)
+        assert lim["img_s"] == pytest.approx(1e3 / (lim["compute_ms"] + lim["memory_ms"]))
+    assert bench.precision_of("effnetv2 int8 (PT2E, compiled)") == "int8"
+    assert bench.precision_of("timm eager fp32 channels_last") == "fp32"
+
+
+def test_benchmark_cpu_reports_each_figure_against_its_limit(limit):
+    bf16_limit = limit["limits"]["bf16"]["img_s"]
+    speed = {
+        8: {
+            benchmark_cpu.TIMM: dict(ms=2000.0, vs_timm_cl=1.0, img_s=4.0, limit_img_s=None, of_limit=0.2),
+            "effnetv2 optimised bf16": dict(
+                ms=800.0, vs_timm_cl=2.5, img_s=10.0, limit_img_s=bf16_limit, of_limit=10.0 / bf16_limit
+            ),
+        }
+    }
+    machine = dict(
+        cpu="a CPU", cores=2, torch_threads=2, cpu_isa=["avx512_bf16"], torch="x", torch_cpu_capability="y", timm="z"
+    )
+    flags = {flag: flag in machine["cpu_isa"] for flag in benchmark_cpu.ISA_FLAGS}
+    r = dict(model="efficientnetv2_rw_m", img_size=320, machine=machine, cpu_flags=flags, limit=limit, speed=speed)
+    report = benchmark_cpu.limit_report(r)
+    assert "amx_bf16 no" in report and "avx512_bf16 yes" in report
+    assert f"{100 * 10.0 / bf16_limit:.0f} % of the bf16 limit" in report
+    assert f"= {bf16_limit:.1f} img/s ({bf16_limit / 4.0:.2f}× timm at batch 8)" in report
+    args = argparse.Namespace(limit_only=True, rounds=3, warmup=1)
+    text = benchmark_cpu.markdown(r, args)
+    assert "| bf16 | 1000 |" in text and "of limit" in text and "--limit-only" in text
