@@ -77,8 +77,8 @@ def test_the_parser_notes_the_options_given_explicitly():
     from effnetv2.cli.train import _given
 
     given = _given(parse(["train", "d", "-o", "x", "--pretrained", "--tensorboard-dir", "tb"]))
-    # the starting weights are one choice; device and workers are always this command's
-    assert {"pretrained", "checkpoint", "tensorboard", "device", "workers"} <= given
+    # the starting weights are one choice; device, workers and the progress format are always this command's
+    assert {"pretrained", "checkpoint", "tensorboard", "device", "workers", "log_format"} <= given
     assert "epochs" not in given and "model" not in given
 
 

@@ -29,8 +29,9 @@ from effnetv2.cli.options import (
 )
 from effnetv2.defaults import STATE_FILE
 
-# Options that describe this machine, not the run: --resume takes them from its own command line, never the folder.
-THIS_COMMAND = ("data", "output", "resume", "device", "workers")
+# Options that describe this machine or this terminal, not the run: --resume takes them from its own command line,
+# never the folder (a run started with --log-format json resumes with readable lines unless told again).
+THIS_COMMAND = ("data", "output", "resume", "device", "workers", "log_format")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,8 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Fine-tune with the RW recipe: SGD-Nesterov, adaptive gradient clipping, cosine LR with "
         "linear warmup, optional EMA. Run under `torchrun --nproc_per_node N -m effnetv2 train ...` for DDP. "
         "--resume continues an interrupted run with the options it was started with (read from the run folder; "
-        "only --device and --workers are this command's); with a larger --epochs it extends a finished or "
-        "interrupted one.",
+        "only --device, --workers and --log-format are this command's); with a larger --epochs it extends a "
+        "finished or interrupted one.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_arguments(p)
