@@ -215,11 +215,13 @@ def test_a_paced_schedule_ends_each_epoch_where_the_plain_one_does():
     plain, paced = scheduler(), scheduler()
     ends = []
     for _ in range(12):
+        plain.optimizer.step()
         plain.step()
         ends.append(plain.get_last_lr()[0])
     for epoch, steps in enumerate((1, 2, 4)):
         paced.set_pace(epoch * 4, 4, steps, scale=4 / steps)
         for _ in range(steps):
+            paced.optimizer.step()
             paced.step()
         assert paced.position == 4 * (epoch + 1)
         assert paced.get_last_lr()[0] == ends[4 * epoch + 3] * 4 / steps
