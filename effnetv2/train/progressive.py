@@ -110,7 +110,7 @@ class ProgressiveSchedule:
         return out
 
     def to_record(self) -> list[dict[str, Any]]:
-        """The stages as plain dicts (run.json, the resume state)."""
+        """The stages as plain dicts (config.json's training entry, the resume state)."""
         return [asdict(s) for s in self.stages]
 
 
