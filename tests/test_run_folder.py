@@ -269,7 +269,7 @@ def test_a_failure_between_best_model_and_state_keeps_the_previous_epoch(tmp_pat
     run = RunFolder(tmp_path)
     _finish_epochs(run, 1)
     writes = []
-    monkeypatch.setattr(RunFolder, "save_best", lambda self, model, names: writes.append("best"))
+    monkeypatch.setattr(RunFolder, "save_best", lambda self, model, names, training=None: writes.append("best"))
     monkeypatch.setattr(
         RunFolder, "write_state", lambda self, state: (_ for _ in ()).throw(KeyboardInterrupt("killed"))
     )
