@@ -7,6 +7,7 @@ The public names load on first use (PEP 562): ``import effnetv2`` costs no torch
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 from effnetv2.install_check import check_install
@@ -75,8 +76,9 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name in _PUBLIC:
         value = getattr(importlib.import_module(_PUBLIC[name]), name)
-    elif name == "data":
-        value = importlib.import_module("effnetv2.data")
+    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        # a submodule (effnetv2.data, effnetv2.registry ...), as it was an attribute when the package imported it
+        value = importlib.import_module(f"{__name__}.{name}")
     else:
         raise AttributeError(f"module 'effnetv2' has no attribute {name!r}")
     globals()[name] = value  # the next lookup is a plain attribute

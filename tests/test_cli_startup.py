@@ -93,3 +93,7 @@ def test_the_package_loads_its_names_on_first_use():
     assert effnetv2.create_model is create_model and "create_model" in dir(effnetv2)
     with pytest.raises(AttributeError, match="no attribute 'create_modle'"):
         effnetv2.create_modle  # noqa: B018
+    # a submodule is an attribute of the package on first use, as when the package imported them all
+    probe = "import effnetv2; print(effnetv2.registry.create_model.__module__, effnetv2.weights.hub.__name__)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.stdout.split() == ["effnetv2.registry", "effnetv2.weights.hub"], result.stderr
