@@ -16,6 +16,7 @@ import effnetv2
 from effnetv2 import testing as calibrated_model
 from effnetv2.cli import main
 from effnetv2.detection import FeatureBackbone
+from effnetv2.inference.compare import judge, model_natural_images
 from effnetv2.inference.folded import INFERENCE_BLOCKS
 from effnetv2.layers import BLOCK_TYPES
 from effnetv2.registry import PRETRAINED_CFGS, UNTRAINED_CFGS, get_pretrained_cfg
@@ -81,8 +82,9 @@ def test_outputs_equal_timms(name):
             assert_close(logits, timm_logits)
             assert_close(ours(x), timm_logits)
             assert_close(ours.forward_head(final, pre_logits=True), theirs.forward_head(timm_final, pre_logits=True))
-            if fast is not None:
-                assert_close(fast(x), logits)
+        if fast is not None:  # another rounding (BatchNorm folded in): judged against fp64, as every copy is
+            comparison = judge(ours, fast, model_natural_images(ours, 4, size))
+            assert comparison.accepted, comparison.describe()
 
 
 # torch.export passes too (checked by hand: 35 s here, more than the suite's budget allows)
@@ -143,7 +145,7 @@ def test_the_library_follows_the_registry(tag, tmp_path, capsys):
     model.set_grad_checkpointing(True)
     checkpointed = torch.autograd.grad(model(x).logsumexp(1).sum(), list(model.parameters()))
     for a, b in zip(checkpointed, plain, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        assert_close(a, b)  # the same gradients, recomputed in the backward pass
 
     backbone = FeatureBackbone.from_name(name, fpn_channels=64).eval()  # levels 1-4 and an FPN over them
     with torch.no_grad():
