@@ -366,7 +366,7 @@ def test_exporter_failure_is_an_export_error_and_writes_nothing(tmp_path):
 
 
 def test_cli_verification_failure_exits_nonzero_and_writes_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr("effnetv2.cli.export.load_model", lambda *args, **kwargs: Tiny(skew=True).eval())
+    monkeypatch.setattr("effnetv2.cli.model_setup.load_model", lambda *args, **kwargs: Tiny(skew=True).eval())
     run = run_cli(["--format", "exported-program", "--output", str(tmp_path / "m.pt2"), "--img-size", "32"])
     assert run.code == 2
     assert re.search(r"error: the exported-program export does not match the eager model at input shape", run.stderr)
