@@ -227,6 +227,14 @@ def save_sample_crops(folder: Path, count: int, step: tuple[int, int], size: tup
     return paths
 
 
+def photos_and_a_broken_file(folder: Path) -> Path:
+    """``folder`` with seven crops of the sample photo (photo0.png ...) and one file that is not an image (sorted
+    first: broken.png): what the extraction commands' tests read."""
+    save_sample_crops(folder, 7, step=(30, 10), size=(220, 200), name="photo{}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    return folder
+
+
 def torchrun(args: Sequence, processes: int = 2, env: dict | None = None) -> subprocess.CompletedProcess:
     """``effnetv2 ARGS`` in ``processes`` torchrun processes (standalone, one thread each, this checkout's package),
     text output captured; limited by the hang guard only."""

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli, save_sample_crops, torchrun
+from conftest import cli, photos_and_a_broken_file, torchrun
 from PIL import Image
 from safetensors import safe_open
 
 import effnetv2
 from effnetv2 import testing as calibrated_model
 from effnetv2.data import sample_image_path
+from effnetv2.pictures.explanation import explanation_size
 
 LABELS = ["cat", "dog", "fox", "owl"]
 B0_WIDTH = 1280  # tf_efficientnetv2_b0's pooled features
@@ -25,10 +26,7 @@ B0_WIDTH = 1280  # tf_efficientnetv2_b0's pooled features
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
     """Seven crops of the sample photo and one file that is not an image (sorted first: broken.png)."""
-    folder = tmp_path_factory.mktemp("photos")
-    save_sample_crops(folder, 7, step=(30, 10), size=(220, 200), name="photo{}.png")
-    (folder / "broken.png").write_bytes(b"not a png")
-    return folder
+    return photos_and_a_broken_file(tmp_path_factory.mktemp("photos"))
 
 
 @pytest.fixture(scope="module")
@@ -139,9 +137,10 @@ def test_explain_names_each_input_with_its_picture(b0, tmp_path, capsys):
         f"effnetv2: {tall} -> {cams / 'img-2.png'} ({shown(records[1])})",
         f"effnetv2: wrote the raw maps of 2 image(s) to {cams / 'maps.safetensors'}",
     ]
-    for png, (w, h) in (("img.png", (300, 200)), ("img-2.png", (150, 240))):
-        with Image.open(cams / png) as picture:  # two panels side by side, each of its input's shape
-            assert picture.width / 2 / picture.height == pytest.approx(w / h, rel=0.03)
+    # two panels side by side, each of its input's shape as the network saw it (shorter side 64)
+    for png, shown in (("img.png", (96, 64)), ("img-2.png", (64, 102))):
+        with Image.open(cams / png) as picture:
+            assert picture.size == explanation_size(*shown, 2, title=True)
 
 
 def test_export_ends_with_where_the_file_is(b0, tmp_path, capsys):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ARCH, HANG_GUARD_S, assert_close, save_sample_crops, torchrun
+from conftest import ARCH, HANG_GUARD_S, assert_close, photos_and_a_broken_file, torchrun
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -28,10 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
     """Seven crops of the sample photo and one file that is not an image (sorted first: broken.png)."""
-    folder = tmp_path_factory.mktemp("photos")
-    save_sample_crops(folder, 7, step=(30, 10), size=(220, 200), name="photo{}.png")
-    (folder / "broken.png").write_bytes(b"not a png")
-    return folder
+    return photos_and_a_broken_file(tmp_path_factory.mktemp("photos"))
 
 
 def common(checkpoint, size: int = 64) -> list[str]:
