@@ -401,11 +401,19 @@ def check_resume(
     return "done" if done >= planned else "continue"
 
 
-def resumed_options(opts: Any, saved: Mapping[str, Any], given: Collection[str]) -> Any:
+def resumed_options(opts: Any, saved: Mapping[str, Any], given: Collection[str], where: Path) -> Any:
     """``opts`` (a :class:`~effnetv2.train.runner.TrainOptions`) with each option not in ``given`` taken from
-    ``saved``, the options the run last ran with (its state's ``args``)."""
+    ``saved``, the options the run in ``where`` last ran with (its state's ``args``). A starting-weights file that
+    is gone is named here: the resume reads it again for its config (and checks it is the file the run began with)."""
     fields = {f.name for f in dataclasses.fields(opts)}
-    return dataclasses.replace(opts, **{k: v for k, v in saved.items() if k in fields and k not in given})
+    taken = {k: v for k, v in saved.items() if k in fields and k not in given}
+    checkpoint = taken.get("checkpoint")
+    if checkpoint and not Path(checkpoint).exists():
+        raise TrainError(
+            f"--resume: the run in {where} started from --checkpoint {checkpoint}, which no longer exists; a resume "
+            "reads it again for its config: put it back, or pass --checkpoint PATH to the same file"
+        )
+    return dataclasses.replace(opts, **taken)
 
 
 def all_finite(*modules: Optional[nn.Module]) -> bool:

@@ -243,13 +243,8 @@ def _fit(
     state (a finished run with the same ``--epochs``: nothing to do)."""
     # the saved state first: the run's options, and a mismatched one stops before the model is built
     state = folder.read_state() if opts.resume else None
-    # A resume reads the starting weights again only when told to (--checkpoint/--pretrained given): the state holds
-    # the weights, and the files the run began with may have changed or gone since (check_resume compares those read).
-    reread = state is None or given is None or bool({"checkpoint", "pretrained"} & set(given))
     if state is not None and given is not None:
-        opts = resumed_options(opts, state.get("args") or {}, given)
-        if not reread and opts.img_size is None:  # the size the starting weights' config gave the run
-            opts = dataclasses.replace(opts, img_size=state["recipe"].get("img_size"))
+        opts = resumed_options(opts, state.get("args") or {}, given, folder.path)
     opts = progressive.with_preset(opts, given)
     seed_everything(opts.seed + env.rank)  # ranks augment differently; DDP copies rank 0's initial weights
     recipe = _recipe(opts, env.world_size, len(train_set), opts.img_size)
@@ -258,10 +253,8 @@ def _fit(
     if opts.img_size is None:
         del run.recipe["img_size"]  # the model's default: known once the model is built
     mode = "new" if state is None else check_resume(state, run.recipe, run.classes, opts.epochs, folder.path)
-    built = opts if reread else dataclasses.replace(opts, checkpoint=None, pretrained=False)
-    model = _create_model(built, len(run.classes))
-    cfg = model.pretrained_cfg if reread else {}  # the starting weights' tag and description, where they were read
-    run.start = starting_weights(opts.model, opts.pretrained, opts.checkpoint, cfg)
+    model = _create_model(opts, len(run.classes))
+    run.start = starting_weights(opts.model, opts.pretrained, opts.checkpoint, model.pretrained_cfg)
     run.recipe.update(model_files(model))
     data_cfg, size = _evaluation_size(model, opts.img_size)
     run.recipe["img_size"] = size
