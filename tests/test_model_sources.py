@@ -245,6 +245,9 @@ def test_train_resume_refuses_other_model_files_and_another_img_size(tmp_path, c
     save_version(model_dir, 1, seed=1)  # the checkpoint folder now holds other weights
     err = one_line_error(capsys, [*train(epochs=2), "--resume"])
     assert f"the weights file {model_dir / 'model.safetensors'} is not the one the run in {out}" in err
-    # without --checkpoint the resume reads no model file (the state holds the weights): it extends the run
+    # without --checkpoint the resume takes the run's (issue 27: nothing retyped), so the changed file is refused too
+    err = one_line_error(capsys, [*train(epochs=2, checkpoint=False), "--resume"])
+    assert f"the weights file {model_dir / 'model.safetensors'} is not the one the run in {out}" in err
+    save_version(model_dir, 1)  # the files the run began with, back: the resume extends the run
     assert main([*train(epochs=2, checkpoint=False), "--resume"]) == 0
     assert torch.load(out / "last_state.pt", weights_only=True)["epoch"] == 2

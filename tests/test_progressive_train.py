@@ -93,6 +93,20 @@ def test_extension_recomputes_the_stages_and_a_changed_schedule_is_refused(image
     assert [(r["stage"], r["img_size"]) for r in _rows(out)] == [(1, 32), (2, 48), (2, 48), (2, 48)]
 
 
+def test_a_preset_run_resumes_with_its_own_values(images, tmp_path, monkeypatch, capsys):
+    """The preset fills only what the run's command line did not set; a resume with nothing retyped keeps the
+    values set by hand (not the preset's 300 px and dropout 0.3)."""
+    out = tmp_path / "run"
+    argv = ["train", str(images), *TINY, "--output", str(out), "--epochs", "2", "--progressive", "2"]
+    argv += ["--progressive-preset", "s", "--img-size", "48", "--min-img-size", "32", "--drop", "0.25"]
+    monkeypatch.setenv(STOP_AFTER_ENV, "1")
+    assert main(argv) == 0
+    monkeypatch.delenv(STOP_AFTER_ENV)
+    capsys.readouterr()
+    assert main(["train", str(images), "--output", str(out), "--resume"]) == 0, capsys.readouterr().err
+    assert [(r["img_size"], r["drop"], r["randaug_magnitude"]) for r in _rows(out)] == [(32, 0.1, 5), (48, 0.25, 15)]
+
+
 def test_agc_amp_and_gradient_checkpointing_train_progressively(images, tmp_path):
     args = ["--epochs", "2", "--agc", "0.05", "--amp", "bf16", "--grad-checkpointing"]
     args += ["--progressive-batch", "--batch-size", "2"]

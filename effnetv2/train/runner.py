@@ -243,9 +243,10 @@ def _fit(
     state (a finished run with the same ``--epochs``: nothing to do)."""
     # the saved state first: the run's options, and a mismatched one stops before the model is built
     state = folder.read_state() if opts.resume else None
+    # the preset fills what the caller did not set, then a resume puts back the run's own values over both
+    opts = progressive.with_preset(opts, given)
     if state is not None and given is not None:
         opts = resumed_options(opts, state.get("args") or {}, given, folder.path)
-    opts = progressive.with_preset(opts, given)
     seed_everything(opts.seed + env.rank)  # ranks augment differently; DDP copies rank 0's initial weights
     recipe = _recipe(opts, env.world_size, len(train_set), opts.img_size)
     recipe["progressive"] = progressive.settings(opts)
