@@ -17,6 +17,7 @@ leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import math
@@ -449,7 +450,8 @@ def _quantize_onnx(source: Path, file: Path, images: Tensor) -> None:
             return None if batch is None else {INPUT_NAME: batch}
 
     prepared = source.with_name(f"{source.stem}.prepared.onnx")
-    with redirect_stdout(sys.stderr):  # ONNX Runtime's calibrators print progress: stdout holds the report only
+    with redirect_stdout(sys.stderr), contextlib.ExitStack() as cleanup:  # stdout holds the report only
+        cleanup.callback(prepared.unlink, missing_ok=True)  # an intermediate file: never left beside the source
         quant_pre_process(str(source), str(prepared))
         nodes = [node.name for node in onnx.load(str(prepared)).graph.node]
         quantize_static(
