@@ -155,6 +155,14 @@ def test_the_run_says_what_it_writes_and_save_state_none_keeps_no_state(data, tm
     assert "--resume --save-state none" in _error(
         capsys, ["train", str(data), "-o", str(out), "--resume", "--save-state", "none"]
     )
+    # the Python API refuses it as well, before anything is read or written
+    from effnetv2.train.run_folder import TrainError
+    from effnetv2.train.runner import TrainOptions, fit
+
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(TrainError, match="--resume --save-state none"):
+        fit(TrainOptions(data=str(data), output=str(out), resume=True, save_state="none"))
+    assert sorted(p.name for p in out.iterdir()) == before
 
 
 # ---- item 5: a fine-tuned model says what it is ----

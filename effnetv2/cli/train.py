@@ -226,11 +226,6 @@ def _add_progressive_options(p: argparse.ArgumentParser) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.resume and args.save_state == "none" and "save_state" in _given(args):
-        raise CLIError(
-            f"--resume --save-state none: a resumed run keeps its {STATE_FILE} up to date (its folder would "
-            "otherwise hold a state older than its metrics); leave --save-state out"
-        )
     if args.checkpoint and not Path(args.checkpoint).exists():
         raise CLIError(f"--checkpoint {args.checkpoint}: no such file or folder")
     # TrainOptions.tensorboard: None (off), "" (OUTPUT/tensorboard) or a folder

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from effnetv2.atomic import write_text
 from effnetv2.data import create_transform, resolve_model_data_config
+from effnetv2.defaults import STATE_FILE
 from effnetv2.distributed import DistEnv, ShardSampler, broadcast_buffers, init_distributed, rank_device
 from effnetv2.registry import create_model
 from effnetv2.train import progressive
@@ -160,6 +161,11 @@ def fit(opts: TrainOptions, given: Optional[Collection[str]] = None) -> TrainRes
     the run folder; the given ones are compared with the run's (see
     :func:`~effnetv2.train.run_folder.check_resume`). None: every option of ``opts`` counts as given.
     """
+    if opts.resume and opts.save_state == "none" and (given is None or "save_state" in given):
+        raise TrainError(
+            f"--resume --save-state none: a resumed run keeps its {STATE_FILE} up to date (its folder would "
+            "otherwise hold a state older than its metrics); leave --save-state out"
+        )
     device = torch.device(opts.device)
     env = init_distributed(device)
     device = rank_device(device, env)
