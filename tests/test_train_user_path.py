@@ -234,11 +234,11 @@ def test_starting_weights_of_a_pretrained_and_a_random_start():
 
 
 def test_pretrained_offline_gives_the_command_line_hint(data, tmp_path, capsys):
-    # the session is offline (conftest) and its Hub cache holds no tf_efficientnetv2_b0 weights
-    argv = ["train", str(data), "-o", str(tmp_path / "run"), "--model", "tf_efficientnetv2_b0.in1k", "--pretrained"]
+    # offline (conftest), and no test puts b1 weights in the session's Hub cache (test_family puts b0 there)
+    argv = ["train", str(data), "-o", str(tmp_path / "run"), "--model", "tf_efficientnetv2_b1.in1k", "--pretrained"]
     err = _error(capsys, [*argv, "--img-size", "32", "--workers", "0"])
     assert err.startswith(
-        "effnetv2: error: no pretrained weights for tf_efficientnetv2_b0.in1k: pass --checkpoint PATH"
+        "effnetv2: error: no pretrained weights for tf_efficientnetv2_b1.in1k: pass --checkpoint PATH"
     )
     assert "checkpoint_path=" not in err and "pretrained_cfg_overlay=" not in err
 
