@@ -221,6 +221,24 @@ def cpu_flags() -> list[str]:
     return []
 
 
+def cpu_kind() -> str:
+    """A short key for the kind of CPU, by vendor and its best reduced-precision hardware: ``intel-amx``,
+    ``amd-avx512-bf16``, ``intel-avx512-vnni``, ``amd-avx2``, ... (BENCHMARKS.md keeps one table per kind)."""
+    flags = set(cpu_flags())
+    model = cpu_model().lower()
+    vendor = "intel" if "intel" in model else "amd" if "amd" in model else "cpu"
+    for flag, kind in (
+        ("amx_bf16", "amx"),
+        ("avx512_bf16", "avx512-bf16"),
+        ("avx512_vnni", "avx512-vnni"),
+        ("avx512f", "avx512"),
+        ("avx2", "avx2"),
+    ):
+        if flag in flags:
+            return f"{vendor}-{kind}"
+    return vendor
+
+
 def import_timm():
     """timm, or None where it is not installed."""
     try:

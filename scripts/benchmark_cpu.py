@@ -39,6 +39,7 @@ from _bench import (
     ARCH,
     channels_last,
     comparison_dict,
+    cpu_kind,
     limit_estimate,
     log,
     machine_info,
@@ -181,7 +182,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     if args.json:
         write_text(args.json, json.dumps(result, indent=2) + "\n")  # atomic
     if args.write_markdown:
-        section = "cpu-limit" if args.limit_only else "cpu-goals"
+        # one generated table per kind of CPU: a run on another kind adds its own section, not overwrites this one
+        section = f"{'cpu-limit' if args.limit_only else 'cpu-goals'}:{cpu_kind()}"
         write_markdown(args.write_markdown, markdown(result, args), section=section)
     return result
 
