@@ -16,9 +16,9 @@ trained modules into lean eval-only ones:
 
 Only plain aten ops are used, so the result scripts, exports (``torch.export``, ONNX) and compiles.
 What was measured and kept (or dropped) is in BENCHMARKS.md: calling oneDNN's fused conv + SiLU / conv + add
-kernels (``torch.ops.mkldnn._convolution_pointwise``) from eager code gave no wall-clock gain on the reference
-CPU, so the eager copy does not; ``compile=True`` gets them from inductor, with prepacked weights
-(:mod:`effnetv2.inference.compiled`): 2–13 % faster in fp32, 18–33 % in bf16 (BENCHMARKS.md *CPU inference goals*).
+kernels (``torch.ops.mkldnn._convolution_pointwise``) with prepacked weights from eager code gave no gain on the AVX-512
+CPU where it was first tried and 16 % in bf16 on AMX, against 38 % for ``compile=True``, which gets them from inductor
+(:mod:`effnetv2.inference.compiled`): so the eager copy keeps to plain aten ops.
 """
 
 from __future__ import annotations
