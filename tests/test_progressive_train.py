@@ -77,6 +77,9 @@ def test_resume_mid_stage_equals_an_uninterrupted_run(images, tmp_path, monkeypa
     events.Reload()
     assert [e.value for e in events.Scalars("progressive/img_size")] == [32, 48, 48]
     assert [round(e.value, 3) for e in events.Scalars("progressive/drop")] == [0.1, 0.3, 0.3]
+    # per step, x in steps of the run's batch: stage 1's larger batch takes one step, worth the run's two
+    steps = {"fixed": [1, 2, 3], "progressive-batch": [2, 3, 4, 5, 6]}[batches]
+    assert [e.step for e in events.Scalars("train/loss")] == steps
 
 
 def test_extension_recomputes_the_stages_and_a_changed_schedule_is_refused(images, tmp_path, capsys):

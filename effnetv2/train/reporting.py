@@ -5,12 +5,11 @@ Progress goes to stdout: with ``log_format="text"`` one readable line per epoch 
 each epoch writes, :func:`written_per_epoch`) and a closing line (:func:`closing_line`); with ``"json"`` the
 epoch's metrics row as one JSON line (as ``DIR/metrics.jsonl`` holds it), the notes and closing line on stderr.
 
-Scalars per optimizer step (x: the run's step count from 1): ``train/loss`` (the main process's batch), ``train/lr``,
-``train/grad_norm`` (the whole gradient's 2-norm before clipping). Per epoch (x: the step count at the epoch's end):
-``epoch/train_loss``, ``epoch/train_top1``, ``epoch/val_loss``, ``epoch/val_top1``, ``epoch/val_top5``,
-``epoch/images_per_s``, ``epoch/lr``. A resumed run purges the events after its last saved epoch, so TensorBoard
-shows each step once; a run started again from scratch in the same folder hides the old events.
-"""
+Scalars per optimizer step (x: the run's step count from 1, in steps of the run's batch): ``train/loss`` (the main
+process's batch), ``train/lr``, ``train/grad_norm`` (the whole gradient's 2-norm before clipping). Per epoch (x: the
+step count at the epoch's end): ``epoch/train_loss``, ``epoch/train_top1``, ``epoch/val_loss``, ``epoch/val_top1``,
+``epoch/val_top5``, ``epoch/images_per_s``, ``epoch/lr``. A resumed run purges the events after its last saved epoch,
+so TensorBoard shows each step once; a run started again from scratch in the same folder hides the old events."""
 
 from __future__ import annotations
 
@@ -130,11 +129,13 @@ class RunReport:
         if rows:
             print(closing_line(rows, model), file=sys.stdout if self.log_format == "text" else sys.stderr, flush=True)
 
-    def step(self, epoch: int, step: int, values: Mapping[str, Optional[float]]) -> None:
-        """After optimizer step ``step`` (from 1) of epoch ``epoch`` (from 0)."""
+    def step(self, epoch: int, step: int, values: Mapping[str, Optional[float]], epoch_steps: int = 0) -> None:
+        """After optimizer step ``step`` (from 1) of the ``epoch_steps`` of epoch ``epoch`` (from 0; 0 steps: the
+        run's own per epoch). A stage with larger batches (``--progressive-batch``) takes fewer, each placed where
+        it ends in steps of the run's batch, so the x axis has no gaps and every epoch ends where it would."""
         if self.writer is None:
             return
-        at = epoch * self.steps + step
+        at = epoch * self.steps + (round(step * self.steps / epoch_steps) if epoch_steps else step)
         for name, value in values.items():
             if value is not None:
                 self.writer.add_scalar(f"train/{name}", value, at)

@@ -553,7 +553,7 @@ def _train_epoch(
             trainer.ema,
             clip_target=trainer.model,
             desc=f"epoch {epoch + 1}/{run.opts.epochs}",
-            on_step=None if report is None else lambda step, values: report.step(epoch, step, values),
+            on_step=None if report is None else lambda step, values: report.step(epoch, step, values, len(loader)),
         )
     except NonFiniteLossError as e:
         raise NonFiniteLossError(
