@@ -9,7 +9,8 @@ Scalars per optimizer step (x: the run's step count from 1, in steps of the run'
 process's batch), ``train/lr``, ``train/grad_norm`` (the whole gradient's 2-norm before clipping). Per epoch (x: the
 step count at the epoch's end): ``epoch/train_loss``, ``epoch/train_top1``, ``epoch/val_loss``, ``epoch/val_top1``,
 ``epoch/val_top5``, ``epoch/images_per_s``, ``epoch/lr``. A resumed run purges the events after its last saved epoch,
-so TensorBoard shows each step once; a run started again from scratch in the same folder hides the old events."""
+so TensorBoard shows each step once; a run started again from scratch in the same folder hides the old events.
+"""
 
 from __future__ import annotations
 
