@@ -28,6 +28,7 @@ autocast on the same images.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -55,12 +56,15 @@ import effnetv2
 from effnetv2.atomic import write_text
 from effnetv2.inference import optimize_for_inference
 from effnetv2.inference.compare import compare, reference, run_batched
+from effnetv2.inference.compiled import FrozenCompiled
+from effnetv2.inference.int8 import Int8EfficientNetV2
 from effnetv2.testing import mixed_images, smooth_images
 
 GOALS = {"fp32": 1.3, "bf16": 4.0, "int8": 3.0}  # × timm eager fp32 channels_last (issue 16)
 CLEAR_BAR = 0.99  # top-1 agreement with fp32 on images with a clear fp32 answer
 TIMM = "timm eager fp32 channels_last"
 INT8 = "effnetv2 int8 (PT2E, compiled)"
+INT8_AUTOTUNE = "effnetv2 int8 (PT2E, compiled max-autotune)"
 ISA_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni")
 
 
@@ -74,6 +78,11 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--calibration", type=int, default=256, help="int8 calibration images (every 4th held out)")
     p.add_argument("--quality-images", type=int, default=96, help="blended images for top-1 agreement")
     p.add_argument("--skip-compile", action="store_true", help="leave out the compiled fp32/bf16 paths")
+    p.add_argument(
+        "--max-autotune",
+        action="store_true",
+        help="add bf16 and int8 compiled with compile='max-autotune' (about five times the compile time)",
+    )
     p.add_argument(
         "--limit-only",
         action="store_true",
@@ -103,6 +112,20 @@ def build_paths(args: argparse.Namespace, ours: torch.nn.Module, exemplars: torc
     if not args.skip_compile:
         paths["effnetv2 optimised fp32 compiled"] = optimize_for_inference(ours, compile=True)
         paths["effnetv2 optimised bf16 compiled"] = optimize_for_inference(ours, torch.bfloat16, compile=True)
+    if args.max_autotune:
+        # the same quantization (one calibration), compiled again in the other mode
+        paths[f"{INT8_AUTOTUNE}"] = Int8EfficientNetV2(
+            FrozenCompiled(copy.deepcopy(int8.graph._orig_mod), "max-autotune"),
+            ours,
+            int8.img_size,
+            int8.agreement,
+            int8.calibration_images,
+            True,
+            int8.kept_float,
+        )
+        paths["effnetv2 optimised bf16 compiled max-autotune"] = optimize_for_inference(
+            ours, torch.bfloat16, compile="max-autotune"
+        )
     return paths, quantize_s
 
 
@@ -297,7 +320,8 @@ def goal_table(r: dict[str, Any]) -> str:
 
 def markdown(r: dict[str, Any], args: argparse.Namespace) -> str:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    command = "python scripts/benchmark_cpu.py" + (" --limit-only" if args.limit_only else "")
+    flags = [flag for flag, on in (("--limit-only", args.limit_only), ("--max-autotune", args.max_autotune)) if on]
+    command = " ".join(["python scripts/benchmark_cpu.py", *flags])
     timing = f"""Median latency of {args.rounds} paired rounds (batch 1: {2 * args.rounds}), after {args.warmup} warm-up
 rounds that include compiling; "× timm" is the median of per-round ratios against timm eager fp32 in channels_last;
 "of limit" is the img/s reached over the limit estimate of the path's precision."""

@@ -12,14 +12,17 @@ import warnings
 
 import pytest
 import torch
+import torch._inductor.config as inductor_config
 from conftest import ARCH, Method
 from torch import nn
+from torch._dynamo.utils import counters
 
 import effnetv2
 import effnetv2.inference.folded as optimize_module
 from effnetv2 import testing as calibrated_model
 from effnetv2.inference import optimize_for_inference
 from effnetv2.inference.compare import compare, judge, natural_images, reference, run_batched
+from effnetv2.inference.compiled import FrozenCompiled
 
 IMG = 96
 
@@ -223,6 +226,27 @@ def test_compiled_copy_freezes_its_weights_into_fused_onednn_kernels():
     assert fast._orig_mod.num_classes == fast.num_classes == 1000 and fast.pretrained_cfg == plain.pretrained_cfg
     with pytest.raises(RuntimeError, match="inference only"):
         fast.train()
+
+
+def test_compile_takes_a_torch_compile_mode():
+    """compile="max-autotune" reaches torch.compile (inductor times its own GEMM kernels: its autotune counter moves)
+    and the result stays as close to fp64 as the eager module; a name that is no mode is refused before any work."""
+    model = effnetv2.create_model("tf_efficientnetv2_b0").eval()
+    tuned = optimize_for_inference(model, compile="max-autotune")
+    assert isinstance(tuned, FrozenCompiled) and tuned.mode == "max-autotune" and "mode='max-autotune'" in repr(tuned)
+    assert optimize_for_inference(model, compile=True).mode == "default"
+    for bad, error in (("fastest", ValueError), (3, TypeError)):
+        with pytest.raises(error, match="torch.compile mode"):
+            optimize_for_inference(model, compile=bad)
+    # end to end on a small head (max-autotune on a whole network compiles for minutes on 2 cores)
+    torch.manual_seed(0)
+    head = nn.Sequential(nn.Linear(3 * 16 * 16, 96), nn.SiLU(), nn.Linear(96, 10)).eval()
+    x = calibrated_model.smooth_images(8, 16, seed=3).flatten(1)
+    before = counters["inductor"]["select_algorithm_autotune"]
+    # inductor's on-disk caches would replay an earlier run's compile and timings without counting them
+    with inductor_config.patch(fx_graph_cache=False, autotune_local_cache=False):
+        assert_accepted(head, FrozenCompiled(head, "max-autotune"), x)  # called without autograd, as freezing needs
+    assert counters["inductor"]["select_algorithm_autotune"] > before
 
 
 def test_exported_from_package():

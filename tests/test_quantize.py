@@ -114,7 +114,11 @@ def test_int8_agrees_with_fp64_where_the_answer_is_clear(classes128):
     assert convs[0].args[1].op == convs[-1].args[1].op == "get_attr"  # stem and head: float weights
     assert len(padded) == 4 and len(quantized) == len(convs) - 2 - len(padded) == 53
     assert all(n.args[1].op == "get_attr" for n in graph.nodes if n.target == aten.linear.default)  # SE, classifier
-    assert not any(n.target in (aten.silu.default, aten.sigmoid.default) for n in graph.nodes if "quantize" in str(n))
+    # SiLU and the gates compute in float: none of them reads a dequantized tensor (a quantized activation would)
+    activations = [n for n in graph.nodes if n.target in (aten.silu_.default, aten.sigmoid_.default)]
+    dequantize = (qd.dequantize_per_tensor.default, qd.dequantize_per_tensor.tensor)
+    expected = sum(isinstance(m, (torch.nn.SiLU, torch.nn.Sigmoid)) for m in model.modules())
+    assert len(activations) == expected and not any(n.args[0].target in dequantize for n in activations)
 
 
 def activation_ranges(int8) -> list[tuple]:
@@ -208,6 +212,7 @@ def test_int8_bad_use_gives_clear_errors(b0, tmp_path, monkeypatch):
         ({"calibration": tmp_path / "missing"}, FileNotFoundError, "no such file"),
         ({"calibration": tmp_path}, ValueError, "no images"),
         ({"calibration": images, "channels_last": False}, ValueError, "channels_last"),
+        ({"calibration": images, "compile": "fastest"}, ValueError, "not a torch.compile mode"),
     ):
         with pytest.raises(error, match=message):
             effnetv2.optimize_for_inference(model, torch.int8, **kwargs)
@@ -232,6 +237,8 @@ def test_int8_bad_use_gives_clear_errors(b0, tmp_path, monkeypatch):
         quantize_int8(model, images, keep_float=("stages.*.nothing",))
     with pytest.raises(TypeError, match="module names"):
         quantize_int8(model, images, keep_float=(3,))
+    tuned = quantize_int8(model, images, compile="max-autotune")  # compiles at its first call: not called here
+    assert tuned.compiled and tuned.graph.mode == "max-autotune"
 
 
 def test_keep_float_and_features_only(b0):

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.ops import SqueezeExcitation
 
-from effnetv2.inference.compiled import FrozenCompiled
+from effnetv2.inference.compiled import FrozenCompiled, compile_mode
 from effnetv2.layers import ConvResidual, FusedMBConv, GlobalPool, MBConv
 from effnetv2.model import EfficientNetV2, EfficientNetV2Features, check_input
 
@@ -251,10 +251,11 @@ def fold_for_inference(
     model: Union[EfficientNetV2, EfficientNetV2Features],
     dtype: torch.dtype = torch.float32,
     channels_last: bool = True,
-    compile: bool = False,
+    compile: Union[bool, str] = False,
 ) -> nn.Module:
     """The float inference copy of :func:`effnetv2.optimize_for_inference` (see there): BatchNorm folded in fp32,
     then cast to ``dtype`` (float32, bfloat16, or float16 on CUDA)."""
+    mode = compile_mode(compile)
     if dtype not in (torch.float32, *_REDUCED):
         raise ValueError(f"dtype must be torch.float32, torch.bfloat16, torch.float16 or torch.int8, got {dtype}")
     param = next(model.parameters())
@@ -276,6 +277,6 @@ def fold_for_inference(
         fast = fast.to(memory_format=torch.channels_last)
     fast.eval()
     fast.requires_grad_(False)
-    if compile:
-        fast = FrozenCompiled(fast) if param.device.type == "cpu" else torch.compile(fast)
+    if mode is not None:
+        fast = FrozenCompiled(fast, mode) if param.device.type == "cpu" else torch.compile(fast, mode=mode)
     return fast

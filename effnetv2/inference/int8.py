@@ -34,7 +34,7 @@ from effnetv2.inference.calibration import (
     split_holdout,
 )
 from effnetv2.inference.compare import Comparison, compare, reference
-from effnetv2.inference.compiled import FrozenCompiled
+from effnetv2.inference.compiled import FrozenCompiled, compile_mode
 from effnetv2.inference.folded import fold_for_inference
 from effnetv2.inference.int8_policy import KEPT_FLOAT_MODULES
 from effnetv2.model import EfficientNetV2, EfficientNetV2Features, check_input
@@ -155,7 +155,7 @@ def quantize_int8(
     calibration: Calibration,
     *,
     calibration_limit: Optional[int] = None,
-    compile: bool = True,
+    compile: Union[bool, str] = True,
     keep_float: Optional[Sequence[Union[str, type[nn.Module]]]] = None,
 ) -> Int8EfficientNetV2:
     """An int8 copy of ``model`` for CPU inference, calibrated on ``calibration`` (see the module docstring).
@@ -168,13 +168,16 @@ def quantize_int8(
             tensor, :data:`~effnetv2.inference.calibration.DEFAULT_CALIBRATION_IMAGES` of files or a loader.
         compile: lower to oneDNN's int8 kernels with ``torch.compile`` (the fast path; the first call at each
             batch size compiles, ~20 s for ``tf_efficientnetv2_b0`` on 2 cores). ``False`` runs the quantized
-            graph as reference float ops (same numbers, slower than fp32: for checking accuracy).
+            graph as reference float ops (same numbers, slower than fp32: for checking accuracy). A
+            ``torch.compile`` mode name (``"max-autotune"``) compiles in that mode
+            (:func:`~effnetv2.inference.compiled.compile_mode`).
         keep_float: modules left in float, by name in the fp32 inference copy (``fnmatch`` patterns such as
             ``"*.project"``) or by type; default :data:`KEPT_FLOAT`. SiLU and the gates are float in any case.
 
     Raises ``ImportError`` without torchao, ``ValueError``/``TypeError`` for bad calibration data or a model that is
     not on the CPU, ``RuntimeError`` when the int8 model returns non-finite values.
     """
+    mode = compile_mode(compile)
     quantize_pt2e, x86 = _torchao()
     _check_model(model)
     images = calibration_images(calibration, model, calibration_limit)
@@ -183,10 +186,10 @@ def quantize_int8(
     graph, kept = _quantized_graph(quantize_pt2e, x86, model, calibrate, keep_float)
     reference_model = Int8EfficientNetV2(graph, model, tuple(images.shape[-2:]), None, calibrate.shape[0], False, kept)
     reference_model.agreement = _held_out_check(reference_model, model, check)
-    if not compile:
+    if mode is None:
         return reference_model
     return Int8EfficientNetV2(
-        FrozenCompiled(graph),
+        FrozenCompiled(graph, mode),
         model,
         reference_model.img_size,
         reference_model.agreement,
