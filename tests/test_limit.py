@@ -3,8 +3,6 @@ peaks into img/s. Nothing here is timed: the peaks are given, the counts run on 
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 import torch
 from conftest import import_script
@@ -76,6 +74,9 @@ def test_benchmark_cpu_reports_each_figure_against_its_limit(limit):
     assert "amx_bf16 no" in report and "avx512_bf16 yes" in report
     assert f"{100 * 10.0 / bf16_limit:.0f} % of the bf16 limit" in report
     assert f"= {bf16_limit:.1f} img/s ({bf16_limit / 4.0:.2f}× timm at batch 8)" in report
-    args = argparse.Namespace(limit_only=True, rounds=3, warmup=1)
+    args = benchmark_cpu.parse_args(["--limit-only", "--rounds", "3", "--warmup", "1"])
     text = benchmark_cpu.markdown(r, args)
     assert "| bf16 | 1000 |" in text and "of limit" in text and "--limit-only" in text
+    assert "--max-autotune" not in text
+    tuned = benchmark_cpu.markdown(r, benchmark_cpu.parse_args(["--limit-only", "--max-autotune"]))
+    assert "`python scripts/benchmark_cpu.py --limit-only --max-autotune`" in tuned
