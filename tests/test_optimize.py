@@ -238,6 +238,8 @@ def test_compile_takes_a_torch_compile_mode():
     for bad, error in (("fastest", ValueError), (3, TypeError)):
         with pytest.raises(error, match="torch.compile mode"):
             optimize_for_inference(model, compile=bad)
+    with pytest.raises(ValueError, match="FrozenCompiled compiles"):
+        FrozenCompiled(model, False)
     # end to end on a small head (max-autotune on a whole network compiles for minutes on 2 cores)
     torch.manual_seed(0)
     head = nn.Sequential(nn.Linear(3 * 16 * 16, 96), nn.SiLU(), nn.Linear(96, 10)).eval()

@@ -56,6 +56,8 @@ class FrozenCompiled(nn.Module):
         super().__init__()
         self._orig_mod = module
         self.mode = compile_mode(mode)
+        if self.mode is None:
+            raise ValueError(f"FrozenCompiled compiles: mode takes True or a torch.compile mode name, got {mode!r}")
         # not a submodule: _orig_mod holds the weights
         object.__setattr__(self, "_compiled", torch.compile(module, mode=self.mode))
 
