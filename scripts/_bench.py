@@ -37,7 +37,7 @@ import effnetv2
 from effnetv2.atomic import write_text
 from effnetv2.complexity import complexity
 from effnetv2.inference.compare import Comparison
-from effnetv2.testing import make_calibrated_model
+from effnetv2.testing import make_calibrated_model, mixed_images, smooth_images
 from effnetv2.weights import KeyMap
 
 ARCH = "efficientnetv2_rw_m"
@@ -288,6 +288,18 @@ def stand_in_pair(arch: str, img_size: int) -> tuple[nn.Module, torch.Tensor, nn
     exemplar images, and timm's model with the same weights, both in eval mode."""
     ours, exemplars = make_calibrated_model(lambda: effnetv2.create_model(arch), img_size)
     return ours.eval(), exemplars, timm_twin(arch, ours)
+
+
+def int8_calibration_images(exemplars: torch.Tensor, count: int, img_size: int) -> torch.Tensor:
+    """The int8 scripts' calibration set: half smooth fields, half blends of the stand-in's exemplars (fixed seeds,
+    so every script calibrates on the same images)."""
+    return torch.cat([smooth_images(count // 2, img_size, seed=7), mixed_images(exemplars, count // 2, seed=11)])
+
+
+def int8_test_images(exemplars: torch.Tensor, count: int) -> torch.Tensor:
+    """The int8 scripts' held-apart test set: blends of the exemplars, in halves of two seeds (none calibrates)."""
+    half = count // 2
+    return torch.cat([mixed_images(exemplars, half, seed=5), mixed_images(exemplars, half, seed=6)])
 
 
 def channels_last(model: nn.Module) -> nn.Module:

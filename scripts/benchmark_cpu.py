@@ -41,6 +41,7 @@ from _bench import (
     channels_last,
     comparison_dict,
     cpu_kind,
+    int8_calibration_images,
     limit_estimate,
     log,
     machine_info,
@@ -58,7 +59,7 @@ from effnetv2.inference import optimize_for_inference
 from effnetv2.inference.compare import compare, reference, run_batched
 from effnetv2.inference.compiled import FrozenCompiled
 from effnetv2.inference.int8 import Int8EfficientNetV2
-from effnetv2.testing import mixed_images, smooth_images
+from effnetv2.testing import mixed_images
 
 GOALS = {"fp32": 1.3, "bf16": 4.0, "int8": 3.0}  # × timm eager fp32 channels_last (issue 16)
 CLEAR_BAR = 0.99  # top-1 agreement with fp32 on images with a clear fp32 answer
@@ -99,9 +100,7 @@ def build_paths(args: argparse.Namespace, ours: torch.nn.Module, exemplars: torc
     if args.limit_only:
         return paths, None
     size = args.img_size
-    calibration = torch.cat(
-        [smooth_images(args.calibration // 2, size, seed=7), mixed_images(exemplars, args.calibration // 2, seed=11)]
-    )
+    calibration = int8_calibration_images(exemplars, args.calibration, size)
     log("quantizing to int8 (PT2E) ...")
     start = time.perf_counter()
     int8 = optimize_for_inference(ours, torch.int8, calibration=calibration)

@@ -19,11 +19,10 @@ import sys
 import time
 
 import torch
-from _bench import ARCH, log, stand_in_pair
+from _bench import ARCH, int8_calibration_images, int8_test_images, log, stand_in_pair
 
 from effnetv2.inference.compare import compare, reference, run_batched
 from effnetv2.inference.int8 import KEPT_FLOAT, quantize_int8
-from effnetv2.testing import mixed_images, smooth_images
 
 
 def main(argv=None) -> int:
@@ -36,16 +35,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
     ours, exemplars, _ = stand_in_pair(args.model, args.img_size)
-    half = args.test_images // 2
-    test = torch.cat([mixed_images(exemplars, half, seed=5), mixed_images(exemplars, half, seed=6)])
+    test = int8_test_images(exemplars, args.test_images)
     ref = reference(ours, test)
     settings = [(n, None) for n in args.calibration]
     if args.project_float:
         settings.append((args.project_float, (*KEPT_FLOAT, "*.project")))
     for count, keep in settings:
-        calibration = torch.cat(
-            [smooth_images(count // 2, args.img_size, seed=7), mixed_images(exemplars, count // 2, seed=11)]
-        )
+        calibration = int8_calibration_images(exemplars, count, args.img_size)
         start = time.perf_counter()
         int8 = quantize_int8(ours, calibration, compile=False, keep_float=keep)
         c = compare(run_batched(int8, test), ref, torch.int8)

@@ -23,12 +23,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from _bench import ARCH, log, paired_rounds, stand_in_pair
+from _bench import ARCH, int8_calibration_images, int8_test_images, log, paired_rounds, stand_in_pair
 
 import effnetv2.inference.int8 as int8_module
 from effnetv2.inference import optimize_for_inference
 from effnetv2.inference.compare import compare, reference, run_batched
-from effnetv2.testing import mixed_images, smooth_images
+from effnetv2.testing import mixed_images
 
 
 def annotate_se_inputs(graph: torch.fx.GraphModule, config: Any) -> int:
@@ -84,15 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
     ours, exemplars, _ = stand_in_pair(args.model, args.img_size)
-    half = args.calibration // 2
-    calibration = torch.cat([smooth_images(half, args.img_size, seed=7), mixed_images(exemplars, half, seed=11)])
+    calibration = int8_calibration_images(exemplars, args.calibration, args.img_size)
     compiled = args.what == "speed"
     models = {"int8 (default)": int8_module.quantize_int8(ours, calibration, compile=compiled)}
     with se_input_in_uint8():
         models["int8, squeeze-excite input in uint8"] = int8_module.quantize_int8(ours, calibration, compile=compiled)
     if args.what == "agreement":
-        half = args.test_images // 2
-        test = torch.cat([mixed_images(exemplars, half, seed=5), mixed_images(exemplars, half, seed=6)])
+        test = int8_test_images(exemplars, args.test_images)
         ref = reference(ours, test)
         for name, model in models.items():
             print(f"{name}: {compare(run_batched(model, test), ref, torch.int8).describe()}", flush=True)
