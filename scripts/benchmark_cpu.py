@@ -4,8 +4,9 @@
 Speed: paired rounds (each round runs every path once, so a slow moment of the machine hits all alike) at batch 8
 and batch 1 of ``--img-size`` px, against timm eager fp32 in channels_last (timm's fastest eager layout). Paths:
 ``optimize_for_inference`` fp32 and bf16, each also compiled (``compile=True``), and int8
-(``optimize_for_inference(dtype=torch.int8)``: PT2E, compiled to oneDNN int8 kernels). Compiling happens in the
-warm-up rounds.
+(``optimize_for_inference(dtype=torch.int8)``: PT2E, compiled to oneDNN int8 kernels). Each path's first call at
+each batch size is timed on its own before the warm-up rounds: for the compiled paths, the compile, in a fresh
+inductor cache folder (``--compile-cache`` names another), so nothing is replayed from an earlier run.
 
 The limit (issue 30): the CPU's own peaks measured in the same run (large fp32/bf16 matmuls, int8
 oneDNN quantized linear, a large tensor copy; medians of short runs) and the model's counts
@@ -30,7 +31,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -50,6 +53,7 @@ from _bench import (
     paired_rounds,
     precision_of,
     stand_in_pair,
+    timed,
     write_markdown,
 )
 
@@ -75,14 +79,19 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--img-size", type=int, default=320)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 1])
     p.add_argument("--rounds", type=int, default=6, help="timed rounds per batch size (batch 1: twice as many)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (compiles happen here)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds after each path's timed first call")
+    p.add_argument(
+        "--compile-cache",
+        type=Path,
+        help="inductor's cache folder (default: a fresh one, so first calls time cold compiles, as a user's first)",
+    )
     p.add_argument("--calibration", type=int, default=256, help="int8 calibration images (every 4th held out)")
     p.add_argument("--quality-images", type=int, default=96, help="blended images for top-1 agreement")
     p.add_argument("--skip-compile", action="store_true", help="leave out the compiled fp32/bf16 paths")
     p.add_argument(
         "--max-autotune",
         action="store_true",
-        help="add bf16 and int8 compiled with compile='max-autotune' (about five times the compile time)",
+        help="add bf16 and int8 compiled with compile='max-autotune' (its compile time: the first-call table)",
     )
     p.add_argument(
         "--limit-only",
@@ -138,6 +147,10 @@ def time_paths(
         log(f"batch {batch}: timing (the first calls at a new batch size compile)")
         rounds = args.rounds * (2 if batch == 1 else 1)
         runs = {name: (lambda m=m, x=x: m(x)) for name, m in paths.items()}
+        first = {}
+        for name, run in runs.items():
+            first[name] = timed(run)
+            log(f"  batch {batch} first call of {name}: {first[name]:.1f} s")
         times = paired_rounds(runs, rounds, args.warmup, label=f"batch {batch}")
         speed[batch] = {}
         for name, t in times.items():
@@ -150,6 +163,7 @@ def time_paths(
                 img_s=img_s,
                 limit_img_s=bound,
                 of_limit=img_s / bound if bound else None,
+                first_call_s=first[name],
                 times_s=t,
             )
     return speed
@@ -176,6 +190,21 @@ def judge_quality(ours: torch.nn.Module, theirs: torch.nn.Module, paths, exempla
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="benchmark_cpu-inductor-") as fresh:
+        # inductor reads the variable at each compile (importing torch._dynamo sets it to its default folder)
+        previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(args.compile_cache or fresh)
+        try:
+            return run(args)
+        finally:
+            if previous is None:
+                del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The benchmark with parsed arguments (see the module docstring)."""
     torch.set_grad_enabled(False)
     log(f"building {args.model} at {args.img_size} px (stand-in weights) and timm's copy")
     ours, exemplars, theirs = stand_in_pair(args.model, args.img_size)
@@ -225,7 +254,10 @@ def limit_report(r: dict[str, Any]) -> str:
     for batch, paths in r["speed"].items():
         for name, s in paths.items():
             share = f"{100 * s['of_limit']:.0f} % of the {precision_of(name)} limit" if s["of_limit"] else "no limit"
-            lines.append(f"batch {batch} {name}: {s['img_s']:.2f} img/s, {s['vs_timm_cl']:.2f}× timm, {share}")
+            lines.append(
+                f"batch {batch} {name}: {s['img_s']:.2f} img/s, {s['vs_timm_cl']:.2f}× timm, {share}; "
+                f"first call {s['first_call_s']:.1f} s"
+            )
     return "\n".join(lines)
 
 
@@ -268,6 +300,22 @@ def speed_table(r: dict[str, Any]) -> str:
             cells.append(f"{s['ms']:.0f} | {s['vs_timm_cl']:.2f} | {s['img_s']:.2f} | {share}")
         rows.append(f"| {name} | {' | '.join(cells)} |")
     return f"| path | {head} |\n|---|{'---:|' * 4 * len(batches_)}\n" + "\n".join(rows)
+
+
+def first_call_table(r: dict[str, Any]) -> str:
+    """Markdown: each path's first call per batch size (a compiled path compiles in it, with a cold cache)."""
+    batches_ = list(r["speed"])
+    rows = [
+        f"| {name} | " + " | ".join(f"{r['speed'][b][name]['first_call_s']:.1f}" for b in batches_) + " |"
+        for name in r["speed"][batches_[0]]
+    ]
+    head = " | ".join(f"batch {b} s" for b in batches_)
+    return f"""First call at each batch size, in order (a compiled path compiles there, in a fresh inductor cache
+folder; int8's quantizing is timed apart, below):
+
+| path | {head} |
+|---|{"---:|" * len(batches_)}
+""" + "\n".join(rows)
 
 
 def machine_text(r: dict[str, Any]) -> str:
@@ -321,9 +369,9 @@ def markdown(r: dict[str, Any], args: argparse.Namespace) -> str:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     flags = [flag for flag, on in (("--limit-only", args.limit_only), ("--max-autotune", args.max_autotune)) if on]
     command = " ".join(["python scripts/benchmark_cpu.py", *flags])
-    timing = f"""Median latency of {args.rounds} paired rounds (batch 1: {2 * args.rounds}), after {args.warmup} warm-up
-rounds that include compiling; "× timm" is the median of per-round ratios against timm eager fp32 in channels_last;
-"of limit" is the img/s reached over the limit estimate of the path's precision."""
+    timing = f"""Median latency of {args.rounds} paired rounds (batch 1: {2 * args.rounds}), after each path's first
+call and {args.warmup} warm-up rounds; "× timm" is the median of per-round ratios against timm eager fp32 in
+channels_last; "of limit" is the img/s reached over the limit estimate of the path's precision."""
     text = f"""### CPU inference goals (issue 16): `{r["model"]}` at {r["img_size"]} px
 
 Generated by `{command}` on {when}.
@@ -337,6 +385,8 @@ Generated by `{command}` on {when}.
     if args.limit_only:
         return text
     return f"""{text}
+
+{first_call_table(r)}
 
 Quality on {r["quality"]["effnetv2 optimised fp32"]["images"]} blended images (stand-in weights, 10-class prototype
 classifier), each path against an fp64 copy of the model (`effnetv2.inference.compare`: limit 4× the eager model's own

@@ -59,9 +59,16 @@ def test_benchmark_cpu_reports_each_figure_against_its_limit(limit):
     bf16_limit = limit["limits"]["bf16"]["img_s"]
     speed = {
         8: {
-            benchmark_cpu.TIMM: dict(ms=2000.0, vs_timm_cl=1.0, img_s=4.0, limit_img_s=None, of_limit=0.2),
+            benchmark_cpu.TIMM: dict(
+                ms=2000.0, vs_timm_cl=1.0, img_s=4.0, limit_img_s=None, of_limit=0.2, first_call_s=2.25
+            ),
             "effnetv2 optimised bf16": dict(
-                ms=800.0, vs_timm_cl=2.5, img_s=10.0, limit_img_s=bf16_limit, of_limit=10.0 / bf16_limit
+                ms=800.0,
+                vs_timm_cl=2.5,
+                img_s=10.0,
+                limit_img_s=bf16_limit,
+                of_limit=10.0 / bf16_limit,
+                first_call_s=42.5,
             ),
         }
     }
@@ -74,6 +81,9 @@ def test_benchmark_cpu_reports_each_figure_against_its_limit(limit):
     assert "amx_bf16 no" in report and "avx512_bf16 yes" in report
     assert f"{100 * 10.0 / bf16_limit:.0f} % of the bf16 limit" in report
     assert f"= {bf16_limit:.1f} img/s ({bf16_limit / 4.0:.2f}× timm at batch 8)" in report
+    assert "2.50× timm" in report and "first call 42.5 s" in report
+    first_calls = benchmark_cpu.first_call_table(r)
+    assert "| effnetv2 optimised bf16 | 42.5 |" in first_calls and f"| {benchmark_cpu.TIMM} | 2.2 |" in first_calls
     args = benchmark_cpu.parse_args(["--limit-only", "--rounds", "3", "--warmup", "1"])
     text = benchmark_cpu.markdown(r, args)
     assert "| bf16 | 1000 |" in text and "of limit" in text and "--limit-only" in text

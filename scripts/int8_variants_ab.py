@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""int8 quantization variants against the default int8: speed and agreement (issue 30, item 2).
+
+Each variant changes what the PT2E x86 quantizer annotates, after it has annotated the graph as
+:mod:`effnetv2.inference.int8` asks:
+
+- ``se-uint8``: the depthwise conv's SiLU output before each squeeze-excite is quantized too, so the conv writes
+  uint8 and SE's pooling and scaling read uint8 (by default they read float: SE is kept float, so nothing quantizes
+  its input). Less memory traffic, one more rounding.
+- ``residual-float``: the residual stream stays float. By default each block's residual add reads the skip input
+  quantized and its sum is stored in uint8 (the next block's conv and the next add both read that one copy), so the
+  stream is rounded to 8 bits once per block; here the add reads the float skip input and the next add reads the
+  float sum, while each conv still reads a uint8 copy of it. The projection conv then writes float.
+- ``both``: the two together.
+
+``speed``: the default and each variant compiled, with compiled bf16 beside them, in paired rounds at batch 8 and 1.
+``agreement``: the quantized graphs (reference ops, uncompiled) against an fp64 copy on blended test images through
+the project's one comparison (top-1 as fp64 where the answer is clear, error from fp64).
+
+    python scripts/int8_variants_ab.py speed [--variants se-uint8 residual-float both] [--model ... --img-size 320]
+    python scripts/int8_variants_ab.py agreement [--test-images 192 --calibration 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from _bench import ARCH, int8_calibration_images, int8_test_images, log, paired_rounds, stand_in_pair
+
+import effnetv2.inference.int8 as int8_module
+from effnetv2.inference import optimize_for_inference
+from effnetv2.inference.compare import compare, reference, run_batched
+from effnetv2.testing import mixed_images
+
+ADDS = (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)
+
+
+def annotate_se_inputs(graph: torch.fx.GraphModule, config: Any) -> int:
+    """Quantize the output of every SiLU that feeds a squeeze-excite's pooling (``mean``) and that the quantizer left
+    unannotated; how many it found."""
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    found = 0
+    for node in graph.graph.nodes:
+        if node.target != torch.ops.aten.mean.dim:
+            continue
+        source = node.args[0]
+        if "silu" in str(source.target) and source.meta.get("quantization_annotation") is None:
+            source.meta["quantization_annotation"] = QuantizationAnnotation(
+                output_qspec=config.output_activation, _annotated=True
+            )
+            found += 1
+    return found
+
+
+def keep_residuals_float(graph: torch.fx.GraphModule, config: Any) -> int:
+    """Let every conv + add pattern read its skip input in float (the quantizer asks for it quantized); how many."""
+    found = 0
+    for node in graph.graph.nodes:
+        annotation = node.meta.get("quantization_annotation")
+        if node.target in ADDS and annotation is not None and annotation.input_qspec_map:
+            annotation.input_qspec_map.clear()
+            found += 1
+    return found
+
+
+VARIANTS: dict[str, tuple[Callable[[torch.fx.GraphModule, Any], int], ...]] = {
+    "se-uint8": (annotate_se_inputs,),
+    "residual-float": (keep_residuals_float,),
+    "both": (annotate_se_inputs, keep_residuals_float),
+}
+
+
+@contextlib.contextmanager
+def variant(name: str) -> Iterator[None]:
+    """While active, :func:`effnetv2.inference.int8.quantize_int8` quantizes as the variant ``name`` says."""
+    original = int8_module._quantizer
+    steps = VARIANTS[name]
+
+    def quantizer(x86: Any, fp32: torch.nn.Module, keep_float: Any) -> tuple[Any, str]:
+        base, kept = original(x86, fp32, keep_float)
+        annotate = base.annotate
+
+        def annotate_too(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            graph = annotate(graph)
+            for step in steps:
+                log(f"{name}: {step.__name__} changed {step(graph, base.global_config)} nodes")
+            return graph
+
+        base.annotate = annotate_too
+        return base, f"{kept}; variant {name}"
+
+    int8_module._quantizer = quantizer
+    try:
+        yield
+    finally:
+        int8_module._quantizer = original
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("what", choices=("speed", "agreement"))
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--model", default=ARCH)
+    p.add_argument("--img-size", type=int, default=320)
+    p.add_argument("--calibration", type=int, default=256)
+    p.add_argument("--test-images", type=int, default=192, help="agreement: blended test images")
+    p.add_argument("--rounds", type=int, default=8, help="speed: paired rounds at batch 8 (batch 1: twice as many)")
+    p.add_argument("--compile", default="True", help="speed: the compile mode (True, or e.g. max-autotune)")
+    args = p.parse_args(argv)
+    torch.set_grad_enabled(False)
+    ours, exemplars, _ = stand_in_pair(args.model, args.img_size)
+    calibration = int8_calibration_images(exemplars, args.calibration, args.img_size)
+    compiled: bool | str = False
+    if args.what == "speed":
+        compiled = True if args.compile == "True" else args.compile
+    models = {"int8 (default)": int8_module.quantize_int8(ours, calibration, compile=compiled)}
+    for name in args.variants:
+        with variant(name):
+            models[f"int8, {name}"] = int8_module.quantize_int8(ours, calibration, compile=compiled)
+    if args.what == "agreement":
+        test = int8_test_images(exemplars, args.test_images)
+        ref = reference(ours, test)
+        for name, model in models.items():
+            print(f"{name}: {compare(run_batched(model, test), ref, torch.int8).describe()}", flush=True)
+        return 0
+    models["bf16 compiled"] = optimize_for_inference(ours, torch.bfloat16, compile=compiled)
+    for batch in (8, 1):
+        x = mixed_images(exemplars, batch, seed=3).contiguous(memory_format=torch.channels_last)
+        runs = {name: (lambda m=model, x=x: m(x)) for name, model in models.items()}
+        times = paired_rounds(runs, args.rounds * (2 if batch == 1 else 1), 2, label=f"batch {batch}")
+        base = times["int8 (default)"]
+        for name, t in times.items():
+            ratio = statistics.median(a / b for a, b in zip(base, t, strict=True))
+            print(f"batch {batch} {name}: {1e3 * statistics.median(t):.1f} ms, {ratio:.3f}× int8 (default)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
