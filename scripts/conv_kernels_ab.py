@@ -14,7 +14,13 @@ left out (the same float work in both paths). Totals are weighted by each shape'
 convolution work, per path. Timings are medians of ``--reps`` calls after warm-up, both kernels of a shape back to
 back (one job on the machine at a time).
 
-    python scripts/conv_kernels_ab.py --model efficientnetv2_rw_m --img-size 320 --batch-size 8
+``--silu-outside``: for the int8 convs followed by SiLU only, whether SiLU would be cheaper outside oneDNN's
+epilogue: the conv writes its uint8 pre-activation (no epilogue) and an inductor kernel maps it to the uint8 input of
+the next conv, either computing SiLU (dequantize, SiLU, requantize) or looking each byte up in a 256-entry table
+(the whole map from one uint8 to the other, exact for a quantized pre-activation); against the conv with oneDNN's
+SiLU epilogue.
+
+    python scripts/conv_kernels_ab.py --model efficientnetv2_rw_m --img-size 320 --batch-size 8 [--silu-outside]
 """
 
 from __future__ import annotations
@@ -89,7 +95,7 @@ def conv_shapes(arch: str, img_size: int, batch: int) -> Counter:
     return shapes
 
 
-def int8_conv(s: ConvShape, epilogue: str) -> Callable[[], Any]:
+def int8_conv(s: ConvShape, epilogue: str, out_zero: int = 0) -> Callable[[], Any]:
     x = torch.randint(0, 256, (s.batch, s.in_chans, *s.size), dtype=torch.uint8)
     x = x.contiguous(memory_format=torch.channels_last)
     w = torch.randint(-127, 128, (s.out_chans, s.in_chans // s.groups, s.kernel, s.kernel), dtype=torch.int8)
@@ -99,8 +105,62 @@ def int8_conv(s: ConvShape, epilogue: str) -> Callable[[], Any]:
     packed = torch.ops.onednn.qconv_prepack(w, w_scales, x_scale, x_zero, *geometry, x.shape)
     bias = torch.randn(s.out_chans)
     return lambda: torch.ops.onednn.qconv_pointwise(
-        x, x_scale, x_zero, packed, w_scales, w_zeros, bias, *geometry, 0.05, 0, torch.uint8, epilogue, [None], ""
+        x,
+        x_scale,
+        x_zero,
+        packed,
+        w_scales,
+        w_zeros,
+        bias,
+        *geometry,
+        0.05,
+        out_zero,
+        torch.uint8,
+        epilogue,
+        [None],
+        "",
     )
+
+
+def silu_requantize(q: torch.Tensor) -> torch.Tensor:
+    """A uint8 pre-activation (scale 0.05, zero point 128) to the uint8 SiLU output (scale 0.05, zero point 6)."""
+    silu = torch.nn.functional.silu((q.float() - 128) * 0.05)
+    return torch.clamp(torch.round(silu / 0.05) + 6, 0, 255).to(torch.uint8)
+
+
+def lookup(q: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``silu_requantize`` as a 256-entry table lookup."""
+    return table[q.to(torch.int32)]
+
+
+def silu_outside(s: ConvShape, reps: int) -> dict[str, float]:
+    """ms of the int8 conv with oneDNN's SiLU epilogue, and without one followed by each inductor kernel."""
+    torch._dynamo.reset()  # a fresh compile per shape (dynamo stops recompiling after 8 and would run eager)
+    conv = int8_conv(s, "none", out_zero=128)
+    table = silu_requantize(torch.arange(256, dtype=torch.uint8))
+    computed = torch.compile(silu_requantize, dynamic=False)
+    looked_up = torch.compile(lookup, dynamic=False)
+    return {
+        "epilogue": median_ms(int8_conv(s, "swish"), reps),
+        "bare": median_ms(conv, reps),
+        "computed": median_ms(lambda: computed(conv()), reps),
+        "looked up": median_ms(lambda: looked_up(conv(), table), reps),
+    }
+
+
+def silu_outside_table(shapes: Counter, reps: int) -> None:
+    print("| conv | n | oneDNN SiLU epilogue ms | conv alone | + inductor SiLU kernel | + inductor 256-entry lookup |")
+    print("|---|---:|---:|---:|---:|---:|")
+    totals: Counter = Counter()
+    silu_shapes = {s: n for s, n in shapes.items() if s.silu}
+    for s, n in sorted(silu_shapes.items(), key=lambda kv: -kv[0].gops() * kv[1]):
+        t = silu_outside(s, reps)
+        for k, v in t.items():
+            totals[k] += n * v
+        cells = " | ".join(f"{n * t[k]:.1f}" for k in ("epilogue", "bare", "computed", "looked up"))
+        print(f"| {s.label()} | {n} | {cells} |", flush=True)
+    cells = " | ".join(f"**{totals[k]:.0f}**" for k in ("epilogue", "bare", "computed", "looked up"))
+    print(f"| **all {sum(silu_shapes.values())} convs with SiLU** | | {cells} |")
 
 
 def bf16_conv(s: ConvShape, epilogue: str) -> Callable[[], Any]:
@@ -129,10 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--img-size", type=int, default=320)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--reps", type=int, default=15)
+    p.add_argument("--silu-outside", action="store_true", help="int8 SiLU in oneDNN's epilogue or in inductor")
     args = p.parse_args(argv)
     info = machine_info(torch.device("cpu"))
     log(f"{info['cpu']} ({cpu_kind()}), torch {torch.__version__}, {torch.get_num_threads()} threads")
     shapes = conv_shapes(args.model, args.img_size, args.batch_size)
+    if args.silu_outside:
+        with torch.no_grad():
+            silu_outside_table(shapes, args.reps)
+        return 0
     header = "| conv | n | GOP | int8 ms | bf16 ms | int8/bf16 | int8 no-epilogue | bf16 no-epilogue |"
     print(header)
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
