@@ -129,8 +129,9 @@ def silu_requantize(q: torch.Tensor) -> torch.Tensor:
 
 
 def lookup(q: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """``silu_requantize`` as a 256-entry table lookup."""
-    return table[q.to(torch.int32)]
+    """``silu_requantize`` as a 256-entry table lookup (on the NHWC view: indexing writes a contiguous result, and
+    the channels_last map is contiguous as NHWC, so nothing is transposed)."""
+    return table[q.permute(0, 2, 3, 1).to(torch.int32)].permute(0, 3, 1, 2)
 
 
 def silu_outside(s: ConvShape, reps: int) -> dict[str, float]:
