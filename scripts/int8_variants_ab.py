@@ -11,7 +11,9 @@ Each variant changes what the PT2E x86 quantizer annotates, after it has annotat
   quantized and its sum is stored in uint8 (the next block's conv and the next add both read that one copy), so the
   stream is rounded to 8 bits once per block; here the add reads the float skip input and the next add reads the
   float sum, while each conv still reads a uint8 copy of it. The projection conv then writes float.
-- ``both``: the two together.
+- ``se-uint8-full-range``: ``se-uint8`` with the squeeze-excite inputs' ranges from the calibration's minimum and
+  maximum (no clipping) instead of the histogram observer's (which clips the tail to lower the rounding error).
+- ``both``: ``se-uint8`` and ``residual-float`` together.
 
 ``speed``: the default and each variant compiled, with compiled bf16 beside them, in paired rounds at batch 8 and 1.
 ``agreement``: the quantized graphs (reference ops, uncompiled) against an fp64 copy on blended test images through
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import statistics
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -40,22 +43,31 @@ from effnetv2.testing import mixed_images
 ADDS = (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)
 
 
-def annotate_se_inputs(graph: torch.fx.GraphModule, config: Any) -> int:
+def annotate_se_inputs(graph: torch.fx.GraphModule, config: Any, observer: Any = None) -> int:
     """Quantize the output of every SiLU that feeds a squeeze-excite's pooling (``mean``) and that the quantizer left
-    unannotated; how many it found."""
+    unannotated (its range from the quantizer's activation observer, or ``observer``); how many it found."""
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
 
+    qspec = config.output_activation
+    if observer is not None:
+        qspec = dataclasses.replace(qspec, observer_or_fake_quant_ctr=observer)
     found = 0
     for node in graph.graph.nodes:
         if node.target != torch.ops.aten.mean.dim:
             continue
         source = node.args[0]
         if "silu" in str(source.target) and source.meta.get("quantization_annotation") is None:
-            source.meta["quantization_annotation"] = QuantizationAnnotation(
-                output_qspec=config.output_activation, _annotated=True
-            )
+            source.meta["quantization_annotation"] = QuantizationAnnotation(output_qspec=qspec, _annotated=True)
             found += 1
     return found
+
+
+def annotate_se_inputs_full_range(graph: torch.fx.GraphModule, config: Any) -> int:
+    """:func:`annotate_se_inputs` with each range the calibration's minimum to maximum: the default histogram
+    observer clips the tail of the SiLU output, which biases the squeeze-excite's mean; this one clips nothing."""
+    from torchao.quantization.pt2e.observer import MinMaxObserver
+
+    return annotate_se_inputs(graph, config, MinMaxObserver.with_args(eps=2**-12))
 
 
 def keep_residuals_float(graph: torch.fx.GraphModule, config: Any) -> int:
@@ -71,6 +83,7 @@ def keep_residuals_float(graph: torch.fx.GraphModule, config: Any) -> int:
 
 VARIANTS: dict[str, tuple[Callable[[torch.fx.GraphModule, Any], int], ...]] = {
     "se-uint8": (annotate_se_inputs,),
+    "se-uint8-full-range": (annotate_se_inputs_full_range,),
     "residual-float": (keep_residuals_float,),
     "both": (annotate_se_inputs, keep_residuals_float),
 }
