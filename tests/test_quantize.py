@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from conftest import Embedder
+from conftest import Embedder, import_script
 from PIL import Image
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
+from torchvision.ops import SqueezeExcitation
 
 import effnetv2
 from effnetv2 import testing as calibrated_model
@@ -268,6 +269,39 @@ def test_keep_float_and_features_only(b0):
     comparison = compare(maps, ref, torch.int8, baseline=int8.agreement.error, logits=False)
     assert comparison.accepted and comparison.error > 1e3 * comparison.eager_error, comparison.describe()
     assert int8.agreement.top1 is None and int8.num_classes == 0
+
+
+def test_the_measured_int8_variants_change_what_they_say(b0):
+    """scripts/int8_variants_ab.py's variants (BENCHMARKS.md's int8 findings rest on them) change the quantized graph
+    as they claim, against the default graph, which does the opposite."""
+    variants = import_script("int8_variants_ab")
+    images = calibrated_model.smooth_images(16, IMG, seed=7)
+    graphs = {"default": quantize_int8(b0[0], images, compile=False).graph.graph}
+    for name in ("residual-float", "se-uint8", "se-uint8-full-range"):
+        with variants.variant(name):
+            graphs[name] = quantize_int8(b0[0], images, compile=False).graph.graph
+    dequantize = (qd.dequantize_per_tensor.default, qd.dequantize_per_tensor.tensor)
+
+    def residual_adds_reading_uint8(graph) -> int:  # adds of a conv's output and a dequantized skip input
+        adds = [n for n in graph.nodes if n.target in variants.ADDS]
+        return sum(any(a.target in dequantize for a in n.args) for n in adds)
+
+    def se_input_scales(graph) -> list[float]:  # the quantization scale of each squeeze-excite's input
+        pools = [n for n in graph.nodes if n.target == aten.mean.dim]
+        return [float(n.args[0].args[1]) for n in pools if n.args[0].target in dequantize]
+
+    assert (
+        residual_adds_reading_uint8(graphs["default"]) > 10
+        and residual_adds_reading_uint8(graphs["residual-float"]) == 0
+    )
+    se_blocks = sum(isinstance(m, SqueezeExcitation) for m in b0[0].modules())
+    assert se_input_scales(graphs["default"]) == [] and len(se_input_scales(graphs["se-uint8"])) == se_blocks == 16
+    histogram, full = se_input_scales(graphs["se-uint8"]), se_input_scales(graphs["se-uint8-full-range"])
+    # min-max ranges clip nothing, so they are at least the histogram's, and wider where its tail was clipped
+    assert (
+        all(f >= h * (1 - 1e-6) for f, h in zip(full, histogram, strict=True))
+        and sum(f > 1.01 * h for f, h in zip(full, histogram, strict=True)) > 0
+    )
 
 
 def as_the_cli_reads(model: torch.nn.Module, folder: Path, img_size: int = 128) -> torch.Tensor:
