@@ -33,7 +33,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from _bench import ARCH, int8_calibration_images, int8_test_images, log, paired_rounds, stand_in_pair
+from _bench import (
+    ARCH,
+    int8_calibration_images,
+    int8_test_images,
+    log,
+    paired_ratio,
+    paired_rounds,
+    stand_in_pair,
+)
 
 import effnetv2.inference.int8 as int8_module
 from effnetv2.inference import optimize_for_inference
@@ -149,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         times = paired_rounds(runs, args.rounds * (2 if batch == 1 else 1), 2, label=f"batch {batch}")
         base = times["int8 (default)"]
         for name, t in times.items():
-            ratio = statistics.median(a / b for a, b in zip(base, t, strict=True))
+            ratio = paired_ratio(base, t)
             print(f"batch {batch} {name}: {1e3 * statistics.median(t):.1f} ms, {ratio:.3f}× int8 (default)", flush=True)
     return 0
 
