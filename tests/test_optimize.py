@@ -16,13 +16,14 @@ import torch._inductor.config as inductor_config
 from conftest import ARCH, Method
 from torch import nn
 from torch._dynamo.utils import counters
+from torch._inductor.utils import run_and_get_code
 
 import effnetv2
 import effnetv2.inference.folded as optimize_module
 from effnetv2 import testing as calibrated_model
 from effnetv2.inference import optimize_for_inference
 from effnetv2.inference.compare import compare, judge, natural_images, reference, run_batched
-from effnetv2.inference.compiled import FrozenCompiled
+from effnetv2.inference.compiled import FrozenCompiled, cpu_inductor_options
 
 IMG = 96
 
@@ -229,7 +230,8 @@ def test_compiled_copy_freezes_its_weights_into_fused_onednn_kernels():
 
 
 def test_compile_takes_a_torch_compile_mode():
-    """compile="max-autotune" reaches torch.compile (inductor times its own GEMM kernels: its autotune counter moves)
+    """compile="max-autotune" reaches torch.compile (inductor times its own GEMM kernels: its autotune counter moves;
+    the kernels are called from its C++ wrapper)
     and the result stays as close to fp64 as the eager module; a name that is no mode is refused before any work."""
     model = effnetv2.create_model("tf_efficientnetv2_b0").eval()
     tuned = optimize_for_inference(model, compile="max-autotune")
@@ -246,9 +248,18 @@ def test_compile_takes_a_torch_compile_mode():
     x = calibrated_model.smooth_images(8, 16, seed=3).flatten(1)
     before = counters["inductor"]["select_algorithm_autotune"]
     # inductor's on-disk caches would replay an earlier run's compile and timings without counting them
-    with inductor_config.patch(fx_graph_cache=False, autotune_local_cache=False):
-        assert_accepted(head, FrozenCompiled(head, "max-autotune"), x)  # called without autograd, as freezing needs
+    with inductor_config.patch(fx_graph_cache=False, autotune_local_cache=False), torch.inference_mode():
+        out, code = run_and_get_code(FrozenCompiled(head, "max-autotune"), x)  # without autograd, as freezing needs
+    assert_accepted(head, lambda x: out, x)
     assert counters["inductor"]["select_algorithm_autotune"] > before
+    # the kernels are called from inductor's C++ wrapper, not from Python; no CUDA graphs asked for on the CPU
+    assert len(code) == 1 and "CppWrapperCodeCache" in code[0] and "inductor_entry_impl" in code[0]
+    assert cpu_inductor_options("max-autotune") == {
+        "max_autotune": True,
+        "coordinate_descent_tuning": True,
+        "cpp_wrapper": True,
+    }
+    assert cpu_inductor_options("default") == {"cpp_wrapper": True}
 
 
 def test_exported_from_package():
