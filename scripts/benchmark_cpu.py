@@ -16,7 +16,9 @@ printed with the limit of its precision and the share of it reached, next to the
 AVX512-BF16, AVX512-VNNI from /proc/cpuinfo). ``--limit-only`` times timm alone, for the limit against timm.
 
 Quality, on the well-conditioned stand-in (:mod:`effnetv2.testing`: 10-class nearest-prototype classifier,
-blended images from confident to near ties), through the project's one comparison
+blended images from confident to near ties; the int8 scripts' shared test set, ``_bench.int8_test_images``, which no
+calibration uses: 192 images, about 128 with a clear answer, so that one flipped answer is 0.8 % and a 99 % bar can
+be read), through the project's one comparison
 (:mod:`effnetv2.inference.compare`): each path's largest relative error against an fp64 copy and its limit, top-1
 agreement with fp64 (overall and on the images with a clear answer, issue 16's ≥ 99 % bar), next to timm's own bf16
 autocast on the same images.
@@ -45,6 +47,7 @@ from _bench import (
     comparison_dict,
     cpu_kind,
     int8_calibration_images,
+    int8_test_images,
     limit_estimate,
     log,
     machine_info,
@@ -86,7 +89,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
         help="inductor's cache folder (default: a fresh one, so first calls time cold compiles, as a user's first)",
     )
     p.add_argument("--calibration", type=int, default=256, help="int8 calibration images (every 4th held out)")
-    p.add_argument("--quality-images", type=int, default=96, help="blended images for top-1 agreement")
+    p.add_argument(
+        "--quality-images", type=int, default=192, help="blended test images for top-1 agreement (int8_test_images)"
+    )
     p.add_argument("--skip-compile", action="store_true", help="leave out the compiled fp32/bf16 paths")
     p.add_argument(
         "--max-autotune",
@@ -172,7 +177,7 @@ def time_paths(
 def judge_quality(ours: torch.nn.Module, theirs: torch.nn.Module, paths, exemplars, images: int) -> dict[str, Any]:
     """Each path and timm's bf16 autocast against an fp64 copy, through the project's one comparison."""
     log("quality: each path against an fp64 copy on the blended images (slow: fp64 runs ~7x fp32) ...")
-    test = mixed_images(exemplars, images, seed=5)
+    test = int8_test_images(exemplars, images)
     ref = reference(ours, test, precisions=(torch.bfloat16,))
     quality: dict[str, Any] = {}
     for name, precision in (
