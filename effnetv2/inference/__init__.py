@@ -50,8 +50,8 @@ def optimize_for_inference(
             at each batch size compiles (about a minute for rw_m on 2 CPU cores; less with inductor's cache
             warm). Default: ``False`` for float dtypes, ``True`` for int8 (whose uncompiled graph runs
             reference float ops, slower than fp32). A ``torch.compile`` mode name compiles in that mode:
-            ``"max-autotune"`` times inductor's own GEMM kernels for the linear layers against oneDNN's (two runs
-            on an AMX Xeon: up to 24 % more images per second in bf16 and int8, 2-3.5 times the compile time).
+            ``"max-autotune"`` times inductor's own GEMM kernels for the linear layers against oneDNN's (three runs
+            on an AMX Xeon: up to 24 % more images per second in bf16 and int8, 1.6-3.5 times the compile time).
         calibration: int8 only: normalised images (N, C, H, W), a DataLoader of them, or a folder of image files;
             the int8 model takes inputs of their size (:func:`effnetv2.inference.int8.quantize_int8`).
 

@@ -15,9 +15,9 @@ C++ wrapper warns that it skips them): they are left out of those modes' options
 
 ``compile=`` of :func:`effnetv2.optimize_for_inference` takes ``True`` or one of ``torch.compile``'s modes
 (:func:`compile_mode`): ``"max-autotune"`` lets inductor time its own C++ GEMM kernels against oneDNN's for the
-linear layers (squeeze-excite, classifier) and keep the faster; in two runs on an AMX Xeon (BENCHMARKS.md) up to
-24 % more images per second (bf16 3-12 %; int8 from nothing at batch 8 to 24 % at batch 1), for two to three and a
-half times the compile time.
+linear layers (squeeze-excite, classifier) and keep the faster; in three runs on an AMX Xeon (BENCHMARKS.md) up to
+24 % more images per second (bf16 3-12 %; int8 from nothing at batch 8 to 24 % at batch 1), for 1.6 to 3.5 times the
+compile time.
 """
 
 from __future__ import annotations
