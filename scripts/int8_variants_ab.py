@@ -14,6 +14,12 @@ Each variant changes what the PT2E x86 quantizer annotates, after it has annotat
 - ``se-uint8-full-range``: ``se-uint8`` with the squeeze-excite inputs' ranges from the calibration's minimum and
   maximum (no clipping) instead of the histogram observer's (which clips the tail to lower the rounding error).
 - ``both``: ``se-uint8`` and ``residual-float`` together.
+- ``se-bf16``: after conversion, the squeeze-excite ``Linear`` layers (kept float) in bf16 instead of float32, so
+  inductor runs them as oneDNN bf16 matmuls (AMX where the CPU has it); their input is cast to bf16 and their output
+  back to float32.
+- ``se-path-bf16``: after conversion, the depthwise conv before each squeeze-excite computes in bf16 and writes bf16
+  (PyTorch's int8-mixed-bf16 lowering, applied to that conv only), and the squeeze-excite and its gated map stay
+  bf16 until the projection conv's input is quantized: half the bytes of the float32 map it writes and reads.
 
 ``speed``: the default and each variant compiled, with compiled bf16 beside them, in paired rounds at batch 8 and 1.
 ``agreement``: the quantized graphs (reference ops, uncompiled) against an fp64 copy on blended test images through
@@ -89,11 +95,67 @@ def keep_residuals_float(graph: torch.fx.GraphModule, config: Any) -> int:
     return found
 
 
+def _cast_inputs(graph: torch.fx.Graph, node: torch.fx.Node, dtype: torch.dtype) -> None:
+    """Make ``node`` read each of its tensor arguments (input, weight, bias) cast to ``dtype``."""
+    with graph.inserting_before(node):
+        node.args = tuple(
+            graph.call_function(torch.ops.aten.to.dtype, (arg, dtype)) if isinstance(arg, torch.fx.Node) else arg
+            for arg in node.args
+        )
+
+
+def _is_se_linear(node: torch.fx.Node) -> bool:
+    weight = node.args[1] if node.target == torch.ops.aten.linear.default else None
+    return isinstance(weight, torch.fx.Node) and weight.op == "get_attr" and ".se." in str(weight.target)
+
+
+def se_linears_in_bf16(graph: torch.fx.GraphModule) -> int:
+    """After conversion: every squeeze-excite ``Linear`` (kept float) reads its input, weight and bias in bf16 and
+    its result is cast back to float32, so that inductor runs it as a oneDNN bf16 matmul (AMX); how many."""
+    found = 0
+    for node in [n for n in graph.graph.nodes if _is_se_linear(n)]:
+        _cast_inputs(graph.graph, node, torch.bfloat16)
+        with graph.graph.inserting_after(node):
+            back = graph.graph.call_function(torch.ops.aten.to.dtype, (node, torch.float32))
+        node.replace_all_uses_with(back, delete_user_cb=lambda user, back=back: user is not back)
+        found += 1
+    graph.graph.lint()
+    graph.recompile()
+    return found
+
+
+def se_path_in_bf16(graph: torch.fx.GraphModule) -> int:
+    """After conversion: the depthwise conv before each squeeze-excite reads its dequantized input, weight and bias
+    in bf16, so its SiLU output, the squeeze-excite (pooling, ``Linear`` layers, gate) and the gated map stay bf16
+    until the projection's input is quantized (inductor's int8-mixed-bf16 patterns: the conv writes bf16); how many
+    squeeze-excites."""
+    found = 0
+    for node in list(graph.graph.nodes):
+        if node.target == torch.ops.aten._assert_tensor_metadata.default:
+            graph.graph.erase_node(node)  # export's dtype checks: float32 no longer holds
+        elif _is_se_linear(node):
+            _cast_inputs(graph.graph, node, torch.bfloat16)
+        elif node.target == torch.ops.aten.mean.dim and "silu" in str(node.args[0].target):
+            conv = node.args[0].args[0]
+            if conv.target == torch.ops.aten.conv2d.default:
+                _cast_inputs(graph.graph, conv, torch.bfloat16)
+                found += 1
+    graph.graph.lint()
+    graph.recompile()
+    return found
+
+
 VARIANTS: dict[str, tuple[Callable[[torch.fx.GraphModule, Any], int], ...]] = {
     "se-uint8": (annotate_se_inputs,),
     "se-uint8-full-range": (annotate_se_inputs_full_range,),
     "residual-float": (keep_residuals_float,),
     "both": (annotate_se_inputs, keep_residuals_float),
+    "se-bf16": (),  # changes to the converted graph: CONVERTED below
+    "se-path-bf16": (),
+}
+CONVERTED: dict[str, Callable[[torch.fx.GraphModule], int]] = {
+    "se-bf16": se_linears_in_bf16,
+    "se-path-bf16": se_path_in_bf16,
 }
 
 
@@ -116,11 +178,21 @@ def variant(name: str) -> Iterator[None]:
         base.annotate = annotate_too
         return base, f"{kept}; variant {name}"
 
+    original_graph = int8_module._quantized_graph
+
+    def quantized_graph(*args: Any) -> tuple[torch.nn.Module, str]:
+        graph, kept = original_graph(*args)
+        if name in CONVERTED:
+            log(f"{name}: {CONVERTED[name].__name__} changed {CONVERTED[name](graph)} nodes")
+        return graph, kept
+
     int8_module._quantizer = quantizer
+    int8_module._quantized_graph = quantized_graph
     try:
         yield
     finally:
         int8_module._quantizer = original
+        int8_module._quantized_graph = original_graph
 
 
 def main(argv: list[str] | None = None) -> int:
