@@ -9,9 +9,10 @@ under the global flag instead.
 
 It also compiles with inductor's C++ wrapper (``cpp_wrapper``): the generated code calls its kernels from C++ rather
 than Python, which saves the Python cost of each of a few hundred kernel calls per image. On an AMX Xeon
-(BENCHMARKS.md) that is 4-10 % at batch 1 and up to 3 % at batch 8, with the same outputs, and the first call compiles
-no slower. CUDA graphs, which ``"max-autotune"`` and ``"reduce-overhead"`` ask for, do not apply on the CPU (and the
-C++ wrapper warns that it skips them): they are left out of those modes' options.
+(BENCHMARKS.md, ``scripts/cpp_wrapper_ab.py``) that is 4-11 % at batch 1 and 1-5 % at batch 8, with the same
+outputs; int8 compiles as fast, bf16 took 8-19 s longer for rw_m in one run. CUDA graphs, which
+``"max-autotune"`` and ``"reduce-overhead"`` ask for, do not apply on the CPU (and the C++ wrapper warns that it
+skips them): they are left out of those modes' options.
 
 ``compile=`` of :func:`effnetv2.optimize_for_inference` takes ``True`` or one of ``torch.compile``'s modes
 (:func:`compile_mode`): ``"max-autotune"`` lets inductor time its own C++ GEMM kernels against oneDNN's for the
