@@ -21,18 +21,27 @@ Each variant changes what the PT2E x86 quantizer annotates, after it has annotat
   (PyTorch's int8-mixed-bf16 lowering, applied to that conv only), and the squeeze-excite and its gated map stay
   bf16 until the projection conv's input is quantized: half the bytes of the float32 map it writes and reads.
 
+- ``reduce-range``, ``min-max``, ``moving-average``, ``histogram-4096``: the quantizer's config changed
+  (:data:`CONFIGS`): 7-bit activations (what the quantizer advises for CPUs without VNNI, whose int8 pair sums can
+  saturate), or every activation's range from the calibration's minimum and maximum, from a moving average of each
+  batch's, or from a histogram of 4096 bins instead of 2048.
+
 ``speed``: the default and each variant compiled, with compiled bf16 beside them, in paired rounds at batch 8 and 1.
 ``agreement``: the quantized graphs (reference ops, uncompiled) against an fp64 copy on blended test images through
 the project's one comparison (top-1 as fp64 where the answer is clear, error from fp64).
 
     python scripts/int8_variants_ab.py speed [--variants se-uint8 residual-float both] [--model ... --img-size 320]
-    python scripts/int8_variants_ab.py agreement [--test-images 192 --calibration 256]
+    python scripts/int8_variants_ab.py agreement [--test-images 192 --calibration 256] [--compiled]
+
+``agreement --compiled`` also compiles each graph and compares the compiled copy (this CPU's oneDNN int8 kernels)
+with fp64 and with the graph's reference ops.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import statistics
 from collections.abc import Callable, Iterator
@@ -52,6 +61,7 @@ from _bench import (
 import effnetv2.inference.int8 as int8_module
 from effnetv2.inference import optimize_for_inference
 from effnetv2.inference.compare import compare, reference, run_batched
+from effnetv2.inference.compiled import FrozenCompiled
 from effnetv2.testing import mixed_images
 
 ADDS = (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)
@@ -145,6 +155,30 @@ def se_path_in_bf16(graph: torch.fx.GraphModule) -> int:
     return found
 
 
+def _observed_with(observer: str, **kwargs: Any) -> Callable[[Any, Any], Any]:
+    """A change of the quantizer's config: every activation's range from torchao's ``observer`` (with ``kwargs``)
+    instead of the default config's histogram observer."""
+
+    def change(x86: Any, config: Any) -> Any:
+        from torchao.quantization.pt2e import observer as observers
+
+        ctr = getattr(observers, observer).with_args(eps=2**-12, **kwargs)  # eps: the default config's
+        spec = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=ctr)
+        return dataclasses.replace(config, input_activation=spec, output_activation=spec)
+
+    return change
+
+
+# Changes of the quantizer's global config, (x86 quantizer module, default config) -> config
+CONFIGS: dict[str, Callable[[Any, Any], Any]] = {
+    # the quantizer's advice for CPUs without VNNI: 7-bit activations, so that the u8 x s8 pair sums of AVX2's
+    # vpmaddubsw (saturating at int16) cannot overflow
+    "reduce-range": lambda x86, config: x86.get_default_x86_inductor_quantization_config(reduce_range=True),
+    "min-max": _observed_with("MinMaxObserver"),  # no clipping
+    "moving-average": _observed_with("MovingAverageMinMaxObserver", averaging_constant=0.1),
+    "histogram-4096": _observed_with("HistogramObserver", bins=4096),  # the default's 2048 bins, doubled
+}
+
 VARIANTS: dict[str, tuple[Callable[[torch.fx.GraphModule, Any], int], ...]] = {
     "se-uint8": (annotate_se_inputs,),
     "se-uint8-full-range": (annotate_se_inputs_full_range,),
@@ -152,6 +186,7 @@ VARIANTS: dict[str, tuple[Callable[[torch.fx.GraphModule, Any], int], ...]] = {
     "both": (annotate_se_inputs, keep_residuals_float),
     "se-bf16": (),  # changes to the converted graph: CONVERTED below
     "se-path-bf16": (),
+    **{name: () for name in CONFIGS},  # the quantizer's config: CONFIGS
 }
 CONVERTED: dict[str, Callable[[torch.fx.GraphModule], int]] = {
     "se-bf16": se_linears_in_bf16,
@@ -167,6 +202,8 @@ def variant(name: str) -> Iterator[None]:
 
     def quantizer(x86: Any, fp32: torch.nn.Module, keep_float: Any) -> tuple[Any, str]:
         base, kept = original(x86, fp32, keep_float)
+        if name in CONFIGS:
+            base.set_global(CONFIGS[name](x86, base.global_config))
         annotate = base.annotate
 
         def annotate_too(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -195,6 +232,21 @@ def variant(name: str) -> Iterator[None]:
         int8_module._quantized_graph = original_graph
 
 
+def compiled_against(model: Any, graph_out: list[torch.Tensor], test: torch.Tensor, ref: Any) -> str:
+    """The compiled copy of ``model``'s quantized graph (this CPU's oneDNN int8 kernels) against fp64, and how far it
+    lands from the graph's reference ops (``graph_out``): largest difference over the logits' range, top-1 changed."""
+    fast = int8_module.Int8EfficientNetV2(
+        FrozenCompiled(copy.deepcopy(model.graph), "default"), model, model.img_size, None, 0, True, model.kept_float
+    )
+    out = run_batched(fast, test)
+    apart = float((out[0] - graph_out[0]).abs().max() / graph_out[0].abs().max())
+    changed = int((out[0].argmax(1) != graph_out[0].argmax(1)).sum())
+    return (
+        f"{compare(out, ref, torch.int8).describe()}; against the graph's reference ops: {apart:.3g} apart, "
+        f"top-1 changed on {changed} of {test.shape[0]}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("what", choices=("speed", "agreement"))
@@ -205,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-images", type=int, default=192, help="agreement: blended test images")
     p.add_argument("--rounds", type=int, default=8, help="speed: paired rounds at batch 8 (batch 1: twice as many)")
     p.add_argument("--compile", default="True", help="speed: the compile mode (True, or e.g. max-autotune)")
+    p.add_argument(
+        "--compiled",
+        action="store_true",
+        help="agreement: each graph's compiled copy too (this CPU's int8 kernels), against fp64 and the graph",
+    )
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
     ours, exemplars, _ = stand_in_pair(args.model, args.img_size)
@@ -220,7 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         test = int8_test_images(exemplars, args.test_images)
         ref = reference(ours, test)
         for name, model in models.items():
-            print(f"{name}: {compare(run_batched(model, test), ref, torch.int8).describe()}", flush=True)
+            graph_out = run_batched(model, test)
+            print(f"{name}: {compare(graph_out, ref, torch.int8).describe()}", flush=True)
+            if args.compiled:
+                print(f"{name}, compiled: {compiled_against(model, graph_out, test, ref)}", flush=True)
         return 0
     models["bf16 compiled"] = optimize_for_inference(ours, torch.bfloat16, compile=compiled)
     for batch in (8, 1):

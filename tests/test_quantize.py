@@ -277,7 +277,7 @@ def test_the_measured_int8_variants_change_what_they_say(b0):
     variants = import_script("int8_variants_ab")
     images = calibrated_model.smooth_images(16, IMG, seed=7)
     graphs = {"default": quantize_int8(b0[0], images, compile=False).graph.graph}
-    for name in ("residual-float", "se-uint8", "se-uint8-full-range"):
+    for name in ("residual-float", "se-uint8", "se-uint8-full-range", "reduce-range", "min-max"):
         with variants.variant(name):
             graphs[name] = quantize_int8(b0[0], images, compile=False).graph.graph
     dequantize = (qd.dequantize_per_tensor.default, qd.dequantize_per_tensor.tensor)
@@ -302,6 +302,18 @@ def test_the_measured_int8_variants_change_what_they_say(b0):
         all(f >= h * (1 - 1e-6) for f, h in zip(full, histogram, strict=True))
         and sum(f > 1.01 * h for f, h in zip(full, histogram, strict=True)) > 0
     )
+
+    def activation_ranges(graph) -> list[tuple[float, int]]:  # (scale, quant_max) of each quantized activation
+        quantize = (qd.quantize_per_tensor.default, qd.quantize_per_tensor.tensor)
+        return [(float(n.args[1]), int(n.args[4])) for n in graph.nodes if n.target in quantize]
+
+    default, seven_bit, min_max = (activation_ranges(graphs[k]) for k in ("default", "reduce-range", "min-max"))
+    assert {q for _, q in default} == {255} and {q for _, q in seven_bit} == {127} and len(seven_bit) == len(default)
+    # the calibration's minimum to maximum everywhere: no range narrower than the histogram's, many wider
+    assert len(min_max) == len(default) and all(
+        m >= d * (1 - 1e-6) for (m, _), (d, _) in zip(min_max, default, strict=True)
+    )
+    assert sum(m > 1.01 * d for (m, _), (d, _) in zip(min_max, default, strict=True)) > len(default) // 4
 
 
 def as_the_cli_reads(model: torch.nn.Module, folder: Path, img_size: int = 128) -> torch.Tensor:
