@@ -303,11 +303,11 @@ def test_the_measured_int8_variants_change_what_they_say(b0):
         and sum(f > 1.01 * h for f, h in zip(full, histogram, strict=True)) > 0
     )
 
-    def activation_ranges(graph) -> list[tuple[float, int]]:  # (scale, quant_max) of each quantized activation
+    def scales_and_maxima(graph) -> list[tuple[float, int]]:  # (scale, quant_max) of each quantized activation
         quantize = (qd.quantize_per_tensor.default, qd.quantize_per_tensor.tensor)
         return [(float(n.args[1]), int(n.args[4])) for n in graph.nodes if n.target in quantize]
 
-    default, seven_bit, min_max = (activation_ranges(graphs[k]) for k in ("default", "reduce-range", "min-max"))
+    default, seven_bit, min_max = (scales_and_maxima(graphs[k]) for k in ("default", "reduce-range", "min-max"))
     assert {q for _, q in default} == {255} and {q for _, q in seven_bit} == {127} and len(seven_bit) == len(default)
     # the calibration's minimum to maximum everywhere: no range narrower than the histogram's, many wider
     assert len(min_max) == len(default) and all(
