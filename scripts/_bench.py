@@ -131,18 +131,56 @@ def matmul_gflops(
     dtype: torch.dtype, n: int = 2048, reps: int = 5, statistic: Callable[[list[float]], float] = min
 ) -> Optional[float]:
     """GFLOP/s (int8: GOP/s, :func:`int8_matmul`) of ``reps`` n×n×n matmuls after one untimed, their fastest (or
-    ``statistic`` of their times): what this CPU's cores reach in ``dtype``. None where this build has no such
-    matmul kernel."""
+    ``statistic`` of their times): what this CPU's cores reach in ``dtype`` (floats: :func:`faster_gemm`). None
+    where this build has no such kernel."""
     if dtype == torch.int8:
         fn = int8_matmul(n)
     else:
-        a, b = (torch.randn(n, n, dtype=dtype) for _ in range(2))
-        fn = lambda: a @ b  # noqa: E731
+        fn = faster_gemm(n, dtype)
     try:
         fn()
-    except RuntimeError:  # no int8 matmul kernel on this build
+    except RuntimeError:  # no such kernel on this build
         return None
     return 2 * n**3 / statistic([timed(fn) for _ in range(reps)]) / 1e9
+
+
+def faster_gemm(n: int, dtype: torch.dtype) -> Callable[[], Any]:
+    """The faster of :func:`float_matmul` and :func:`conv_matmul` (the two GEMM libraries torch uses on the CPU) for
+    an n×n×n product, chosen on (n/4)³ ones: on a CPU without bf16, torch.mm in bf16 ran 60× slower than oneDNN's
+    convolution (a minute a call at n=2048), so only the faster is run at full size."""
+    probe = max(n // 4, 16)
+    rates = {}
+    for make in (float_matmul, conv_matmul):
+        fn = make(probe, dtype)
+        try:
+            fn()
+        except RuntimeError:  # no such kernel on this build
+            continue
+        rates[make] = 1 / min(timed(fn) for _ in range(3))
+    return max(rates, key=rates.get, default=float_matmul)(n, dtype)
+
+
+def float_matmul(n: int, dtype: torch.dtype) -> Callable[[], Any]:
+    """An n×n×n matmul through ``torch.mm`` (MKL's or oneDNN's GEMM, whichever this build picks for ``dtype``)."""
+    a, b = (torch.randn(n, n, dtype=dtype) for _ in range(2))
+    return lambda: a @ b
+
+
+def conv_matmul(n: int, dtype: torch.dtype) -> Callable[[], Any]:
+    """The same n×n×n product as a 1×1 convolution in channels_last (:func:`matmul_as_conv`): oneDNN's convolution,
+    the kernels the models' convs run. On an AVX2-only EPYC torch.mm's fp32 (MKL) reached 93 GFLOP/s, below what
+    timm's convs reach, so a peak from torch.mm alone was no bound there."""
+    x, w = matmul_as_conv(*(torch.randn(n, n, dtype=dtype) for _ in range(2)))
+    return lambda: torch.nn.functional.conv2d(x, w)
+
+
+def matmul_as_conv(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An image and 1×1 kernels whose convolution is ``a @ b`` (m×k @ k×n): a's m rows as m pixels of k channels
+    (channels_last), b's n columns as n kernels; output channel j at pixel i is ``(a @ b)[i, j]``."""
+    (m, k), n = a.shape, b.shape[1]
+    x = a.t().reshape(1, k, 1, m).contiguous(memory_format=torch.channels_last)
+    w = b.t().reshape(n, k, 1, 1).contiguous(memory_format=torch.channels_last)
+    return x, w
 
 
 def copy_gbs(mib: int = 256, reps: int = 7) -> float:

@@ -21,6 +21,9 @@ Each variant changes what the PT2E x86 quantizer annotates, after it has annotat
   (PyTorch's int8-mixed-bf16 lowering, applied to that conv only), and the squeeze-excite and its gated map stay
   bf16 until the projection conv's input is quantized: half the bytes of the float32 map it writes and reads.
 
+- ``head-int8``: the last 1×1 convolution (``head``, 1280-2152 channels) quantized too; the default keeps it float
+  (:data:`effnetv2.inference.int8_policy.KEPT_FLOAT_PARTS`). Its agreement was measured the same (rw_m on AMX,
+  rw_t on AVX2); its speed is what this variant measures.
 - ``reduce-range``, ``min-max``, ``moving-average``, ``histogram-4096``: the quantizer's config changed
   (:data:`CONFIGS`): 7-bit activations (what the quantizer advises for CPUs without VNNI, whose int8 pair sums can
   saturate), or every activation's range from the calibration's minimum and maximum, from a moving average of each
@@ -179,6 +182,10 @@ CONFIGS: dict[str, Callable[[Any, Any], Any]] = {
     "histogram-4096": _observed_with("HistogramObserver", bins=4096),  # the default's 2048 bins, doubled
 }
 
+KEEP_FLOAT: dict[str, tuple[str, ...]] = {  # variants that change what the policy keeps float
+    "head-int8": tuple(name for name in int8_module.KEPT_FLOAT if name != "head"),
+}
+
 VARIANTS: dict[str, tuple[Callable[[torch.fx.GraphModule, Any], int], ...]] = {
     "se-uint8": (annotate_se_inputs,),
     "se-uint8-full-range": (annotate_se_inputs_full_range,),
@@ -187,6 +194,7 @@ VARIANTS: dict[str, tuple[Callable[[torch.fx.GraphModule, Any], int], ...]] = {
     "se-bf16": (),  # changes to the converted graph: CONVERTED below
     "se-path-bf16": (),
     **{name: () for name in CONFIGS},  # the quantizer's config: CONFIGS
+    **{name: () for name in KEEP_FLOAT},  # what stays float: KEEP_FLOAT
 }
 CONVERTED: dict[str, Callable[[torch.fx.GraphModule], int]] = {
     "se-bf16": se_linears_in_bf16,
@@ -201,7 +209,7 @@ def variant(name: str) -> Iterator[None]:
     steps = VARIANTS[name]
 
     def quantizer(x86: Any, fp32: torch.nn.Module, keep_float: Any) -> tuple[Any, str]:
-        base, kept = original(x86, fp32, keep_float)
+        base, kept = original(x86, fp32, KEEP_FLOAT.get(name, keep_float))
         if name in CONFIGS:
             base.set_global(CONFIGS[name](x86, base.global_config))
         annotate = base.annotate

@@ -90,3 +90,53 @@ def test_benchmark_cpu_reports_each_figure_against_its_limit(limit):
     assert "--max-autotune" not in text
     tuned = benchmark_cpu.markdown(r, benchmark_cpu.parse_args(["--limit-only", "--max-autotune"]))
     assert "`python scripts/benchmark_cpu.py --limit-only --max-autotune`" in tuned
+
+
+def _judged(error: float, top1: float, clear: tuple[float, int]) -> dict:
+    return dict(images=192, error=error, limit=None, top1=top1, clear=list(clear))
+
+
+def test_benchmark_cpu_leaves_bf16_unjudged_where_the_cpu_has_no_native_bf16(limit):
+    avx2 = {flag: False for flag in benchmark_cpu.ISA_FLAGS}
+    assert not benchmark_cpu.native_bf16(avx2)
+    assert benchmark_cpu.native_bf16({**avx2, "avx512_bf16": True})
+    assert benchmark_cpu.native_bf16({**avx2, "amx_bf16": True})
+    assert benchmark_cpu.parse_args([]).bf16_quality == "auto"
+
+    row = dict(ms=100.0, vs_timm_cl=1.0, img_s=80.0, limit_img_s=None, of_limit=None, first_call_s=1.0)
+    names = (benchmark_cpu.TIMM, "effnetv2 optimised fp32", "effnetv2 optimised bf16", benchmark_cpu.INT8)
+    speed = {8: {name: dict(row, vs_timm_cl=ratio) for name, ratio in zip(names, (1.0, 1.1, 0.1, 1.6), strict=True)}}
+    quality = {
+        "effnetv2 optimised fp32": _judged(2e-6, 1.0, (1.0, 128)),
+        benchmark_cpu.INT8: _judged(0.149, 0.98, (127 / 128, 128)),
+        "eager_fp32_error": 2e-6,
+    }
+    machine = dict(cpu="a CPU", cores=2, torch_threads=2, cpu_isa=[], torch="x", torch_cpu_capability="y", timm="z")
+    r = dict(
+        model="efficientnetv2_rw_m",
+        img_size=320,
+        machine=machine,
+        cpu_flags=avx2,
+        limit=limit,
+        speed=speed,
+        quality=quality,
+        int8_quantize_s=269.0,
+        int8_calibration_images=192,
+        int8_heldout=dict(top1=0.97),
+    )
+    text = benchmark_cpu.markdown(r, benchmark_cpu.parse_args([]))
+    assert "| effnetv2 optimised bf16 | not judged | – | – | – |" in text
+    assert "| timm eager, bf16 autocast | not judged | – | – | – |" in text
+    assert "| bf16 top-1 agreement ≥ 99 % where fp64 is clear | not judged | – |" in text
+    assert "| int8 top-1 agreement ≥ 99 % where fp64 is clear | 99.2 % of 128 | yes |" in text
+    assert "bf16 not judged: this CPU has no native bf16" in text
+    assert "| bf16 ≥ 4.0× timm eager fp32 channels_last | effnetv2 optimised bf16: 0.10× (batch 8) | **no** |" in text
+
+
+def test_the_float_peak_counts_a_1x1_convolution_as_the_same_matmul():
+    a, b = torch.randn(48, 32, dtype=torch.float64), torch.randn(32, 40, dtype=torch.float64)
+    x, w = bench.matmul_as_conv(a, b)
+    out = torch.nn.functional.conv2d(x, w)
+    assert out.shape == (1, 40, 1, 48)
+    torch.testing.assert_close(out.reshape(40, 48).t(), a @ b, rtol=1e-12, atol=1e-12)
+    assert bench.conv_matmul(16, torch.float32)().shape == (1, 16, 1, 16)

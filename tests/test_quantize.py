@@ -277,7 +277,7 @@ def test_the_measured_int8_variants_change_what_they_say(b0):
     variants = import_script("int8_variants_ab")
     images = calibrated_model.smooth_images(16, IMG, seed=7)
     graphs = {"default": quantize_int8(b0[0], images, compile=False).graph.graph}
-    for name in ("residual-float", "se-uint8", "se-uint8-full-range", "reduce-range", "min-max"):
+    for name in ("residual-float", "se-uint8", "se-uint8-full-range", "reduce-range", "min-max", "head-int8"):
         with variants.variant(name):
             graphs[name] = quantize_int8(b0[0], images, compile=False).graph.graph
     dequantize = (qd.dequantize_per_tensor.default, qd.dequantize_per_tensor.tensor)
@@ -314,6 +314,14 @@ def test_the_measured_int8_variants_change_what_they_say(b0):
         m >= d * (1 - 1e-6) for (m, _), (d, _) in zip(min_max, default, strict=True)
     )
     assert sum(m > 1.01 * d for (m, _), (d, _) in zip(min_max, default, strict=True)) > len(default) // 4
+
+    def float_convs(graph) -> set[str]:  # the modules whose convolution weight is not dequantized int8
+        convs = [n for n in graph.nodes if n.target == aten.conv2d.default]
+        return {n.args[1].target.removesuffix(".weight") for n in convs if n.args[1].op == "get_attr"}
+
+    # the policy keeps the stem and head convs float; head-int8 quantizes the head conv, and nothing else changes
+    assert {"stem.conv", "head.conv"} <= float_convs(graphs["default"])
+    assert float_convs(graphs["head-int8"]) == float_convs(graphs["default"]) - {"head.conv"}
 
 
 def as_the_cli_reads(model: torch.nn.Module, folder: Path, img_size: int = 128) -> torch.Tensor:
