@@ -24,6 +24,9 @@ Each variant changes what the PT2E x86 quantizer annotates, after it has annotat
 - ``head-int8``: the last 1×1 convolution (``head``, 1280-2152 channels) quantized too; the default keeps it float
   (:data:`effnetv2.inference.int8_policy.KEPT_FLOAT_PARTS`). Its agreement was measured the same (rw_m on AMX,
   rw_t on AVX2); its speed is what this variant measures.
+- ``strided-float``: a ``tf_`` network's strided convs with TensorFlow's "SAME" padding kept float, as they were
+  until the inference copy made them plain convolutions that the quantizer recognises (four in
+  ``tf_efficientnetv2_b0`` and ``_s``; none in the ``rw`` networks, where this is the default).
 - ``reduce-range``, ``min-max``, ``moving-average``, ``histogram-4096``: the quantizer's config changed
   (:data:`CONFIGS`): 7-bit activations (what the quantizer advises for CPUs without VNNI, whose int8 pair sums can
   saturate), or every activation's range from the calibration's minimum and maximum, from a moving average of each
@@ -182,8 +185,16 @@ CONFIGS: dict[str, Callable[[Any, Any], Any]] = {
     "histogram-4096": _observed_with("HistogramObserver", bins=4096),  # the default's 2048 bins, doubled
 }
 
-KEEP_FLOAT: dict[str, tuple[str, ...]] = {  # variants that change what the policy keeps float
-    "head-int8": tuple(name for name in int8_module.KEPT_FLOAT if name != "head"),
+
+def strided_same_padded(fp32: torch.nn.Module) -> tuple[str, ...]:
+    """The inference copy's strided convs with TensorFlow's padding (``tf_`` networks), the stem aside."""
+    return tuple(name for name, m in fp32.named_modules() if getattr(m, "same_padding", False) and name != "stem")
+
+
+# variants that change what the policy keeps float: their keep_float from the fp32 inference copy
+KEEP_FLOAT: dict[str, Callable[[torch.nn.Module], tuple[str, ...]]] = {
+    "head-int8": lambda fp32: tuple(name for name in int8_module.KEPT_FLOAT if name != "head"),
+    "strided-float": lambda fp32: (*int8_module.KEPT_FLOAT, *strided_same_padded(fp32)),
 }
 
 VARIANTS: dict[str, tuple[Callable[[torch.fx.GraphModule, Any], int], ...]] = {
@@ -209,7 +220,7 @@ def variant(name: str) -> Iterator[None]:
     steps = VARIANTS[name]
 
     def quantizer(x86: Any, fp32: torch.nn.Module, keep_float: Any) -> tuple[Any, str]:
-        base, kept = original(x86, fp32, KEEP_FLOAT.get(name, keep_float))
+        base, kept = original(x86, fp32, KEEP_FLOAT[name](fp32) if name in KEEP_FLOAT else keep_float)
         if name in CONFIGS:
             base.set_global(CONFIGS[name](x86, base.global_config))
         annotate = base.annotate

@@ -106,14 +106,14 @@ def test_int8_agrees_with_fp64_where_the_answer_is_clear(classes128):
     assert clear >= 40 and share >= 0.97, comparison.describe()
     assert out[0].dtype == torch.float32 and out[0].shape == (64, 10)
 
-    # What is int8 and what stays float: every conv's weight is dequantized per channel from int8, except the stem's,
-    # the last conv's and (tf_ models) the stride-2 convs after TF "same" padding, which the quantizer leaves alone.
+    # What is int8 and what stays float: every conv's weight is dequantized per channel from int8, except the stem's
+    # and the last conv's; tf_ models' stride-2 convs after TF "same" padding too (a Conv2dSame stayed float).
     graph = int8.graph.graph
     convs = [n for n in graph.nodes if n.target == aten.conv2d.default]
     quantized = [c for c in convs if c.args[1].target == qd.dequantize_per_channel.default]
-    padded = [c for c in convs[1:] if c.args[0].target in (aten.pad.default, aten.constant_pad_nd.default)]
+    pads = [n for n in graph.nodes if n.target in (aten.pad.default, aten.constant_pad_nd.default)]
     assert convs[0].args[1].op == convs[-1].args[1].op == "get_attr"  # stem and head: float weights
-    assert len(padded) == 4 and len(quantized) == len(convs) - 2 - len(padded) == 53
+    assert len(pads) == 5 and len(quantized) == len(convs) - 2 == 57  # the stem and four strided convs pad
     assert all(n.args[1].op == "get_attr" for n in graph.nodes if n.target == aten.linear.default)  # SE, classifier
     # SiLU and the gates compute in float: none of them reads a dequantized tensor (a quantized activation would)
     activations = [n for n in graph.nodes if n.target in (aten.silu_.default, aten.sigmoid_.default)]
@@ -251,9 +251,7 @@ def test_keep_float_and_features_only(b0):
     convs = [n for n in int8.graph.graph.nodes if n.target == aten.conv2d.default]
     float_convs = [c for c in convs if c.args[1].op == "get_attr"]
     projections = [n for n, _ in effnetv2.optimize_for_inference(model).named_modules() if n.endswith(".project")]
-    padded = [c for c in convs[1:] if c.args[0].target in (aten.pad.default, aten.constant_pad_nd.default)]
-    assert len(projections) == 20 and len(padded) == 4
-    assert len(float_convs) == 2 + len(projections) + len(padded)  # stem, head, projections, after TF padding
+    assert len(projections) == 20 and len(float_convs) == 2 + len(projections)  # stem, head, projections
     assert "*.project" in repr(int8)
 
     features = effnetv2.create_model("tf_efficientnetv2_b0", features_only=True)
@@ -271,13 +269,16 @@ def test_keep_float_and_features_only(b0):
     assert int8.agreement.top1 is None and int8.num_classes == 0
 
 
+KEEP_FLOAT_VARIANTS = ("head-int8", "strided-float")
+
+
 def test_the_measured_int8_variants_change_what_they_say(b0):
     """scripts/int8_variants_ab.py's variants (BENCHMARKS.md's int8 findings rest on them) change the quantized graph
     as they claim, against the default graph, which does the opposite."""
     variants = import_script("int8_variants_ab")
     images = calibrated_model.smooth_images(16, IMG, seed=7)
     graphs = {"default": quantize_int8(b0[0], images, compile=False).graph.graph}
-    for name in ("residual-float", "se-uint8", "se-uint8-full-range", "reduce-range", "min-max", "head-int8"):
+    for name in ("residual-float", "se-uint8", "se-uint8-full-range", "reduce-range", "min-max", *KEEP_FLOAT_VARIANTS):
         with variants.variant(name):
             graphs[name] = quantize_int8(b0[0], images, compile=False).graph.graph
     dequantize = (qd.dequantize_per_tensor.default, qd.dequantize_per_tensor.tensor)
@@ -319,9 +320,12 @@ def test_the_measured_int8_variants_change_what_they_say(b0):
         convs = [n for n in graph.nodes if n.target == aten.conv2d.default]
         return {n.args[1].target.removesuffix(".weight") for n in convs if n.args[1].op == "get_attr"}
 
-    # the policy keeps the stem and head convs float; head-int8 quantizes the head conv, and nothing else changes
-    assert {"stem.conv", "head.conv"} <= float_convs(graphs["default"])
-    assert float_convs(graphs["head-int8"]) == float_convs(graphs["default"]) - {"head.conv"}
+    # the policy keeps the stem and head convs float, and only those: tf_ networks' strided convs with TensorFlow's
+    # padding are quantized too; head-int8 quantizes the head conv as well
+    assert float_convs(graphs["default"]) == {"stem.conv", "head.conv"}
+    assert float_convs(graphs["head-int8"]) == {"stem.conv"}
+    strided = {f"stages.{i}.0.{c}.conv" for i, c in ((1, "expand"), (2, "expand"), (3, "depthwise"), (5, "depthwise"))}
+    assert float_convs(graphs["strided-float"]) == {"stem.conv", "head.conv", *strided}  # as before they were quantized
 
 
 def as_the_cli_reads(model: torch.nn.Module, folder: Path, img_size: int = 128) -> torch.Tensor:

@@ -35,6 +35,7 @@ from torchvision.ops import SqueezeExcitation
 
 from effnetv2.inference.compiled import FrozenCompiled, compile_mode
 from effnetv2.layers import ConvResidual, FusedMBConv, GlobalPool, MBConv
+from effnetv2.layers.same_padding import Conv2dSame, pad_same
 from effnetv2.model import EfficientNetV2, EfficientNetV2Features, check_input
 
 __all__ = ["INFERENCE_BLOCKS", "InferenceEfficientNetV2", "InferenceEfficientNetV2Features", "fold_for_inference"]
@@ -43,12 +44,16 @@ __all__ = ["INFERENCE_BLOCKS", "InferenceEfficientNetV2", "InferenceEfficientNet
 class FoldedConv(nn.Module):
     """A conv whose BatchNorm is folded into its weight and bias, then an optional SiLU and residual add.
 
-    ``forward(x, residual)`` computes ``silu?(conv(x) + bias) [+ residual]``, the epilogue in place.
+    ``forward(x, residual)`` computes ``silu?(conv(x) + bias) [+ residual]``, the epilogue in place. A ``tf_``
+    network's strided :class:`~effnetv2.layers.same_padding.Conv2dSame` becomes TensorFlow's padding here and a
+    plain ``nn.Conv2d``: the same ops, but int8's quantizer, which finds convolutions by their exact type, then
+    quantizes it (a ``Conv2dSame`` stayed float: four convs of ``tf_efficientnetv2_b0``).
     """
 
     def __init__(self, conv: nn.Conv2d, act: bool) -> None:
         super().__init__()
-        self.conv = conv
+        self.same_padding = isinstance(conv, Conv2dSame)
+        self.conv = conv.unpadded() if isinstance(conv, Conv2dSame) else conv
         self.act = act
 
     @classmethod
@@ -63,6 +68,8 @@ class FoldedConv(nn.Module):
         return cls(fuse_conv_bn_eval(conv.eval(), bn.eval()), act)
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        if self.same_padding:
+            x = pad_same(x, self.conv.kernel_size, self.conv.stride, self.conv.dilation)
         x = self.conv(x)
         if self.act:
             x = F.silu(x, inplace=True)
@@ -71,7 +78,7 @@ class FoldedConv(nn.Module):
         return x
 
     def extra_repr(self) -> str:
-        return f"act={'silu' if self.act else 'none'}"
+        return f"act={'silu' if self.act else 'none'}" + (", same_padding=True" if self.same_padding else "")
 
 
 class FastSqueezeExcite(nn.Module):
