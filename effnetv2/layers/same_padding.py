@@ -44,9 +44,7 @@ class Conv2dSame(nn.Conv2d):
         return conv
 
 
-def pad_same(
-    x: Tensor, kernel_size: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]
-) -> Tensor:
+def pad_same(x: Tensor, kernel_size: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]) -> Tensor:
     """``x`` padded with zeros as TensorFlow's "SAME" padding does before a convolution of these sizes (height,
     width); integer arithmetic only, so it scripts and exports with dynamic sizes."""
     pad_h = _same_padding(x.shape[-2], kernel_size[0], stride[0], dilation[0])
