@@ -168,8 +168,8 @@ def float_matmul(n: int, dtype: torch.dtype) -> Callable[[], Any]:
 
 def conv_matmul(n: int, dtype: torch.dtype) -> Callable[[], Any]:
     """The same n×n×n product as a 1×1 convolution in channels_last (:func:`matmul_as_conv`): oneDNN's convolution,
-    the kernels the models' convs run. On an AVX2-only EPYC torch.mm's fp32 (MKL) reached 93 GFLOP/s, below what
-    timm's convs reach, so a peak from torch.mm alone was no bound there."""
+    the kernels the models' convs run. In one run on an AVX2-only EPYC torch.mm's fp32 (MKL) reached 93 GFLOP/s,
+    below what timm's convs reach, so a peak from torch.mm alone was no bound there."""
     x, w = matmul_as_conv(*(torch.randn(n, n, dtype=dtype) for _ in range(2)))
     return lambda: torch.nn.functional.conv2d(x, w)
 

@@ -398,6 +398,8 @@ def goal_table(r: dict[str, Any]) -> str:
 def bf16_note(r: dict[str, Any]) -> str:
     if "effnetv2 optimised bf16" in r["quality"]:
         return ""
+    if native_bf16(r["cpu_flags"]):
+        return "; bf16 not judged (--bf16-quality off)"
     return "; bf16 not judged: this CPU has no native bf16, and emulated bf16 is slow and not what a bf16 CPU computes"
 
 

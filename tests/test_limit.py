@@ -130,6 +130,8 @@ def test_benchmark_cpu_leaves_bf16_unjudged_where_the_cpu_has_no_native_bf16(lim
     assert "| bf16 top-1 agreement ≥ 99 % where fp64 is clear | not judged | – |" in text
     assert "| int8 top-1 agreement ≥ 99 % where fp64 is clear | 99.2 % of 128 | yes |" in text
     assert "bf16 not judged: this CPU has no native bf16" in text
+    native = dict(r, cpu_flags={**avx2, "amx_bf16": True})  # --bf16-quality off on a CPU with bf16
+    assert "bf16 not judged (--bf16-quality off)" in benchmark_cpu.markdown(native, benchmark_cpu.parse_args([]))
     assert "| bf16 ≥ 4.0× timm eager fp32 channels_last | effnetv2 optimised bf16: 0.10× (batch 8) | **no** |" in text
 
 

@@ -53,7 +53,7 @@ class FoldedConv(nn.Module):
     def __init__(self, conv: nn.Conv2d, act: bool) -> None:
         super().__init__()
         self.same_padding = isinstance(conv, Conv2dSame)
-        self.conv = conv.unpadded() if isinstance(conv, Conv2dSame) else conv
+        self.conv = conv.unpadded() if self.same_padding else conv
         self.act = act
 
     @classmethod
