@@ -131,6 +131,8 @@ def test_both_int8_paths_keep_the_one_policys_parts_in_float(b0, tmp_path):
     assert {name: not int8 for name, int8 in onnx_weights.items()} == {n: is_kept_float(n) for n in onnx_weights}
     kept = [name for name in pt2e_weights if is_kept_float(name)]
     assert len(kept) > 2 * 10 and not any(pt2e_weights[name] for name in kept)  # PT2E: nothing kept is int8
+    # and everything else is int8, the strided convs after TF padding included (a Conv2dSame once stayed float)
+    assert {name: not int8 for name, int8 in pt2e_weights.items()} == {n: is_kept_float(n) for n in pt2e_weights}
     # the policy's parts as both paths name them: the model's modules, in the ONNX scopes and the inference copy
     se = {name.rsplit(".", 1)[0] for name in onnx_weights if name.rsplit(".", 2)[-2:-1] == ["se"]}
     assert se == {name for name, m in model.named_modules() if isinstance(m, SqueezeExcitation)}
