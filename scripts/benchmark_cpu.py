@@ -23,7 +23,7 @@ be read), through the project's one comparison
 (:mod:`effnetv2.inference.compare`): each path's largest relative error against an fp64 copy and its limit, top-1
 agreement with fp64 (overall and on the images with a clear answer, issue 16's ≥ 99 % bar), next to timm's own bf16
 autocast on the same images. bf16 is judged only on a CPU with native bf16 (``--bf16-quality``): emulated, it runs
-about 10× slower than fp32 (75 of 130 minutes of an AVX2 run) and is not what a bf16 CPU computes.
+about 10× slower than fp32 (about 75 of the 140 minutes of an AVX2 run) and is not what a bf16 CPU computes.
 
     python scripts/benchmark.py --cpu-goals --write-markdown BENCHMARKS.md    # the same as:
     python scripts/benchmark_cpu.py --write-markdown BENCHMARKS.md             # ~15 min for rw_m on 2 cores
