@@ -27,10 +27,11 @@ Each variant changes what the PT2E x86 quantizer annotates, after it has annotat
 - ``strided-float``: a ``tf_`` network's strided convs with TensorFlow's "SAME" padding kept float, as they were
   until the inference copy made them plain convolutions that the quantizer recognises (four in
   ``tf_efficientnetv2_b0`` and ``_s``; none in the ``rw`` networks, where this is the default).
-- ``reduce-range``, ``min-max``, ``moving-average``, ``histogram-4096``: the quantizer's config changed
-  (:data:`CONFIGS`): 7-bit activations (what the quantizer advises for CPUs without VNNI, whose int8 pair sums can
-  saturate), or every activation's range from the calibration's minimum and maximum, from a moving average of each
-  batch's, or from a histogram of 4096 bins instead of 2048.
+- ``reduce-range``, ``weights-7bit``, ``min-max``, ``moving-average``, ``histogram-4096``: the quantizer's config
+  changed (:data:`CONFIGS`): 7-bit activations (what the quantizer advises for CPUs without VNNI, whose int8 pair
+  sums can saturate), or weights in [-64, 63] (the other way to keep those sums from saturating), or every
+  activation's range from the calibration's minimum and maximum, from a moving average of each batch's, or from a
+  histogram of 4096 bins instead of 2048.
 
 ``speed``: the default and each variant compiled, with compiled bf16 beside them, in paired rounds at batch 8 and 1.
 ``agreement``: the quantized graphs (reference ops, uncompiled) against an fp64 copy on blended test images through
@@ -180,6 +181,10 @@ CONFIGS: dict[str, Callable[[Any, Any], Any]] = {
     # the quantizer's advice for CPUs without VNNI: 7-bit activations, so that the u8 x s8 pair sums of AVX2's
     # vpmaddubsw (saturating at int16) cannot overflow
     "reduce-range": lambda x86, config: x86.get_default_x86_inductor_quantization_config(reduce_range=True),
+    # the other way to keep those pair sums in int16: weights in [-64, 63] (2 * 255 * 64 < 2**15), 8-bit activations
+    "weights-7bit": lambda x86, config: dataclasses.replace(
+        config, weight=dataclasses.replace(config.weight, quant_min=-64, quant_max=63)
+    ),
     "min-max": _observed_with("MinMaxObserver"),  # no clipping
     "moving-average": _observed_with("MovingAverageMinMaxObserver", averaging_constant=0.1),
     "histogram-4096": _observed_with("HistogramObserver", bins=4096),  # the default's 2048 bins, doubled

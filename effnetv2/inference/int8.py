@@ -230,7 +230,8 @@ def _quantized_graph(
 def _held_out_check(int8: Int8EfficientNetV2, model: nn.Module, check: Tensor) -> Comparison:
     """The quantized graph on the held-out images against an fp64 copy of ``model``, next to fp32 (unjudged)."""
     # Checked before lowering: the quantized graph's reference ops (the compiled kernels compute the same
-    # quantized convolutions, fused; tests/test_quantize.py holds them to it). A check through the compiled
+    # quantized convolutions, fused; tests/test_quantize.py holds them to it; on CPUs without VNNI their u8 x s8
+    # pair sums saturate at int16, a little further from fp64: BENCHMARKS.md). A check through the compiled
     # model would cost a compile at the check's batch size on top of the user's.
     with torch.no_grad():
         ours = _run(int8, check)
