@@ -347,9 +347,11 @@ def machine_text(r: dict[str, Any]) -> str:
     m = r["machine"]
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in r["cpu_flags"].items())
     isa = ", ".join(m["cpu_isa"])
+    saturate = m.get("int8_pair_sums_saturate")  # absent from runs before 2026-12-07
+    sums = "" if saturate is None else f"; oneDNN's int8 pair sums {'saturate (no VNNI)' if saturate else 'exact'}"
     return f"""**Machine.** {m["cpu"]}, {m["cores"]} cores ({m["torch_threads"]} torch threads), ISA {isa};
-reduced-precision hardware (/proc/cpuinfo): {flags}; torch {m["torch"]} (CPU kernels: {m["torch_cpu_capability"]}),
-timm {m["timm"]}. {peaks_text(r["limit"]["peaks"])}."""
+reduced-precision hardware (/proc/cpuinfo): {flags}{sums};
+torch {m["torch"]} (CPU kernels: {m["torch_cpu_capability"]}), timm {m["timm"]}. {peaks_text(r["limit"]["peaks"])}."""
 
 
 def quality_table(r: dict[str, Any]) -> str:

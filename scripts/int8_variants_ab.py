@@ -41,7 +41,8 @@ the project's one comparison (top-1 as fp64 where the answer is clear, error fro
     python scripts/int8_variants_ab.py agreement [--test-images 192 --calibration 256] [--compiled]
 
 ``agreement --compiled`` also compiles each graph and compares the compiled copy (this CPU's oneDNN int8 kernels)
-with fp64 and with the graph's reference ops.
+with fp64 and with the graph's reference ops, and says whether those kernels saturate
+(``_bench.int8_pair_sums_saturate``: CPUs without VNNI).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ import torch
 from _bench import (
     ARCH,
     int8_calibration_images,
+    int8_pair_sums_saturate,
     int8_test_images,
     log,
     paired_ratio,
@@ -298,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         with variant(name):
             models[f"int8, {name}"] = int8_module.quantize_int8(ours, calibration, compile=compiled)
     if args.what == "agreement":
+        if args.compiled:
+            print(f"this CPU's oneDNN int8 pair sums saturate: {int8_pair_sums_saturate()}", flush=True)
         test = int8_test_images(exemplars, args.test_images)
         ref = reference(ours, test)
         for name, model in models.items():

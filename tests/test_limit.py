@@ -90,6 +90,11 @@ def test_benchmark_cpu_reports_each_figure_against_its_limit(limit):
     assert "--max-autotune" not in text
     tuned = benchmark_cpu.markdown(r, benchmark_cpu.parse_args(["--limit-only", "--max-autotune"]))
     assert "`python scripts/benchmark_cpu.py --limit-only --max-autotune`" in tuned
+    # whether the CPU's int8 kernels saturate, where the run recorded it (runs before it did not)
+    assert "pair sums" not in text
+    for saturate, words in ((True, "oneDNN's int8 pair sums saturate (no VNNI)"), (False, "int8 pair sums exact")):
+        machine["int8_pair_sums_saturate"] = saturate
+        assert words in benchmark_cpu.markdown(r, args)
 
 
 def _judged(error: float, top1: float, clear: tuple[float, int]) -> dict:
@@ -142,3 +147,17 @@ def test_the_float_peak_counts_a_1x1_convolution_as_the_same_matmul():
     assert out.shape == (1, 40, 1, 48)
     torch.testing.assert_close(out.reshape(40, 48).t(), a @ b, rtol=1e-12, atol=1e-12)
     assert bench.conv_matmul(16, torch.float32)().shape == (1, 16, 1, 16)
+
+
+def test_the_saturation_probe_reads_what_onednns_int8_conv_sums():
+    """_bench.int8_pair_sums_saturate (recorded with every benchmark's machine) asks oneDNN's int8 convolution for a
+    sum whose pairs of products overflow int16: exact with VNNI or AMX, 32767 per pair without (AVX2). Sums that cannot
+    overflow are exact on every CPU."""
+    pairs = bench.SUM_CHANNELS // 2
+    assert bench.int8_conv_sum(127, 127) == 2 * pairs * 127 * 127  # 32258 per pair: fits int16
+    assert bench.int8_conv_sum(255, 64) == 2 * pairs * 255 * 64  # 32640: fits
+    assert bench.int8_conv_sum(3, -5, channels=8) == -120
+    total = bench.int8_conv_sum(255, 127)
+    saturates = bench.int8_pair_sums_saturate()
+    assert (total, saturates) in ((2 * pairs * 255 * 127, False), (pairs * 32767, True)), total
+    assert bench.machine_info(torch.device("cpu"))["int8_pair_sums_saturate"] is saturates
