@@ -123,3 +123,37 @@ def test_gpu_script_checks_itself_on_the_cpu(tmp_path):
     assert set(result["amp"]) == {"effnetv2 autocast bfloat16", "timm autocast bfloat16", "effnetv2 optimised bfloat16"}
     assert all(v > 0 for v in result["inference_img_per_s"].values()) and len(result["training_img_per_s"]) == 2
     assert "### GPU: `tf_efficientnetv2_b0` on" in report.read_text()
+
+
+SPIN = "import time\nstart = time.process_time()\nwhile time.process_time() - start < 0.3:\n    pass\n"
+SPIN_TESTS = f"""
+import subprocess, sys
+
+
+def test_itself():
+    exec({SPIN!r})
+
+
+def test_child():
+    subprocess.run([sys.executable, "-c", {SPIN!r}], check=True)
+"""
+
+
+def test_suite_cpu_times_counts_each_tests_own_and_subprocess_cpu(tmp_path):
+    """scripts/suite_cpu_times.py (docs/testing.md's account of where the suite's time goes): a test that spins 0.3
+    CPU seconds itself and one whose child process spins them are each charged with that CPU, in the right column."""
+    (tmp_path / "test_spin.py").write_text(SPIN_TESTS)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "scripts"), SUITE_CPU_TIMES_DIR=str(tmp_path / "times"))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "suite_cpu_times", "test_spin.py"]
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert out.returncode == 0, out.stdout[-2000:]
+    times = import_script("suite_cpu_times")
+    rows = {r["test"]: r for r in times.read(tmp_path / "times")}
+    assert set(rows) == {"test_spin.py::test_itself", "test_spin.py::test_child"}
+    itself, child = rows["test_spin.py::test_itself"], rows["test_spin.py::test_child"]
+    assert itself["own_s"] >= 0.3 and itself["children_s"] == 0
+    assert child["children_s"] >= 0.3 and child["own_s"] < 0.3
+    text = times.report(list(rows.values()), top=1)
+    assert text.startswith("2 tests: ") and "test_spin.py" in text and text.count("::") == 1
+    with pytest.raises(FileNotFoundError, match="run pytest with -p suite_cpu_times"):
+        times.read(tmp_path)
