@@ -42,7 +42,8 @@ the project's one comparison (top-1 as fp64 where the answer is clear, error fro
 
 ``agreement --compiled`` also compiles each graph and compares the compiled copy (this CPU's oneDNN int8 kernels)
 with fp64 and with the graph's reference ops, and says whether those kernels saturate
-(``_bench.int8_pair_sums_saturate``: CPUs without VNNI).
+(``_bench.int8_pair_sums_saturate``: CPUs without VNNI). ``--variants`` with no names runs the default int8 alone
+(``agreement --variants --compiled``: what this CPU's kernels give against the quantized graph).
 """
 
 from __future__ import annotations
@@ -276,7 +277,9 @@ def compiled_against(model: Any, graph_out: list[torch.Tensor], test: torch.Tens
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("what", choices=("speed", "agreement"))
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument(
+        "--variants", nargs="*", choices=list(VARIANTS), default=list(VARIANTS), help="none: the default alone"
+    )
     p.add_argument("--model", default=ARCH)
     p.add_argument("--img-size", type=int, default=320)
     p.add_argument("--calibration", type=int, default=256)
