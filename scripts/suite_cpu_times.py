@@ -8,7 +8,8 @@ Wall-clock durations (pytest's ``--durations``) mislead on a loaded 2-core machi
 what the other test process does meanwhile, and the subprocesses it starts (torchrun, the CLI, g++ under inductor)
 use cores it does not. This records, per test, the CPU time of the test process itself and of the child processes it
 waited for (``getrusage``: a torchrun launcher's workers count once the launcher exits), so that the suite's total
-is what the cores spent, and the largest items are the ones worth making cheaper. The folder is
+is what the cores spent, and the largest items are the ones worth making cheaper. A module or session fixture is
+charged to the first test that sets it up. The folder is
 ``$SUITE_CPU_TIMES_DIR`` (default ``suite-cpu-times`` in the current folder).
 """
 
@@ -25,6 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from effnetv2 import atomic
 
 FOLDER = "suite-cpu-times"
 _rows: list[dict] = []
@@ -57,7 +60,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     folder = Path(os.environ.get("SUITE_CPU_TIMES_DIR", FOLDER))
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{os.getpid()}.json").write_text(json.dumps(_rows, indent=0))
+    atomic.write_text(folder / f"{os.getpid()}.json", json.dumps(_rows, indent=0))  # whole or absent
 
 
 def read(folder: Path) -> list[dict]:
@@ -65,7 +68,10 @@ def read(folder: Path) -> list[dict]:
     files = sorted(folder.glob("*.json"))
     if not files:
         raise FileNotFoundError(f"no *.json in {folder}: run pytest with -p suite_cpu_times first (see --help)")
-    return [row for f in files for row in json.loads(f.read_text())]
+    try:
+        return [row for f in files for row in json.loads(f.read_text())]
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{folder}: a file is not this plugin's JSON ({e}); run the suite again") from e
 
 
 def report(rows: list[dict], top: int) -> str:
@@ -95,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("folder", nargs="?", default=FOLDER, type=Path)
     p.add_argument("--top", type=int, default=40, help="tests listed (default 40)")
     args = p.parse_args(argv)
-    print(report(read(args.folder), args.top))
+    try:
+        print(report(read(args.folder), args.top))
+    except (OSError, ValueError) as e:
+        print(f"suite_cpu_times: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

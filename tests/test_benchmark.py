@@ -157,3 +157,7 @@ def test_suite_cpu_times_counts_each_tests_own_and_subprocess_cpu(tmp_path):
     assert text.startswith("2 tests: ") and "test_spin.py" in text and text.count("::") == 1
     with pytest.raises(FileNotFoundError, match="run pytest with -p suite_cpu_times"):
         times.read(tmp_path)
+    (tmp_path / "times" / "0.json").write_text('[{"test": ')  # not written by the plugin (it writes atomically)
+    with pytest.raises(ValueError, match="not this plugin's JSON"):
+        times.read(tmp_path / "times")
+    assert times.main([str(tmp_path / "none")]) == 1
