@@ -9,8 +9,8 @@ what the other test process does meanwhile, and the subprocesses it starts (torc
 use cores it does not. This records, per test, the CPU time of the test process itself and of the child processes it
 waited for (``getrusage``: a torchrun launcher's workers count once the launcher exits), so that the suite's total
 is what the cores spent, and the largest items are the ones worth making cheaper. A module or session fixture is
-charged to the first test that sets it up. The folder is
-``$SUITE_CPU_TIMES_DIR`` (default ``suite-cpu-times`` in the current folder).
+charged to the first test that sets it up. The folder is ``$SUITE_CPU_TIMES_DIR`` (default ``suite-cpu-times`` in
+the current folder); a run first empties it of an earlier run's files.
 """
 
 from __future__ import annotations
@@ -30,7 +30,24 @@ import pytest
 from effnetv2 import atomic
 
 FOLDER = "suite-cpu-times"
+FIELDS = {"test", "own_s", "children_s", "wall_s"}
 _rows: list[dict] = []
+
+
+def _folder() -> Path:
+    return Path(os.environ.get("SUITE_CPU_TIMES_DIR", FOLDER))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In the process that starts the run (pytest-xdist's workers start after it): an earlier run's files removed,
+    so that the report adds up this run only."""
+    if hasattr(config, "workerinput"):
+        return
+    try:
+        for old in _folder().glob("*.json"):
+            old.unlink()
+    except OSError as e:
+        print(f"suite_cpu_times: cannot empty {_folder()}: {e}", file=sys.stderr)
 
 
 def _cpu_seconds() -> tuple[float, float]:
@@ -58,9 +75,12 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if not _rows:  # pytest-xdist's controller runs no tests
         return
-    folder = Path(os.environ.get("SUITE_CPU_TIMES_DIR", FOLDER))
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(folder / f"{os.getpid()}.json", json.dumps(_rows, indent=0))  # whole or absent
+    folder = _folder()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(folder / f"{os.getpid()}.json", json.dumps(_rows, indent=0))  # whole or absent
+    except OSError as e:
+        print(f"suite_cpu_times: cannot write the CPU times into {folder}: {e}", file=sys.stderr)
 
 
 def read(folder: Path) -> list[dict]:
@@ -68,10 +88,18 @@ def read(folder: Path) -> list[dict]:
     files = sorted(folder.glob("*.json"))
     if not files:
         raise FileNotFoundError(f"no *.json in {folder}: run pytest with -p suite_cpu_times first (see --help)")
-    try:
-        return [row for f in files for row in json.loads(f.read_text())]
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{folder}: a file is not this plugin's JSON ({e}); run the suite again") from e
+    rows = []
+    for f in files:
+        try:
+            data = json.loads(f.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{f}: not this plugin's JSON ({e}); run the suite again") from e
+        if not isinstance(data, list):
+            raise ValueError(f"{f}: not this plugin's JSON (not a list of rows); run the suite again")
+        rows += data
+    if not all(isinstance(r, dict) and r.keys() >= FIELDS for r in rows):
+        raise ValueError(f"{folder}: rows without {sorted(FIELDS)}: not this plugin's JSON; run the suite again")
+    return rows
 
 
 def report(rows: list[dict], top: int) -> str:

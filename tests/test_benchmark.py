@@ -157,7 +157,16 @@ def test_suite_cpu_times_counts_each_tests_own_and_subprocess_cpu(tmp_path):
     assert text.startswith("2 tests: ") and "test_spin.py" in text and text.count("::") == 1
     with pytest.raises(FileNotFoundError, match="run pytest with -p suite_cpu_times"):
         times.read(tmp_path)
-    (tmp_path / "times" / "0.json").write_text('[{"test": ')  # not written by the plugin (it writes atomically)
-    with pytest.raises(ValueError, match="not this plugin's JSON"):
-        times.read(tmp_path / "times")
+    for stray in ('[{"test": ', "{}", '[{"test": "x"}]'):  # not written by the plugin (it writes atomically)
+        (tmp_path / "times" / "0.json").write_text(stray)
+        with pytest.raises(ValueError, match="not this plugin's JSON"):
+            times.read(tmp_path / "times")
     assert times.main([str(tmp_path / "none")]) == 1
+    # the next run starts from an empty folder: the stray file and the first run's are gone, its own are there
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert out.returncode == 0 and len(times.read(tmp_path / "times")) == 2, out.stdout[-2000:]
+    # a file where the folder goes: one line, and the tests' own outcome
+    env["SUITE_CPU_TIMES_DIR"] = str(tmp_path / "test_spin.py")
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert out.returncode == 0 and "suite_cpu_times: cannot write the CPU times into" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr + out.stdout and "INTERNALERROR" not in out.stdout
