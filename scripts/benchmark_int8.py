@@ -26,7 +26,7 @@ from _bench import channels_last, machine_info, medians, paired_rounds, stand_in
 import effnetv2
 from effnetv2.export import export_onnx_int8
 from effnetv2.inference import optimize_for_inference
-from effnetv2.inference.compare import compare, reference, run_batched
+from effnetv2.inference.compare import compare, describe_agreement, reference, run_batched
 from effnetv2.testing import mixed_images, smooth_images
 
 
@@ -111,7 +111,11 @@ def main() -> None:
             f"{latency[8][name]:.1f} | {best[8] / latency[8][name]:.2f}x |"
             for name in runs
         )
-        clear_text = f"{100 * quality['clear_agreement']:.1f} %" if quality["clear_agreement"] is not None else "-"
+        clear_text = (
+            describe_agreement(quality["clear_agreement"], quality["clear_images"])
+            if quality["clear_agreement"] is not None
+            else "-"
+        )
         body = f"""### int8 ONNX (`effnetv2 export --int8`) on this CPU
 
 `{args.model}` at {size} px, median of {args.rounds} paired rounds; CPU: {m["cpu"]}, ISA {", ".join(m["cpu_isa"])}
@@ -124,7 +128,7 @@ onnxruntime {ort.__version__}.
 
 int8 quality against an fp64 copy ({quality["images"]} blended images, the stand-in model with a 10-class
 prototype classifier): top-1 agreement {100 * quality["top1_agreement"]:.1f} %; on the {quality["clear_images"]}
-images with a clear answer (top-1 probability ≥ 0.2 above the second) {clear_text}; largest relative logit
+images with a clear answer (top-1 probability ≥ 0.2 above the second): {clear_text}; largest relative logit
 error {quality["max_rel_diff"]:.3g} (eager fp32: {quality["eager_fp32_error"]:.3g})."""
         write_markdown(args.write_markdown, body, section="int8")
 

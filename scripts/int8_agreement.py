@@ -49,12 +49,10 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         int8 = quantize_int8(ours, calibration, compile=False, keep_float=keep)
         c = compare(run_batched(int8, test), ref, torch.int8)
-        share, clear = c.clear
-        held_share, held_clear = int8.agreement.clear
         log(
             f"calibration {count}, kept in float: {'default + ' + keep[-1] if keep else 'default'}: "
-            f"top-1 as fp64 {100 * c.top1:.1f} %, {100 * share:.1f} % of {clear} clear, error {c.error:.3f}; "
-            f"held-out check {100 * held_share:.1f} % of {held_clear} clear ({time.perf_counter() - start:.0f} s)"
+            f"top-1 as fp64 {100 * c.top1:.1f} %, clear: {c.clear_text()}, error {c.error:.3f}; "
+            f"held-out check, clear: {int8.agreement.clear_text()} ({time.perf_counter() - start:.0f} s)"
         )
     return 0
 

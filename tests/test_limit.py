@@ -133,7 +133,16 @@ def test_benchmark_cpu_leaves_bf16_unjudged_where_the_cpu_has_no_native_bf16(lim
     assert "| effnetv2 optimised bf16 | not judged | – | – | – |" in text
     assert "| timm eager, bf16 autocast | not judged | – | – | – |" in text
     assert "| bf16 top-1 agreement ≥ 99 % where fp64 is clear | not judged | – |" in text
-    assert "| int8 top-1 agreement ≥ 99 % where fp64 is clear | 99.2 % of 128 | yes |" in text
+    # the share, its 95 % interval, and whether 128 images decide the bar (they cannot)
+    assert (
+        "| int8 top-1 agreement ≥ 99 % where fp64 is clear | 99.2 % of 128 (95 %: 95.7–99.9 %) "
+        "| yes (undecided: the 95 % interval spans 99 %) |"
+    ) in text
+    assert "| 98.0 % | 99.2 % of 128 (95 %: 95.7–99.9 %) | 0.149 | not judged |" in text
+    assert benchmark_cpu.agreement_verdict(1.0, 526) == "yes"  # 95 %: 99.3-100 %
+    assert benchmark_cpu.agreement_verdict(500 / 526, 526) == "**no**"  # 95 %: 92.8-96.6 %
+    assert benchmark_cpu.agreement_verdict(523 / 526, 526).startswith("yes (undecided")
+    assert benchmark_cpu.agreement_verdict(float("nan"), 0) == "**no** (no image with a clear answer)"
     assert "bf16 not judged: this CPU has no native bf16" in text
     native = dict(r, cpu_flags={**avx2, "amx_bf16": True})  # --bf16-quality off on a CPU with bf16
     assert "bf16 not judged (--bf16-quality off)" in benchmark_cpu.markdown(native, benchmark_cpu.parse_args([]))

@@ -1,4 +1,5 @@
-"""The test oracle sees bugs: it is well-conditioned, and the parity check flags each planted bug by a wide margin.
+"""The test oracle sees bugs: it is well-conditioned, and the parity check flags each planted bug by a wide margin; and
+the reports say how much their counts decide (top-1 agreement with its 95 % interval).
 
 On the earlier chaotic test weights (random BatchNorm statistics from noise, unit residual gains: activations ~1e7,
 most squeeze-excite gates saturated, timm's own fp32 vs fp64 0.67 apart) zeroing the last block's squeeze-excite
@@ -17,7 +18,7 @@ from torch import nn
 from torchvision.ops import SqueezeExcitation
 
 from effnetv2 import testing as calibrated_model
-from effnetv2.inference.compare import relative_difference
+from effnetv2.inference.compare import Comparison, agreement_interval, describe_agreement, relative_difference
 
 TOL = 2e-5  # the fp32 parity tolerance of tests/test_parity.py
 SEEN = 50 * TOL  # a planted bug must move the outputs by at least this much
@@ -96,3 +97,29 @@ def test_parity_check_flags_planted_bug(model, inputs, expected, bug):
     assert relative_difference(out, expected) > SEEN, relative_difference(out, expected)
     with pytest.raises(AssertionError, match="relative difference"):
         assert_close(out, expected, tol=TOL)
+
+
+@pytest.mark.parametrize(
+    "agreeing, count, low, high",
+    # Newcombe (1998), Statistics in Medicine 17:857-872, Table I, method 3 (Wilson's score interval)
+    [(81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605), (0, 20, 0.0, 0.1611), (1, 29, 0.0061, 0.1718)],
+)
+def test_agreement_interval_is_wilsons(agreeing, count, low, high):
+    interval = agreement_interval(agreeing, count)
+    assert interval == pytest.approx((low, high), abs=5e-5)
+
+
+def test_agreements_are_reported_with_how_much_their_count_decides():
+    assert agreement_interval(10, 10) == (pytest.approx(0.7225, abs=5e-5), 1.0)  # the bound itself, not a hair inside
+    assert describe_agreement(127 / 128, 128) == "99.2 % of 128 (95 %: 95.7–99.9 %)"
+    assert describe_agreement(523 / 526, 526) == "99.4 % of 526 (95 %: 98.3–99.8 %)"
+    assert describe_agreement(float("nan"), 0) == "none"
+    for agreeing, count in ((3, 2), (-1, 4), (0, 0)):
+        with pytest.raises(ValueError, match="0 <= agreeing <= count"):
+            agreement_interval(agreeing, count)
+    comparison = Comparison(48, torch.int8, 0.1, 2e-6, torch.float32, None, None, top1=0.9, clear=(1.0, 31))
+    assert comparison.describe() == (
+        "error 0.1 from fp64 (eager float32: 2e-06; not judged) on 48 images, top-1 as fp64 90.0 %; "
+        "where the answer is clear: 100.0 % of 31 (95 %: 89.0–100.0 %)"
+    )
+    assert Comparison(48, torch.int8, 0.1, 2e-6, torch.float32, None, None).clear_text() == "–"
