@@ -98,7 +98,7 @@ def test_int8_agrees_with_fp64_where_the_answer_is_clear(classes128):
     held_out = held_out_check(int8, model, images)
     assert int8.agreement.images == 12 and int8.calibration_images == 36 and int8.agreement.limit is None
     assert int8.agreement.error == pytest.approx(held_out.error, rel=1e-3) and int8.agreement.clear == held_out.clear
-    test = calibrated_model.mixed_images(exemplars, 64, seed=5)
+    test = calibrated_model.mixed_images(exemplars, 192, seed=5)
     with torch.no_grad():
         out = run_batched(int8, test)
     # judged against int8's own held-out error (the yardstick it reports), not a fixed tolerance
@@ -106,10 +106,15 @@ def test_int8_agrees_with_fp64_where_the_answer_is_clear(classes128):
     assert comparison.accepted, comparison.describe()
     assert comparison.error > 1e3 * comparison.eager_error  # quantized
     share, clear = comparison.clear
-    # issue 16's bar is 99 % where the answer is clear (met here: 100 %, BENCHMARKS.md); one image of slack for other
-    # CPUs' rounding. A broken quantization lands near chance (10 %).
-    assert clear >= 40 and share >= 0.97, comparison.describe()
-    assert out[0].dtype == torch.float32 and out[0].shape == (64, 10)
+    # Which clear answers int8 flips depends on the CPU: its fp32 rounding moves the calibrated ranges by a histogram
+    # bin, and each CPU quantizes to another, equally good realization. Of these 132 clear images it kept 132 (AVX2, 2
+    # threads), 131 (AVX2, 1 thread; ONEDNN_MAX_CPU_ISA=SSE41, 2 threads) and 129 (SSE41, 1 thread): a 1-2 % flip rate
+    # for b0 at 128 px, where the 64 images this test used before decided nothing (45 of 45 against 43 of 45, 95 %
+    # intervals 92-100 % and 85-99 %). Issue 16's 99 % bar is measured on rw_m at 320 px over 526 clear images
+    # (scripts/int8_agreement.py, BENCHMARKS.md); here int8 must keep 95 % (at most 6 flips), which a broken
+    # quantization (near chance, 10 %) does not.
+    assert clear >= 120 and share >= 0.95, comparison.describe()
+    assert out[0].dtype == torch.float32 and out[0].shape == (192, 10)
 
     # What is int8 and what stays float: every conv's weight is dequantized per channel from int8, except the stem's
     # and the last conv's; tf_ models' stride-2 convs after TF "same" padding too (a Conv2dSame stayed float).
