@@ -21,6 +21,7 @@ has() { [[ " $flags " == *" $1 "* ]]; }
 
 # cap | ATen level | the CPU flags it needs
 caps=()
+has sse4_1 && caps+=("SSE41|default")  # a CPU without AVX2: oneDNN's SSE4.1 kernels, ATen's unvectorised default
 has avx2 && caps+=("AVX2|avx2")
 has avx512f && has avx512bw && has avx512vl && has avx512dq && caps+=("AVX512_CORE|avx512")
 has avx512_vnni && caps+=("AVX512_CORE_VNNI|avx512")
