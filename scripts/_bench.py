@@ -9,7 +9,7 @@ this module next to it (Python puts the script's folder first on ``sys.path``); 
   per-round ratios. The configurations of one round run back to back, so a ratio within a round cancels the slow
   swings in speed that a shared machine has (measured: ±15 % between minutes); a ratio of overall medians does not.
 - The machine: :func:`machine_info` (CPU, ISA flags, threads, versions, GPU, whether oneDNN's int8 kernels
-  saturate: :func:`int8_pair_sums_saturate`), :func:`matmul_gflops` (a peak),
+  saturate: :func:`effnetv2.inference.int8_kernels.int8_pair_sums_saturate`), :func:`matmul_gflops` (a peak),
   :func:`copy_gbs` (memory bandwidth), :func:`machine_peaks` (both, per precision).
 - The limit: :func:`limit_estimate`, a model's convolution FLOPs at the matmul peak plus the bytes its
   convolutions read and write at the copy bandwidth, in img/s per precision.
@@ -38,6 +38,7 @@ import effnetv2
 from effnetv2.atomic import write_text
 from effnetv2.complexity import complexity
 from effnetv2.inference.compare import Comparison
+from effnetv2.inference.int8_kernels import int8_pair_sums_saturate
 from effnetv2.testing import make_calibrated_model, mixed_images, smooth_images
 from effnetv2.weights import KeyMap
 
@@ -126,33 +127,6 @@ def int8_matmul(n: int) -> Callable[[], Any]:
         a = torch.randint(-64, 64, (n, n), dtype=torch.int8)
         fn = lambda: torch._int_mm(a, w)  # noqa: E731
     return fn
-
-
-SUM_CHANNELS = 64  # input channels of the saturation probe: 32 pairs of products per output
-
-
-def int8_conv_sum(x: int, w: int, channels: int = SUM_CHANNELS) -> Optional[float]:
-    """What oneDNN's int8 convolution (the kernel the compiled int8 models call) computes for a 1×1 conv of
-    ``channels`` inputs all ``x`` (uint8) and weights all ``w`` (int8), scales 1: ``channels * x * w`` where it sums
-    exactly; None where this torch has no oneDNN quantized conv."""
-    qx = torch.full((1, channels, 2, 2), x, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
-    qw = torch.full((8, channels, 1, 1), w, dtype=torch.int8)
-    scales, zeros = torch.ones(8), torch.zeros(8, dtype=torch.long)
-    try:
-        packed = torch.ops.onednn.qconv_prepack(qw, scales, 1.0, 0, [1, 1], [0, 0], [1, 1], 1, list(qx.shape))
-        out = torch.ops.onednn.qconv_pointwise(
-            qx, 1.0, 0, packed, scales, zeros, None, [1, 1], [0, 0], [1, 1], 1, 1.0, 0, torch.float32, "none", [], ""
-        )
-    except (RuntimeError, AttributeError):
-        return None
-    return out.flatten()[0].item()
-
-
-def int8_pair_sums_saturate() -> Optional[bool]:
-    """Whether this CPU's oneDNN int8 kernels saturate: without VNNI (AVX2's ``vpmaddubsw``) each pair of uint8 × int8
-    products is added into an int16, so 255 × 127 twice (64770) comes out as 32767. None: no oneDNN quantized conv."""
-    total = int8_conv_sum(255, 127)
-    return None if total is None else total != SUM_CHANNELS * 255 * 127
 
 
 def matmul_gflops(

@@ -42,7 +42,7 @@ the project's one comparison (top-1 as fp64 where the answer is clear, error fro
 
 ``agreement --compiled`` also compiles each graph and compares the compiled copy (this CPU's oneDNN int8 kernels)
 with fp64 and with the graph's reference ops, and says whether those kernels saturate
-(``_bench.int8_pair_sums_saturate``: CPUs without VNNI). ``--variants`` with no names runs the default int8 alone
+(``effnetv2.inference.int8_kernels``: CPUs without VNNI). ``--variants`` with no names runs the default int8 alone
 (``agreement --variants --compiled``: what this CPU's kernels give against the quantized graph).
 """
 
@@ -60,7 +60,6 @@ import torch
 from _bench import (
     ARCH,
     int8_calibration_images,
-    int8_pair_sums_saturate,
     int8_test_images,
     log,
     paired_ratio,
@@ -72,6 +71,7 @@ import effnetv2.inference.int8 as int8_module
 from effnetv2.inference import optimize_for_inference
 from effnetv2.inference.compare import compare, reference, run_batched
 from effnetv2.inference.compiled import FrozenCompiled
+from effnetv2.inference.int8_kernels import int8_pair_sums_saturate
 from effnetv2.testing import mixed_images
 
 ADDS = (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)

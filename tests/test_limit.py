@@ -9,6 +9,7 @@ from conftest import import_script
 
 import effnetv2
 from effnetv2.complexity import KINDS, complexity, macs_and_activations
+from effnetv2.inference import int8_kernels as kernels
 
 bench = import_script("_bench")
 benchmark_cpu = import_script("benchmark_cpu")
@@ -159,14 +160,14 @@ def test_the_float_peak_counts_a_1x1_convolution_as_the_same_matmul():
 
 
 def test_the_saturation_probe_reads_what_onednns_int8_conv_sums():
-    """_bench.int8_pair_sums_saturate (recorded with every benchmark's machine) asks oneDNN's int8 convolution for a
-    sum whose pairs of products overflow int16: exact with VNNI or AMX, 32767 per pair without (AVX2). Sums that cannot
-    overflow are exact on every CPU."""
-    pairs = bench.SUM_CHANNELS // 2
-    assert bench.int8_conv_sum(127, 127) == 2 * pairs * 127 * 127  # 32258 per pair: fits int16
-    assert bench.int8_conv_sum(255, 64) == 2 * pairs * 255 * 64  # 32640: fits
-    assert bench.int8_conv_sum(3, -5, channels=8) == -120
-    total = bench.int8_conv_sum(255, 127)
-    saturates = bench.int8_pair_sums_saturate()
+    """int8_kernels.int8_pair_sums_saturate (recorded with every benchmark's machine; an int8 model's kernel_caveat)
+    asks oneDNN's int8 convolution for a sum whose pairs of products overflow int16: exact with VNNI or AMX, 32767 per
+    pair without (AVX2). Sums that cannot overflow are exact on every CPU."""
+    pairs = kernels.SUM_CHANNELS // 2
+    assert kernels.int8_conv_sum(127, 127) == 2 * pairs * 127 * 127  # 32258 per pair: fits int16
+    assert kernels.int8_conv_sum(255, 64) == 2 * pairs * 255 * 64  # 32640: fits
+    assert kernels.int8_conv_sum(3, -5, channels=8) == -120
+    total = kernels.int8_conv_sum(255, 127)
+    saturates = kernels.int8_pair_sums_saturate()
     assert (total, saturates) in ((2 * pairs * 255 * 127, False), (pairs * 32767, True)), total
     assert bench.machine_info(torch.device("cpu"))["int8_pair_sums_saturate"] is saturates

@@ -31,6 +31,7 @@ from effnetv2.data.images import open_image
 from effnetv2.inference.calibration import HOLDOUT_EVERY, calibration_images
 from effnetv2.inference.compare import CLEAR_MARGIN, compare, reference, run_batched
 from effnetv2.inference.int8 import Int8EfficientNetV2, quantize_int8
+from effnetv2.inference.int8_kernels import int8_pair_sums_saturate
 from effnetv2.weights.loading import load_state_dict_into
 
 IMG = 64
@@ -162,8 +163,13 @@ def test_compiled_int8_runs_onednn_int8_kernels(classes128):
     model, exemplars, images = classes128
     int8 = effnetv2.optimize_for_inference(model, torch.int8, calibration=images)  # compiled by default
     assert int8.compiled and "compiled=True" in repr(int8)
+    # where this CPU's kernels saturate (no VNNI: tests/test_limit.py reads the probe's sums), the model says so
+    saturating = bool(int8_pair_sums_saturate())
+    assert int8.saturating_kernels is saturating and ("pair sums saturate" in repr(int8)) is saturating
+    assert (int8.kernel_caveat is not None) is saturating
     # the quantized graph it compiled, uncompiled: its reference ops (one quantization, not two: ~8 s of the suite)
     reference_int8 = Int8EfficientNetV2(int8.graph._orig_mod, model, int8.img_size, None, 0, False, int8.kept_float)
+    assert reference_int8.kernel_caveat is None  # the reference ops sum exactly everywhere
     # the compiled model reports the check its uncompiled graph made
     held_out = held_out_check(reference_int8, model, images)
     assert int8.agreement.error == pytest.approx(held_out.error, rel=1e-3) and int8.agreement.clear == held_out.clear
@@ -388,6 +394,8 @@ def test_predict_int8_command(classes128, tmp_path, capsys):
     assert re.search(
         r"int8 on 12 held-out images: error \S+ from fp64 \(eager float32: \S+; not judged\)", captured.err
     )
+    # the check is of the quantized graph; where the compiled kernels saturate, the line says so
+    assert ("saturating 16-bit sums" in captured.err) is bool(int8_pair_sums_saturate()), captured.err
     int8_rows = json.loads(captured.out)
     assert main([*common, "--optimize"]) == 0
     fp32_rows = json.loads(capsys.readouterr().out)

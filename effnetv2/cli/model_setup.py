@@ -60,8 +60,9 @@ def inference_model(
         except (ImportError, ValueError, RuntimeError) as e:
             raise CLIError(f"--int8: {e}") from e
         held = "held-out" if int8.agreement.images < len(calibration) else "calibration"  # < 8: checked in-sample
+        caveat = f"; {int8.kernel_caveat}" if int8.kernel_caveat else ""
         print(
-            f"effnetv2: int8 on {int8.agreement.images} {held} images: {int8.agreement.describe()}",
+            f"effnetv2: int8 on {int8.agreement.images} {held} images: {int8.agreement.describe()}{caveat}",
             file=sys.stderr,
         )
         return int8, None

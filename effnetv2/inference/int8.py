@@ -16,7 +16,9 @@
 
 Needs ``torchao`` (``pip install "effnetv2[int8]"``). Every 4th calibration image (when there are 8 or more) is held
 out and checks the result: :attr:`Int8EfficientNetV2.agreement` (a :class:`~effnetv2.inference.compare.Comparison`)
-holds its error from an fp64 copy of the model next to fp32's own, and its top-1 agreement with fp64.
+holds its error from an fp64 copy of the model next to fp32's own, and its top-1 agreement with fp64, as the
+quantized graph's reference ops compute it; where the compiled kernels compute less exactly (no VNNI:
+:mod:`effnetv2.inference.int8_kernels`), :attr:`Int8EfficientNetV2.kernel_caveat` says so.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from effnetv2.inference.calibration import (
 from effnetv2.inference.compare import Comparison, compare, reference
 from effnetv2.inference.compiled import FrozenCompiled, compile_mode
 from effnetv2.inference.folded import fold_for_inference
+from effnetv2.inference.int8_kernels import int8_pair_sums_saturate
 from effnetv2.inference.int8_policy import KEPT_FLOAT_MODULES
 from effnetv2.model import EfficientNetV2, EfficientNetV2Features, check_input
 
@@ -78,6 +81,7 @@ class Int8EfficientNetV2(nn.Module):
         calibration_images: int,
         compiled: bool,
         kept_float: str,
+        saturating_kernels: bool = False,
     ) -> None:
         super().__init__()
         self.graph = graph
@@ -91,7 +95,20 @@ class Int8EfficientNetV2(nn.Module):
         self.calibration_images = calibration_images
         self.compiled = compiled
         self.kept_float = kept_float
+        self.saturating_kernels = saturating_kernels
         self.training = False
+
+    @property
+    def kernel_caveat(self) -> Optional[str]:
+        """Where this compiled model computes less exactly than ``agreement`` (the quantized graph's reference ops)
+        says, in words; None where it computes the same sums (VNNI, AMX; or not compiled)."""
+        if not self.saturating_kernels:
+            return None
+        return (
+            "this CPU's int8 kernels (no VNNI) add pairs of products in saturating 16-bit sums, so the compiled model "
+            "lands a little further from fp64 than this check of the quantized graph (BENCHMARKS.md: rw_m, 320 px, "
+            "98.7 % of clear answers kept against 99.4 %)"
+        )
 
     def forward(self, x: Tensor) -> Union[Tensor, list[Tensor]]:
         x = check_input(x, self.in_chans)
@@ -110,7 +127,8 @@ class Int8EfficientNetV2(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        return f"img_size={self.img_size}, compiled={self.compiled}, kept in float: {self.kept_float}"
+        saturating = ", int8 pair sums saturate (no VNNI)" if self.saturating_kernels else ""
+        return f"img_size={self.img_size}, compiled={self.compiled}{saturating}, kept in float: {self.kept_float}"
 
 
 def _quantizer(
@@ -196,6 +214,7 @@ def quantize_int8(
         calibrate.shape[0],
         True,
         kept,
+        saturating_kernels=bool(int8_pair_sums_saturate()),
     )
 
 
@@ -231,8 +250,9 @@ def _held_out_check(int8: Int8EfficientNetV2, model: nn.Module, check: Tensor) -
     """The quantized graph on the held-out images against an fp64 copy of ``model``, next to fp32 (unjudged)."""
     # Checked before lowering: the quantized graph's reference ops (the compiled kernels compute the same
     # quantized convolutions, fused; tests/test_quantize.py holds them to it; on CPUs without VNNI their u8 x s8
-    # pair sums saturate at int16, a little further from fp64: BENCHMARKS.md). A check through the compiled
-    # model would cost a compile at the check's batch size on top of the user's.
+    # pair sums saturate at int16, a little further from fp64, which kernel_caveat says). A check through the
+    # compiled model would cost a compile at the check's batch size on top of the user's, and make the user's
+    # next batch size compile with a dynamic batch dimension.
     with torch.no_grad():
         ours = _run(int8, check)
         ref = reference(model, check, batch=CALIBRATION_BATCH)
