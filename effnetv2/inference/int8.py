@@ -251,8 +251,9 @@ def _held_out_check(int8: Int8EfficientNetV2, model: nn.Module, check: Tensor) -
     # Checked before lowering: the quantized graph's reference ops (the compiled kernels compute the same
     # quantized convolutions, fused; tests/test_quantize.py holds them to it; on CPUs without VNNI their u8 x s8
     # pair sums saturate at int16, a little further from fp64, which kernel_caveat says). A check through the
-    # compiled model would cost a compile at the check's batch size on top of the user's, and make the user's
-    # next batch size compile with a dynamic batch dimension.
+    # compiled model would cost a compile at the check's batch size on top of the user's, and the user's next
+    # batch size other than 1 would compile with a dynamic batch dimension (torch.compile's automatic dynamic
+    # shapes; batch 1 is always specialised).
     with torch.no_grad():
         ours = _run(int8, check)
         ref = reference(model, check, batch=CALIBRATION_BATCH)
