@@ -81,7 +81,6 @@ class Int8EfficientNetV2(nn.Module):
         calibration_images: int,
         compiled: bool,
         kept_float: str,
-        saturating_kernels: bool = False,
     ) -> None:
         super().__init__()
         self.graph = graph
@@ -95,8 +94,12 @@ class Int8EfficientNetV2(nn.Module):
         self.calibration_images = calibration_images
         self.compiled = compiled
         self.kept_float = kept_float
-        self.saturating_kernels = saturating_kernels
         self.training = False
+
+    @property
+    def saturating_kernels(self) -> bool:
+        """Whether this model runs oneDNN int8 kernels that saturate pair sums (compiled, on a CPU without VNNI)."""
+        return self.compiled and bool(int8_pair_sums_saturate())
 
     @property
     def kernel_caveat(self) -> Optional[str]:
@@ -214,7 +217,6 @@ def quantize_int8(
         calibrate.shape[0],
         True,
         kept,
-        saturating_kernels=bool(int8_pair_sums_saturate()),
     )
 
 
